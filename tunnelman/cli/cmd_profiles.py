@@ -1,0 +1,167 @@
+"""`tunnelman ls` and `tunnelman profile add|show|rm`: thin commands over core.profiles."""
+
+from __future__ import annotations
+
+import click
+
+from tunnelman.cli.main import get_ctx
+from tunnelman.cli.output import json_out, out, table
+from tunnelman.core import profiles as prof
+from tunnelman.core.errors import ConfigError
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of profile objects.")
+@click.pass_context
+def ls_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List saved profiles: name, bastion, endpoint, database, user, local port."""
+    sets = prof.load(get_ctx(ctx).config)
+    if as_json:
+        json_out([p.to_public_dict() for p in sets])
+        return
+    if not sets.exists:
+        out(f"No profile file yet ({sets.path}).")
+        out("Add one: tunnelman profile add NAME --endpoint HOST --bastion USER@HOST")
+        return
+    if not len(sets):
+        out(f"No profiles in {sets.path}.")
+        return
+    rows = [
+        (
+            p.name,
+            str(p.bastion or "-"),
+            str(p.endpoint or (f"cluster {p.cluster}" if p.cluster else "-")),
+            f"{p.user}@{p.database}",
+            p.local_port or "auto",
+            p.description,
+        )
+        for p in sets
+    ]
+    table(("NAME", "BASTION", "ENDPOINT", "USER@DB", "PORT", "DESCRIPTION"), rows)
+
+
+@click.group("profile")
+def profile_group() -> None:
+    """Add, show or remove profiles in the profile file (comments are kept)."""
+
+
+def _endpoint_option(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(prof.parse_endpoint(value))
+    except ValueError as exc:
+        raise click.BadParameter(f"'{value}' {exc}; expected HOST[:PORT]") from None
+
+
+@profile_group.command("add")
+@click.argument("name")
+@click.option("--cluster", metavar="ID", help="RDS cluster or instance id: endpoint etc. from AWS.")
+@click.option("--endpoint", metavar="HOST[:PORT]", help="Database endpoint as the bastion sees it.")
+@click.option("--region", metavar="R", help="AWS region of the cluster.")
+@click.option("--aws-profile", metavar="P", help="AWS shared-config profile to use.")
+@click.option("--bastion", metavar="[USER@]HOST[:PORT]", help="The SSH bastion.")
+@click.option("--identity-file", metavar="PATH", help="Private key (default: ssh-agent).")
+@click.option(
+    "--known-hosts", metavar="PATH", help="known_hosts file (default ~/.ssh/known_hosts)."
+)
+@click.option("--database", metavar="DB", help="Database name.")
+@click.option("--user", metavar="USER", help="Database user.")
+@click.option("--local-port", type=click.IntRange(1, 65535), help="Fixed local port.")
+@click.option(
+    "--password",
+    "password_source",
+    type=click.Choice(["keyring", "prompt", "none", "iam", "secretsmanager"]),
+    help="Where the database password comes from (default keyring).",
+)
+@click.option(
+    "--sslmode",
+    type=click.Choice(["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
+)
+@click.option("--description", metavar="TEXT", help="A line shown in lists.")
+@click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
+@click.pass_context
+def profile_add(
+    ctx: click.Context,
+    name: str,
+    cluster: str | None,
+    endpoint: str | None,
+    region: str | None,
+    aws_profile: str | None,
+    bastion: str | None,
+    identity_file: str | None,
+    known_hosts: str | None,
+    database: str | None,
+    user: str | None,
+    local_port: int | None,
+    password_source: str | None,
+    sslmode: str | None,
+    description: str | None,
+    force: bool,
+) -> None:
+    """Add a profile NAME, from an AWS cluster (--cluster) or a known endpoint (--endpoint)."""
+    if not cluster and not endpoint:
+        raise click.UsageError("give --cluster ID (looked up in AWS) or --endpoint HOST[:PORT]")
+    path = prof.config_path(get_ctx(ctx).config)
+    values: dict[str, object] = {
+        "description": description,
+        "bastion": bastion,
+        "identity_file": identity_file,
+        "known_hosts": known_hosts,
+        "endpoint": _endpoint_option(endpoint),
+        "database": database,
+        "user": user,
+        "local_port": local_port,
+        "password": password_source,
+        "sslmode": sslmode,
+        "cluster": cluster,
+        "region": region,
+        "aws_profile": aws_profile,
+    }
+    if cluster and not endpoint:
+        from tunnelman.cli import cmd_aws  # boto3 only when AWS fills the profile
+
+        values = cmd_aws.fill_from_cluster(values)
+    if prof.load(path).profiles.get(name) is not None and not force:
+        raise ConfigError(
+            f"{path}: profiles.{name}: a profile of that name exists",
+            hint="pick another name or pass --force to replace it",
+        )
+    prof.save_profile(
+        path, name, {k: v for k, v in values.items() if v is not None}, overwrite=force
+    )
+    saved = prof.load(path).get(name)
+    out(f"Saved profile '{name}' in {path}")
+    out(f"  endpoint  {saved.endpoint or '-'}   database {saved.database}   user {saved.user}")
+    out(f"  bastion   {saved.bastion or '- (set one with --bastion USER@HOST)'}")
+    out(f"Next: tunnelman check {name}")
+
+
+@profile_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The profile as a JSON object.")
+@click.pass_context
+def profile_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one profile with defaults filled in."""
+    profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    data = profile.to_public_dict()
+    if as_json:
+        json_out(data)
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        out(f"{key.ljust(width)}  {'-' if value in (None, '') else value}")
+
+
+@profile_group.command("rm")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def profile_rm(ctx: click.Context, name: str, yes: bool) -> None:
+    """Remove profile NAME from the file (the rest of the file is kept as it is)."""
+    path = prof.config_path(get_ctx(ctx).config)
+    prof.load(path, missing_ok=False).get(name)
+    if not yes and not click.confirm(f"Remove profile '{name}' from {path}?", default=False):
+        raise click.Abort()
+    prof.delete_profile(path, name)
+    out(f"Removed profile '{name}' from {path}")

@@ -1,0 +1,140 @@
+"""Passwords: the OS keyring (service "tunnelman", user = profile name), prompts, and AWS sources.
+
+Called by the CLI (`password set/delete`, one-shot commands), the TUI and the agent. Keyring
+failures (no backend, locked collection, D-Bus errors) become one `CredentialError` that names
+`password = "prompt"` as the way out. Passwords are returned to the caller and never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tunnelman.core.errors import CredentialError
+
+if TYPE_CHECKING:
+    from tunnelman.core.profiles import Profile
+
+SERVICE = "tunnelman"
+_WAY_OUT = 'or set password = "prompt" in the profile to be asked each time'
+
+
+def _keyring_error(action: str, exc: BaseException) -> CredentialError:
+    import keyring.errors
+
+    reason = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, keyring.errors.NoKeyringError):
+        return CredentialError(
+            f"cannot {action}: no usable OS keyring ({reason})",
+            hint=f"install/unlock a Secret Service keyring (e.g. gnome-keyring), {_WAY_OUT}",
+        )
+    if isinstance(exc, keyring.errors.KeyringLocked):
+        return CredentialError(
+            f"cannot {action}: the keyring is locked", hint=f"unlock it, {_WAY_OUT}"
+        )
+    return CredentialError(f"cannot {action}: keyring error: {reason}", hint=_WAY_OUT)
+
+
+def _backend() -> object:
+    import keyring
+    import keyring.errors
+
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # keyring's backend discovery raises assorted errors
+        raise _keyring_error("use the keyring", exc) from None
+    priority = getattr(backend, "priority", 1)
+    if isinstance(priority, int | float) and priority <= 0:
+        raise _keyring_error(
+            "use the keyring", keyring.errors.NoKeyringError(type(backend).__name__)
+        )
+    return backend
+
+
+def keyring_get(name: str) -> str | None:
+    """The stored password for profile `name`, or None when none is stored."""
+    import keyring
+
+    _backend()
+    try:
+        return keyring.get_password(SERVICE, name)
+    except Exception as exc:  # D-Bus, locked collection, prompt dismissed…
+        raise _keyring_error(f"read the password of '{name}' from the keyring", exc) from None
+
+
+def keyring_set(name: str, password: str) -> None:
+    """Store the password for profile `name`."""
+    import keyring
+
+    if not password:
+        raise CredentialError("refusing to store an empty password", hint='use password = "none"')
+    _backend()
+    try:
+        keyring.set_password(SERVICE, name, password)
+    except Exception as exc:
+        raise _keyring_error(f"save the password of '{name}' in the keyring", exc) from None
+
+
+def keyring_delete(name: str) -> bool:
+    """Remove the stored password; False when there was none."""
+    import keyring
+    import keyring.errors
+
+    _backend()
+    try:
+        keyring.delete_password(SERVICE, name)
+    except keyring.errors.PasswordDeleteError:
+        return False
+    except Exception as exc:
+        raise _keyring_error(f"delete the password of '{name}' from the keyring", exc) from None
+    return True
+
+
+Prompt = Callable[[str], str | None]
+"""Asks a person for a secret given a prompt text; returns None when nobody can answer."""
+
+
+def resolve_password(
+    profile: Profile,
+    *,
+    prompt: Prompt | None = None,
+    offer_save: Callable[[str], bool] | None = None,
+) -> str | None:
+    """The password for `profile` according to its `password` setting; None for "none".
+
+    keyring: stored value, else ask (when `prompt` is given) and offer to save it.
+    prompt: always ask. iam / secretsmanager: from AWS (imports boto3 only here).
+    """
+    source = profile.password
+    if source == "none":
+        return None
+    if source == "keyring":
+        stored = keyring_get(profile.name)
+        if stored is not None:
+            return stored
+        if prompt is None:
+            raise CredentialError(
+                f"no password for '{profile.name}' in the keyring",
+                hint=f"run `tunnelman password set {profile.name}`, {_WAY_OUT}",
+            )
+        value = prompt(f"Password for {profile.user}@{profile.database} ({profile.name}): ")
+        if not value:
+            raise CredentialError(f"no password given for '{profile.name}'")
+        if offer_save is not None and offer_save(value):
+            keyring_set(profile.name, value)
+        return value
+    if source == "prompt":
+        if prompt is None:
+            raise CredentialError(
+                f"profile '{profile.name}' asks for its password, but there is no terminal",
+                hint=f'run it from a terminal or store it: `tunnelman password set {profile.name}` and password = "keyring"',
+            )
+        value = prompt(f"Password for {profile.user}@{profile.database} ({profile.name}): ")
+        if not value:
+            raise CredentialError(f"no password given for '{profile.name}'")
+        return value
+    from tunnelman.core import aws  # boto3 only for AWS sources
+
+    if source == "iam":
+        return aws.iam_token(profile)
+    return aws.secret_login(profile).password
