@@ -77,6 +77,7 @@ def _endpoint_option(value: str | None) -> str | None:
 @click.option(
     "--sslmode",
     type=click.Choice(["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
+    help="libpq sslmode for clients (verify-full works through the tunnel).",
 )
 @click.option("--description", metavar="TEXT", help="A line shown in lists.")
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
