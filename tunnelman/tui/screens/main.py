@@ -1,0 +1,257 @@
+"""The main screen: profile list on the left, details on the right, every action on a key.
+
+Keys and buttons call the app's actions with the highlighted profile's name; the app does the work
+(in workers where it may block) and calls `refresh_profile` / `refresh_all` when state changes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, TabbedContent
+
+from tunnelman.tui.format import cluster_text, profile_text, tunnel_text
+from tunnelman.tui.widgets.detail import DetailPane
+from tunnelman.tui.widgets.profile_table import ProfileTable
+
+if TYPE_CHECKING:
+    from tunnelman.tui.app import TunnelmanApp
+
+WELCOME = Text.from_markup(
+    "[b]No profiles yet.[/b]\n\n"
+    "A profile is one way into one database: an SSH bastion, the database endpoint behind it, "
+    "and a local port.\n\n"
+    "  [b]n[/b]  add a profile by hand\n"
+    "  [b]d[/b]  discover Aurora/RDS clusters in AWS and import one\n"
+    "  [b]?[/b]  all keys\n\n"
+    "Profiles are kept in {path}"
+)
+
+
+class MainScreen(Screen[None]):
+    """Profiles and the detail of the highlighted one."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "toggle_tunnel", "Open/close"),
+        Binding("escape", "cancel", "Cancel", show=False),
+        Binding("c", "conn", "Settings"),
+        Binding("y", "copy", "Copy"),
+        Binding("w", "write", "Write"),
+        Binding("r", "refresh_cluster", "Refresh"),
+        Binding("s", "start_stop", "Start/stop"),
+        Binding("n", "new", "New"),
+        Binding("e", "edit", "Edit"),
+        Binding("x", "delete", "Delete"),
+        Binding("d", "discover", "Discover"),
+        Binding("p", "password", "Password"),
+        Binding("question_mark", "app.help", "Help", key_display="?"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    @property
+    def tm(self) -> TunnelmanApp:
+        return cast("TunnelmanApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Horizontal(id="main"):
+            yield ProfileTable(id="profiles")
+            yield DetailPane(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "tunnelman"
+        self.refresh_all(select=self.tm.initial_profile)
+
+    # ------------------------------------------------------------------ display
+
+    @property
+    def table(self) -> ProfileTable:
+        return self.query_one(ProfileTable)
+
+    @property
+    def detail(self) -> DetailPane:
+        return self.query_one(DetailPane)
+
+    @property
+    def current(self) -> str | None:
+        return self.table.current
+
+    def refresh_all(self, select: str | None = None) -> None:
+        """Refill the list (after load / save / delete) and the detail pane."""
+        app = self.tm
+        self.sub_title = str(app.config_path)
+        keep = select or self.current
+        states = {name: app.state_of(name) for name in app.profile_names()}
+        self.table.fill(app.profile_list(), states)
+        if keep:
+            self.table.select_name(keep)
+        self.table.focus()
+        self.refresh_detail()
+
+    def refresh_profile(self, name: str) -> None:
+        """Redraw one profile's row, and the detail pane when it shows that profile."""
+        profile = self.tm.profile(name)
+        if profile is not None:
+            state, port = self.tm.state_of(name)
+            self.table.update_state(profile, state, port)
+        if name == self.current:
+            self.refresh_detail()
+
+    def refresh_detail(self) -> None:
+        app = self.tm
+        name = self.current
+        profile = app.profile(name) if name else None
+        if profile is None:
+            if app.load_error:
+                message = Text("Cannot read the profile file\n\n", style="bold red")
+                message.append(app.load_error, style="red")
+                message.append("\n\nFix it and press ctrl+r to reload, or n to add a profile.")
+            else:
+                message = Text.from_markup(
+                    WELCOME.markup.replace("{path}", str(app.config_path).replace("[", r"\["))
+                )
+            self.detail.show_empty(message)
+            return
+        view = app.views.get(profile.name)
+        connecting = profile.name in app.connecting
+        toggle = "Cancel (enter)" if connecting else "Open tunnel (enter)"
+        if view is not None and view.is_open and not connecting:
+            toggle = "Close tunnel (enter)"
+        cluster: Text | None = None
+        running: bool | None = None
+        if profile.cluster:
+            cluster = self._cluster_text(profile.name)
+            running = app.cluster_running(profile.name)
+        self.detail.show(
+            profile=profile_text(profile),
+            tunnel=tunnel_text(
+                view,
+                connecting=connecting,
+                last_error=app.last_errors.get(profile.name),
+                now=app.clock(),
+            ),
+            toggle_label=toggle,
+            cluster=cluster,
+            cluster_running=running,
+        )
+        if self.detail.conn_shown:
+            self.detail.set_conn(app.conn_texts(profile.name))
+
+    def _cluster_text(self, name: str) -> Text:
+        app = self.tm
+        text = Text()
+        if name in app.clusters:
+            text = cluster_text(app.clusters[name])
+        if name in app.cluster_loading:
+            text.append("asking AWS…", style="italic yellow")
+        elif name in app.cluster_errors:
+            text.append(app.cluster_errors[name], style="red")
+        elif name not in app.clusters:
+            text.append("cluster status not loaded — press r", style="dim")
+        return text
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_detail()
+        name = self.current
+        if name:
+            self.tm.profile_highlighted(name)
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_toggle_tunnel()
+
+    @on(TabbedContent.TabActivated)
+    def _tab(self) -> None:
+        pass  # the active tab is read when copying / writing
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        actions = {
+            "btn-toggle": self.action_toggle_tunnel,
+            "btn-edit": self.action_edit,
+            "btn-password": self.action_password,
+            "btn-conn": self.action_conn,
+            "btn-delete": self.action_delete,
+            "btn-refresh": self.action_refresh_cluster,
+            "btn-startstop": self.action_start_stop,
+            "btn-copy": self.action_copy,
+            "btn-write": self.action_write,
+        }
+        action = actions.get(event.button.id or "")
+        if action is not None:
+            event.stop()
+            action()
+
+    # ------------------------------------------------------------------ actions
+
+    def _need_current(self) -> str | None:
+        name = self.current
+        if name is None:
+            self.notify("No profile: press n to add one.", severity="warning")
+        return name
+
+    def action_toggle_tunnel(self) -> None:
+        if name := self._need_current():
+            self.tm.toggle_tunnel(name)
+
+    def action_cancel(self) -> None:
+        name = self.current
+        if name and name in self.tm.connecting:
+            self.tm.cancel_connect(name)
+        elif self.detail.conn_shown:
+            self.detail.show_conn(False)
+            self.table.focus()
+
+    def action_conn(self) -> None:
+        if not self._need_current():
+            return
+        shown = not self.detail.conn_shown
+        self.detail.show_conn(shown)
+        if shown:
+            self.refresh_detail()
+            self.detail.focus_conn()
+        else:
+            self.table.focus()
+
+    def action_copy(self) -> None:
+        if name := self._need_current():
+            self.tm.copy_setting(name, self.detail.conn_format)
+
+    def action_write(self) -> None:
+        if name := self._need_current():
+            self.tm.write_setting(name, self.detail.conn_format)
+
+    def action_refresh_cluster(self) -> None:
+        if name := self._need_current():
+            self.tm.refresh_cluster(name, explicit=True)
+
+    def action_start_stop(self) -> None:
+        if name := self._need_current():
+            self.tm.start_stop_cluster(name)
+
+    def action_new(self) -> None:
+        self.tm.new_profile()
+
+    def action_edit(self) -> None:
+        if name := self._need_current():
+            self.tm.edit_profile(name)
+
+    def action_delete(self) -> None:
+        if name := self._need_current():
+            self.tm.delete_profile(name)
+
+    def action_discover(self) -> None:
+        self.tm.discover()
+
+    def action_password(self) -> None:
+        if name := self._need_current():
+            self.tm.set_password(name)

@@ -1,0 +1,1 @@
+"""Widgets of the main screen: the profile list and the detail pane."""
