@@ -1,0 +1,117 @@
+"""Local port checks: is 127.0.0.1:PORT free, and if not, which process holds it.
+
+Called by `tunnelman.core.tunnel` before it connects (so a busy port fails in milliseconds, before
+any SSH work) and when binding fails. The holder is found the way `ss -ltnp` does it, from
+/proc/net/tcp{,6} (listening sockets and their inodes) and /proc/PID/fd (who owns the inode); on
+systems without /proc, or for another user's process, the message just names the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from pathlib import Path
+
+from tunnelman.core.errors import PortBusyError, TunnelError
+
+_LISTEN = "0A"
+
+
+def _listening_inodes(port: int, proc: Path) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            _addr, _, port_hex = fields[1].rpartition(":")
+            with contextlib.suppress(ValueError):
+                if int(port_hex, 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _describe_process(pid: str, proc: Path) -> str:
+    name = ""
+    with contextlib.suppress(OSError):
+        name = (proc / pid / "comm").read_text().strip()
+    cmdline = ""
+    with contextlib.suppress(OSError):
+        cmdline = (proc / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    if cmdline and len(cmdline) > 80:
+        cmdline = cmdline[:77] + "…"
+    if name and cmdline and not cmdline.startswith(name):
+        return f"pid {pid} ({name}: {cmdline})"
+    return f"pid {pid} ({cmdline or name or '?'})"
+
+
+def port_holder(port: int, *, proc: Path = Path("/proc")) -> str | None:
+    """'pid 1234 (postgres …)' for the process listening on TCP `port`, or None if not found."""
+    inodes = _listening_inodes(port, proc)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes if inode != "0"}
+    try:
+        pids = [p.name for p in proc.iterdir() if p.name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        fd_dir = proc / pid / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd_dir / fd)
+            except OSError:
+                continue
+            if target in wanted:
+                return _describe_process(pid, proc)
+    return None
+
+
+def port_busy_error(port: int, host: str = "127.0.0.1") -> PortBusyError:
+    """The error for a busy local port, naming the holder when it can be found."""
+    holder = port_holder(port)
+    by = f" by {holder}" if holder else " by another program"
+    return PortBusyError(
+        f"local port {port} is already in use{by}",
+        hint=(
+            "pick another port with --port N (or local_port in the profile), or stop that program"
+            + (" (a local PostgreSQL?)" if port in (5432, 5433) else "")
+        ),
+    )
+
+
+def bind_error(port: int, exc: OSError, host: str = "127.0.0.1") -> TunnelError:
+    """A TunnelmanError for a failed bind of `host`:`port`."""
+    if exc.errno == errno.EADDRINUSE:
+        return port_busy_error(port, host)
+    if exc.errno == errno.EACCES:
+        return TunnelError(
+            f"not allowed to listen on {host}:{port} (permission denied)",
+            hint="ports below 1024 need root: use a port such as 5433",
+        )
+    return TunnelError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise PortBusyError (naming the holder) unless `host`:`port` can be bound right now."""
+    if not port:
+        return
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # The same option the forward server uses, so the answer matches what it will see.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise bind_error(port, exc, host) from None
+    finally:
+        sock.close()

@@ -1,0 +1,698 @@
+"""SSH to the bastion: private keys, the agent, and each step of a connection with a precise error.
+
+Called by `tunnelman.core.tunnel` (which hands the finished paramiko Transport to sshtunnel) and by
+`tunnelman check` (which runs the steps one by one to show where it breaks). A connection is:
+resolve the name, TCP connect, SSH handshake, host key check against known_hosts (before any
+authentication: nothing is offered to an unrecognised server), then public-key authentication with
+the profile's one key, or with the ssh-agent's keys when the profile names none. Never every key in
+~/.ssh. Each failure becomes its own `TunnelmanError` subclass naming the way out.
+
+Keys follow OpenSSH's rules: a private key that group or others can read is refused with the
+`chmod 600` fix; an encrypted key needs a `PassphrasePrompt`, and without one the message says to
+use ssh-agent. Blocking calls honour a `cancel` event by closing the socket under them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from tunnelman.core.errors import (
+    AuthenticationFailed,
+    BastionUnreachable,
+    ConfigError,
+    ForwardingFailed,
+    SSHKeyError,
+    TunnelError,
+)
+from tunnelman.core.known_hosts import (
+    HostKeyChanged,
+    HostKeyInfo,
+    HostKeyPolicy,
+    HostKeyUnknown,
+    known_key_types,
+)
+from tunnelman.core.known_hosts import verify as verify_host_key
+from tunnelman.core.logs import get_logger
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from tunnelman.core.profiles import Bastion, Endpoint, Profile
+
+__all__ = [
+    "HostKeyChanged",
+    "HostKeyInfo",
+    "HostKeyPolicy",
+    "HostKeyUnknown",
+    "Identity",
+    "PassphrasePrompt",
+    "check_key_permissions",
+    "connect",
+    "load_identity",
+    "load_private_key",
+]
+
+PassphrasePrompt = Callable[[Path], str | None]
+"""Asks for the passphrase of the key at a path; None: nobody can answer."""
+
+PASSPHRASE_ATTEMPTS = 3  # as OpenSSH's NumberOfPasswordPrompts
+
+_log = get_logger("ssh")
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def check_key_permissions(path: Path) -> None:
+    """Refuse a private key others can read, as OpenSSH does ("UNPROTECTED PRIVATE KEY FILE")."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise SSHKeyError(
+            f"identity file {path} does not exist",
+            hint="fix identity_file in the profile, or remove it to use ssh-agent",
+        ) from None
+    except PermissionError:
+        raise SSHKeyError(f"cannot read identity file {path} (permission denied)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SSHKeyError(f"identity file {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise SSHKeyError(
+            f"private key {path} is readable by others (mode {mode:04o}); "
+            "ssh refuses such keys and so does tunnelman",
+            hint=f"run `chmod 600 {path}`",
+        )
+
+
+@dataclass(frozen=True)
+class _KeyFile:
+    kind: Literal["rsa", "ecdsa", "ed25519", "pkcs8", "unknown"]
+    encrypted: bool
+    detail: str = ""
+
+
+def _sniff(path: Path, data: bytes) -> _KeyFile:
+    """What kind of private key file this is, without a passphrase."""
+    text = data.decode("ascii", errors="replace")
+    if text.startswith("PuTTY-User-Key-File"):
+        return _KeyFile(
+            "unknown",
+            False,
+            "a PuTTY .ppk key (convert it: `puttygen KEY -O private-openssh -o KEY.pem`)",
+        )
+    if "-----BEGIN SSH2 PUBLIC KEY-----" in text or text.lstrip().startswith(("ssh-", "ecdsa-")):
+        return _KeyFile("unknown", False, "a public key, not a private key")
+    if "-----BEGIN RSA PRIVATE KEY-----" in text:
+        return _KeyFile("rsa", "ENCRYPTED" in text.split("-----END", 1)[0][:200])
+    if "-----BEGIN EC PRIVATE KEY-----" in text:
+        return _KeyFile("ecdsa", "ENCRYPTED" in text.split("-----END", 1)[0][:200])
+    if "-----BEGIN ENCRYPTED PRIVATE KEY-----" in text:
+        return _KeyFile("pkcs8", True)
+    if "-----BEGIN PRIVATE KEY-----" in text:
+        return _KeyFile("pkcs8", False)
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        return _sniff_openssh(text)
+    if "-----BEGIN DSA PRIVATE KEY-----" in text:
+        return _KeyFile("unknown", False, "a DSA key, which OpenSSH and paramiko no longer support")
+    return _KeyFile("unknown", False, "not a private key file tunnelman can read")
+
+
+def _sniff_openssh(text: str) -> _KeyFile:
+    body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1].split("-----END", 1)[0]
+    try:
+        raw = base64.b64decode("".join(body.split()))
+    except (binascii.Error, ValueError):
+        return _KeyFile("unknown", False, "a damaged OpenSSH key file")
+    magic = b"openssh-key-v1\x00"
+    if not raw.startswith(magic):
+        return _KeyFile("unknown", False, "a damaged OpenSSH key file")
+    pos = len(magic)
+
+    def read_string() -> bytes:
+        nonlocal pos
+        size = int.from_bytes(raw[pos : pos + 4], "big")
+        value = raw[pos + 4 : pos + 4 + size]
+        pos += 4 + size
+        return value
+
+    cipher = read_string()
+    read_string()  # kdf name
+    read_string()  # kdf options
+    pos += 4  # number of keys
+    public = read_string()
+    size = int.from_bytes(public[:4], "big")
+    key_type = public[4 : 4 + size].decode("ascii", errors="replace")
+    kinds: dict[str, Literal["rsa", "ecdsa", "ed25519"]] = {
+        "ssh-rsa": "rsa",
+        "ssh-ed25519": "ed25519",
+    }
+    kind = kinds.get(key_type) or ("ecdsa" if key_type.startswith("ecdsa-sha2-") else None)
+    if kind is None:
+        return _KeyFile("unknown", False, f"a {key_type} key, which tunnelman cannot use")
+    return _KeyFile(kind, cipher != b"none")
+
+
+def _load_once(path: Path, info: _KeyFile, passphrase: str | None) -> paramiko.PKey:
+    import paramiko
+
+    if info.kind == "pkcs8":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        try:
+            loaded = serialization.load_pem_private_key(
+                path.read_bytes(), password=passphrase.encode() if passphrase else None
+            )
+        except TypeError as exc:  # password given for an unencrypted key or vice versa
+            raise paramiko.PasswordRequiredException(str(exc)) from None
+        except ValueError as exc:
+            raise paramiko.SSHException(str(exc)) from None
+        if isinstance(loaded, rsa.RSAPrivateKey):
+            return paramiko.RSAKey(key=loaded)
+        if isinstance(loaded, ec.EllipticCurvePrivateKey):
+            return paramiko.ECDSAKey(vals=(loaded, loaded.public_key()))
+        raise SSHKeyError(f"{path}: unsupported PKCS#8 key type {type(loaded).__name__}")
+    classes: dict[str, type[paramiko.PKey]] = {
+        "rsa": paramiko.RSAKey,
+        "ecdsa": paramiko.ECDSAKey,
+        "ed25519": paramiko.Ed25519Key,
+    }
+    return classes[info.kind].from_private_key_file(str(path), password=passphrase)
+
+
+def load_private_key(path: Path, passphrase: PassphrasePrompt | None = None) -> paramiko.PKey:
+    """Load one private key file: RSA PEM (as AWS hands out), OpenSSH ed25519/ecdsa/rsa, PKCS#8.
+
+    Checks permissions first. An encrypted key asks `passphrase` (up to three times, as ssh does);
+    without a prompt it fails with the ssh-agent way out.
+    """
+    import paramiko
+
+    path = Path(path).expanduser()
+    check_key_permissions(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SSHKeyError(f"cannot read identity file {path}: {exc.strerror or exc}") from None
+    info = _sniff(path, data)
+    if info.kind == "unknown":
+        raise SSHKeyError(
+            f"identity file {path} is {info.detail}",
+            hint="point identity_file at the private key (an OpenSSH or PEM file, e.g. the .pem AWS gave you)",
+        )
+    if not info.encrypted:
+        try:
+            return _load_once(path, info, None)
+        except paramiko.PasswordRequiredException:
+            pass  # our sniffing missed the encryption: ask below
+        except (paramiko.SSHException, ValueError) as exc:
+            raise SSHKeyError(f"cannot load private key {path}: {exc}") from None
+    if passphrase is None:
+        raise SSHKeyError(
+            f"key {path} is passphrase-protected and there is no terminal to ask: "
+            f"add it to ssh-agent (ssh-add {path})",
+            hint="then remove identity_file from the profile, or run from a terminal",
+        )
+    for _attempt in range(PASSPHRASE_ATTEMPTS):
+        secret = passphrase(path)
+        if secret is None:
+            raise SSHKeyError(
+                f"key {path} is passphrase-protected and no passphrase was given",
+                hint=f"add it to ssh-agent (ssh-add {path}) or run from a terminal",
+            )
+        try:
+            return _load_once(path, info, secret)
+        except paramiko.PasswordRequiredException:
+            continue
+        except (paramiko.SSHException, ValueError):
+            _log.info("wrong passphrase for %s", path)
+            continue
+    raise SSHKeyError(
+        f"wrong passphrase for key {path} ({PASSPHRASE_ATTEMPTS} attempts)",
+        hint=f"check it with `ssh-keygen -y -f {path}`",
+    )
+
+
+def agent_available() -> bool:
+    """Whether an ssh-agent socket is advertised in this environment."""
+    sock = os.environ.get("SSH_AUTH_SOCK")
+    return bool(sock) and os.path.exists(sock or "")
+
+
+@contextlib.contextmanager
+def agent_keys() -> Iterator[list[paramiko.PKey]]:
+    """The keys ssh-agent holds, usable while the context is open."""
+    import paramiko
+
+    if not agent_available():
+        raise SSHKeyError(
+            "the profile names no identity_file and no ssh-agent is running (SSH_AUTH_SOCK unset)",
+            hint='set identity_file = "~/.ssh/KEY.pem" in the profile, or start ssh-agent and `ssh-add` your key',
+        )
+    agent = paramiko.Agent()
+    try:
+        keys: list[paramiko.PKey] = list(agent.get_keys())
+        if not keys:
+            raise SSHKeyError(
+                "the profile names no identity_file and ssh-agent holds no keys",
+                hint="add your key with `ssh-add ~/.ssh/KEY`, or set identity_file in the profile",
+            )
+        yield keys
+    finally:
+        agent.close()
+
+
+@dataclass
+class Identity:
+    """What we offer the bastion: the profile's one key, or whatever ssh-agent holds."""
+
+    source: Literal["file", "agent", "instance-connect"]
+    path: Path | None = None
+    key: paramiko.PKey | None = None
+    profile: Profile | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        if self.source == "file":
+            return f"key {self.path}"
+        if self.source == "agent":
+            return "the keys in ssh-agent"
+        return "an EC2 Instance Connect key"
+
+    @contextlib.contextmanager
+    def keys(self) -> Iterator[list[paramiko.PKey]]:
+        """The keys to offer for one connection (the agent is asked afresh every time)."""
+        if self.source == "agent":
+            with agent_keys() as keys:
+                yield keys
+            return
+        if self.source == "instance-connect":
+            # A fresh key each time: an Instance Connect key is accepted for 60 s only.
+            import importlib
+
+            aws = importlib.import_module("tunnelman.core.aws")
+            key: paramiko.PKey = aws.instance_connect_key(self.profile)
+            yield [key]
+            return
+        assert self.key is not None
+        yield [self.key]
+
+
+def load_identity(profile: Profile, passphrase: PassphrasePrompt | None = None) -> Identity:
+    """The profile's identity: its key file (loaded now, once), else the agent."""
+    if profile.instance_connect:
+        return Identity(source="instance-connect", profile=profile)
+    if profile.identity_file is not None:
+        path = profile.identity_file
+        return Identity(source="file", path=path, key=load_private_key(path, passphrase))
+    with agent_keys():
+        pass  # fails now, with the fix, when there is no agent or it is empty
+    return Identity(source="agent")
+
+
+# ----------------------------------------------------------------------------- connecting
+
+
+class _Canceller:
+    """Closes whatever blocking socket/transport is registered when `cancel` is set."""
+
+    def __init__(self, cancel: threading.Event | None) -> None:
+        self.cancel = cancel
+        self._targets: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if cancel is not None:
+            self._thread = threading.Thread(
+                target=self._watch, name="tunnelman-cancel", daemon=True
+            )
+            self._thread.start()
+
+    def _watch(self) -> None:
+        assert self.cancel is not None
+        while not self._done.is_set():
+            if self.cancel.wait(0.1):
+                with self._lock:
+                    targets = list(self._targets)
+                for close in targets:
+                    with contextlib.suppress(Exception):
+                        close()
+                return
+
+    def register(self, close: Callable[[], None]) -> None:
+        with self._lock:
+            self._targets.append(close)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise TunnelError("cancelled")
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def resolve(
+    host: str, port: int, timeout: float, cancel: threading.Event | None = None
+) -> list[tuple[int, tuple[str, int]]]:
+    """(family, sockaddr) pairs for `host`; BastionUnreachable naming DNS when it fails."""
+    result: list[tuple[int, tuple[str, int]]] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            for family, _type, _proto, _name, addr in infos:
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    result.append((int(family), (str(addr[0]), int(addr[1]))))
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    # getaddrinfo cannot be interrupted: a daemon thread lets us give up on it in time.
+    threading.Thread(target=work, name="tunnelman-dns", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.05):
+        if cancel is not None and cancel.is_set():
+            raise TunnelError("cancelled")
+        if time.monotonic() >= deadline:
+            raise BastionUnreachable(
+                f"bastion name {host} did not resolve within {timeout:g} s (DNS not answering)",
+                hint="check your network connection and DNS, or use the bastion's IP address",
+            )
+    if failure:
+        exc = failure[0]
+        reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+        raise BastionUnreachable(
+            f"bastion name {host} does not resolve ({reason})",
+            hint="check the bastion's host name in the profile (a stopped EC2 instance loses its public DNS name)",
+        )
+    if not result:
+        raise BastionUnreachable(f"bastion name {host} has no IPv4/IPv6 address")
+    return result
+
+
+def _tune_socket(sock: socket.socket, keepalive: int) -> None:
+    """Low latency, and let the kernel notice a dead bastion (TCP keepalive + user timeout)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, keepalive))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, keepalive))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    with contextlib.suppress(OSError, AttributeError):
+        # Unacknowledged data (our SSH keepalives included) for this long kills the connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, keepalive) * 3 * 1000)
+
+
+def open_socket(
+    bastion: Bastion,
+    timeout: float,
+    keepalive: int,
+    cancel: threading.Event | None = None,
+    canceller: _Canceller | None = None,
+) -> socket.socket:
+    """A TCP connection to the bastion, or BastionUnreachable saying refused / timed out / DNS."""
+    deadline = time.monotonic() + timeout
+    addresses = resolve(bastion.host, bastion.port, timeout, cancel)
+    last: OSError | None = None
+    where = f"{bastion.host}:{bastion.port}"
+    for family, addr in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        if canceller is not None:
+            canceller.register(sock.close)
+        sock.settimeout(remaining)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            if cancel is not None and cancel.is_set():
+                raise TunnelError("cancelled") from None
+            last = exc
+            continue
+        _tune_socket(sock, keepalive)
+        return sock
+    if last is None or isinstance(last, TimeoutError | socket.timeout):
+        raise BastionUnreachable(
+            f"bastion {where} did not answer within {timeout:g} s (connection timed out)",
+            hint=(
+                "check that the bastion is running and that its security group allows SSH "
+                "from your IP address (it may have changed); raise connect_timeout if the link is slow"
+            ),
+        )
+    if last.errno == errno.ECONNREFUSED:
+        raise BastionUnreachable(
+            f"bastion {where} refused the connection (nothing listens on port {bastion.port})",
+            hint="check the bastion's address and SSH port in the profile, and that sshd runs there",
+        )
+    if last.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        raise BastionUnreachable(
+            f"bastion {where} is unreachable ({last.strerror})",
+            hint="check your network connection (VPN?) and the bastion's address",
+        )
+    raise BastionUnreachable(f"cannot connect to bastion {where}: {last.strerror or last}")
+
+
+def _preferred_host_key_types(known: list[str], defaults: tuple[str, ...]) -> tuple[str, ...]:
+    """Put the algorithms of keys already in known_hosts first, as OpenSSH does."""
+    wanted: list[str] = []
+    for key_type in known:
+        names = ["rsa-sha2-512", "rsa-sha2-256"] if key_type == "ssh-rsa" else [key_type]
+        wanted += [n for n in names if n in defaults and n not in wanted]
+    return tuple(wanted + [n for n in defaults if n not in wanted])
+
+
+def start_transport(
+    sock: socket.socket,
+    profile: Profile,
+    timeout: float,
+    canceller: _Canceller | None = None,
+) -> paramiko.Transport:
+    """The SSH handshake (no authentication yet)."""
+    import paramiko
+
+    assert profile.bastion is not None
+    transport = paramiko.Transport(sock)
+    if canceller is not None:
+        canceller.register(transport.close)
+    transport.daemon = True
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    transport.auth_timeout = timeout
+    transport.set_keepalive(profile.keepalive)
+    options = transport.get_security_options()
+    known = known_key_types(profile.known_hosts, profile.bastion.host, profile.bastion.port)
+    if known:
+        options.key_types = _preferred_host_key_types(known, tuple(options.key_types))
+    where = f"{profile.bastion.host}:{profile.bastion.port}"
+    done = threading.Event()
+    try:
+        transport.start_client(event=done)
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            if time.monotonic() >= deadline:
+                raise BastionUnreachable(
+                    f"bastion {where} accepted TCP but did not complete the SSH handshake within "
+                    f"{timeout:g} s",
+                    hint="is it an SSH server? check the port; raise connect_timeout if the link is slow",
+                )
+        if not transport.is_active():
+            exc = transport.get_exception()
+            reason = str(exc) if exc is not None else "connection closed"
+            if canceller is not None:
+                canceller.check()
+            raise BastionUnreachable(
+                f"SSH handshake with bastion {where} failed: {reason}",
+                hint="check that the port is the bastion's SSH port",
+            )
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def check_host_key(
+    transport: paramiko.Transport,
+    profile: Profile,
+    policy: HostKeyPolicy,
+    *,
+    pinned: bytes | None = None,
+) -> HostKeyInfo:
+    """Verify the key the bastion presented (before authenticating). Raises HostKeyError."""
+    assert profile.bastion is not None
+    key = transport.get_remote_server_key()
+    return verify_host_key(
+        profile.bastion.host,
+        profile.bastion.port,
+        key,
+        profile.known_hosts,
+        policy,
+        pinned=pinned,
+    )
+
+
+def authenticate(
+    transport: paramiko.Transport, profile: Profile, identity: Identity, timeout: float
+) -> None:
+    """Public-key authentication with the identity's key(s) only. AuthenticationFailed if refused."""
+    import paramiko
+
+    assert profile.bastion is not None
+    user = profile.bastion.login
+    where = f"{profile.bastion.host}:{profile.bastion.port}"
+    transport.auth_timeout = timeout
+    refused_types: list[str] | None = None
+    with identity.keys() as keys:
+        for key in keys:
+            try:
+                remaining = transport.auth_publickey(user, key)
+            except paramiko.BadAuthenticationType as exc:
+                refused_types = list(exc.allowed_types)
+                break
+            except paramiko.AuthenticationException:
+                _log.info("bastion %s refused %s key for %s", where, key.get_name(), user)
+                if not transport.is_active():
+                    break
+                continue
+            except paramiko.SSHException as exc:
+                raise AuthenticationFailed(
+                    f"bastion {where} closed the connection during login as {user}: {exc}",
+                    hint="too many keys offered? the bastion may limit attempts (MaxAuthTries)",
+                ) from None
+            if remaining:
+                raise AuthenticationFailed(
+                    f"bastion {where} wants more than a key for {user} ({', '.join(remaining)})",
+                    hint="multi-step logins (MFA, passwords) are not supported by tunnelman",
+                )
+            if transport.is_authenticated():
+                return
+    if refused_types is not None:
+        raise AuthenticationFailed(
+            f"bastion {where} does not accept key logins for {user} "
+            f"(it allows: {', '.join(refused_types) or 'nothing'})",
+            hint="tunnelman logs in with keys only; ask for your public key to be authorised",
+        )
+    hint_user = (
+        "check the user name (ec2-user on Amazon Linux, ubuntu on Ubuntu) and that the public "
+        "key is in ~/.ssh/authorized_keys on the bastion"
+    )
+    raise AuthenticationFailed(
+        f"bastion {where} refused {identity.describe()} for user {user} (authentication failed)",
+        hint=hint_user,
+    )
+
+
+def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: float) -> None:
+    """Open (and close) one forwarded connection to the endpoint, to fail early with the reason."""
+    import paramiko
+
+    target = f"{endpoint.host}:{endpoint.port}"
+    try:
+        chan = transport.open_channel(
+            "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except paramiko.ChannelException as exc:
+        if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+            raise ForwardingFailed(
+                f"the bastion refuses to forward to {target} (administratively prohibited: "
+                "TCP forwarding is disabled for this user, or the target is not allowed)",
+                hint="ask the bastion's administrator for AllowTcpForwarding yes "
+                f"(and a PermitOpen covering {target}) in sshd_config",
+            ) from None
+        if exc.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
+            raise ForwardingFailed(
+                f"the bastion cannot reach the database endpoint {target} (connect failed"
+                + (f": {exc.text}" if exc.text and exc.text.lower() != "connect failed" else "")
+                + ")",
+                hint="check the endpoint name and port, that the cluster is available "
+                "(`tunnelman cluster status`), and that its security group allows the bastion",
+            ) from None
+        raise ForwardingFailed(
+            f"the bastion refused the forward to {target} ({exc.text or exc.code})"
+        ) from None
+    except paramiko.SSHException as exc:
+        if not transport.is_active():
+            raise ForwardingFailed(
+                f"the bastion closed the connection when asked to forward to {target}"
+            ) from None
+        raise ForwardingFailed(
+            f"the bastion did not reach the database endpoint {target} within {timeout:g} s "
+            f"({exc})",
+            hint="a security group probably drops the bastion's traffic to the database, "
+            "or the cluster is stopped",
+        ) from None
+    chan.close()
+
+
+def connect(
+    profile: Profile,
+    identity: Identity,
+    policy: HostKeyPolicy,
+    *,
+    cancel: threading.Event | None = None,
+    pinned: bytes | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[paramiko.Transport, HostKeyInfo]:
+    """TCP, handshake, host key, authentication: an authenticated Transport to the bastion."""
+    if profile.bastion is None:
+        raise ConfigError(
+            f"profile '{profile.name}' has no bastion",
+            hint='add bastion = "user@host" to the profile',
+        )
+    timeout = float(profile.connect_timeout)
+    canceller = _Canceller(cancel)
+    transport: paramiko.Transport | None = None
+    try:
+        if on_step:
+            on_step("connect")
+        sock = open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
+        try:
+            transport = start_transport(sock, profile, timeout, canceller)
+        except BaseException:
+            sock.close()
+            raise
+        canceller.check()
+        if on_step:
+            on_step("host-key")
+        info = check_host_key(transport, profile, policy, pinned=pinned)
+        canceller.check()
+        if on_step:
+            on_step("auth")
+        try:
+            authenticate(transport, profile, identity, timeout)
+        except TunnelError:
+            canceller.check()
+            raise
+        canceller.check()
+        return transport, info
+    except BaseException:
+        if transport is not None:
+            transport.close()
+        if canceller.cancelled:
+            raise TunnelError("cancelled") from None
+        raise
+    finally:
+        canceller.close()
