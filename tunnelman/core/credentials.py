@@ -1,19 +1,21 @@
 """Passwords: the OS keyring (service "tunnelman", user = profile name), prompts, and AWS sources.
 
-Called by the CLI (`password set/delete`, one-shot commands), the TUI and the agent. Keyring
-failures (no backend, locked collection, D-Bus errors) become one `CredentialError` that names
-`password = "prompt"` as the way out. Passwords are returned to the caller and never logged.
+Called by the CLI (`password set/delete`, one-shot commands, `conn --write`), the TUI and the
+agent. Keyring failures (no backend, locked collection, D-Bus errors) become one `CredentialError`
+that names `password = "prompt"` as the way out. Passwords are returned to the caller and never
+logged. `resolve_login` also returns the user: a Secrets Manager secret names its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tunnelman.core.errors import CredentialError
 
 if TYPE_CHECKING:
-    from tunnelman.core.profiles import Profile
+    from tunnelman.core.profiles import PasswordSource, Profile
 
 SERVICE = "tunnelman"
 _WAY_OUT = 'or set password = "prompt" in the profile to be asked each time'
@@ -138,3 +140,34 @@ def resolve_password(
     if source == "iam":
         return aws.iam_token(profile)
     return aws.secret_login(profile).password
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who logs in to the database and with what (None: no password, libpq's own ways apply)."""
+
+    user: str
+    password: str | None = field(repr=False)
+    source: PasswordSource = "none"
+
+
+def resolve_login(
+    profile: Profile,
+    *,
+    prompt: Prompt | None = None,
+    offer_save: Callable[[str], bool] | None = None,
+) -> Login:
+    """The user and password for `profile` (see `resolve_password`).
+
+    secretsmanager: the secret's `username` replaces the profile's user when present.
+    iam: a fresh token (15 minutes) signed for the real endpoint; the caller must use TLS
+    (`clients.effective_sslmode` raises sslmode to require).
+    """
+    source = profile.password
+    if source == "secretsmanager":
+        from tunnelman.core import aws  # boto3 only for AWS sources
+
+        secret = aws.secret_login(profile)
+        return Login(user=secret.username or profile.user, password=secret.password, source=source)
+    password = resolve_password(profile, prompt=prompt, offer_save=offer_save)
+    return Login(user=profile.user, password=password, source=source)
