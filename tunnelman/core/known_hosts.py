@@ -330,8 +330,8 @@ def verify(
             known_hosts=path,
             hint=(
                 "check that fingerprint with the bastion's administrator, then run again with "
-                f"--accept-new-host-key, or record it yourself (`{_keyscan(path, host, port)}`, "
-                "or connect once with ssh)"
+                f"--accept-new-host-key, or record it yourself with `{_keyscan(path, host, port)}` "
+                "or by connecting once with ssh"
             ),
         )
     add(path, host, port, key)
@@ -349,7 +349,7 @@ def _changed(info: HostKeyInfo, expected: str, path: Path, line: int) -> HostKey
         known_hosts=path,
         line=line,
         hint=(
-            "if you trust the change (ask the bastion's administrator), remove the old key with "
+            "if you trust the change, after asking the bastion's administrator, remove the old key with "
             f"`{_keygen_remove(path, info.host, info.port)}` and connect again"
         ),
     )

@@ -84,8 +84,8 @@ def port_busy_error(port: int, host: str = "127.0.0.1") -> PortBusyError:
     return PortBusyError(
         f"local port {port} is already in use{by}",
         hint=(
-            "pick another port with --port N (or local_port in the profile), or stop that program"
-            + (" (a local PostgreSQL?)" if port in (5432, 5433) else "")
+            "pick another port with --port N or local_port in the profile, or stop that program"
+            + ("; a local PostgreSQL?" if port in (5432, 5433) else "")
         ),
     )
 

@@ -404,7 +404,8 @@ def resolve(
         reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
         raise BastionUnreachable(
             f"bastion name {host} does not resolve ({reason})",
-            hint="check the bastion's host name in the profile (a stopped EC2 instance loses its public DNS name)",
+            hint="check the bastion's host name in the profile; a stopped and restarted EC2 "
+            "instance gets a new public DNS name",
         )
     if not result:
         raise BastionUnreachable(f"bastion name {host} has no IPv4/IPv6 address")
@@ -596,11 +597,11 @@ def authenticate(
             hint="tunnelman logs in with keys only; ask for your public key to be authorised",
         )
     hint_user = (
-        "check the user name (ec2-user on Amazon Linux, ubuntu on Ubuntu) and that the public "
-        "key is in ~/.ssh/authorized_keys on the bastion"
+        "check the user name, ec2-user on Amazon Linux or ubuntu on Ubuntu, and that the "
+        "matching public key is in ~/.ssh/authorized_keys on the bastion"
     )
     raise AuthenticationFailed(
-        f"bastion {where} refused {identity.describe()} for user {user} (authentication failed)",
+        f"bastion {where} refused {identity.describe()} for user {user}: authentication failed",
         hint=hint_user,
     )
 
@@ -617,10 +618,10 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
     except paramiko.ChannelException as exc:
         if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
             raise ForwardingFailed(
-                f"the bastion refuses to forward to {target} (administratively prohibited: "
-                "TCP forwarding is disabled for this user, or the target is not allowed)",
-                hint="ask the bastion's administrator for AllowTcpForwarding yes "
-                f"(and a PermitOpen covering {target}) in sshd_config",
+                f"the bastion refuses to forward to {target}: administratively prohibited, "
+                "TCP forwarding is disabled for this user or this target is not allowed",
+                hint="ask the bastion's administrator for `AllowTcpForwarding yes` "
+                f"and a `PermitOpen` covering {target} in sshd_config",
             ) from None
         if exc.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
             raise ForwardingFailed(
@@ -628,7 +629,7 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
                 + (f": {exc.text}" if exc.text and exc.text.lower() != "connect failed" else "")
                 + ")",
                 hint="check the endpoint name and port, that the cluster is available "
-                "(`tunnelman cluster status`), and that its security group allows the bastion",
+                "with `tunnelman cluster status`, and that its security group lets the bastion in",
             ) from None
         raise ForwardingFailed(
             f"the bastion refused the forward to {target} ({exc.text or exc.code})"

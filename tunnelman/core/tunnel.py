@@ -137,7 +137,9 @@ def _make_forwarder_class() -> type[Any]:
             # As sshtunnel's, but a failed bind raises OSError (errno intact) instead of being
             # logged and turned into "An error occurred while opening tunnels".
             handler = self._make_ssh_forward_handler_class(remote_address)
-            server_class = self._make_ssh_forward_server_class(remote_address)
+            base_class = self._make_ssh_forward_server_class(remote_address)
+            # GIS clients open connections in bursts: socketserver's default backlog is 5.
+            server_class = type("ForwardServer", (base_class,), {"request_queue_size": 128})
             server = server_class(local_bind_address, handler, logger=self.logger)
             server.daemon_threads = self.daemon_forward_servers
             self._server_list.append(server)

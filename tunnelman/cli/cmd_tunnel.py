@@ -1,0 +1,166 @@
+"""`tunnelman up NAME`: hold a profile's tunnel on 127.0.0.1 in the foreground until Ctrl-C.
+
+Prints the local address and a ready psql command (never a password), reports reconnects on
+stderr, and closes cleanly on SIGINT or SIGTERM (exit 0). `--detach` hands the tunnel to the
+background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agent).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import queue
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import click
+
+from tunnelman.cli.main import get_ctx
+from tunnelman.cli.output import err, out, progress
+from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
+from tunnelman.core import profiles as prof
+from tunnelman.core.errors import AgentError, TunnelError
+from tunnelman.core.profiles import Profile
+
+
+def psql_command(profile: Profile, port: int) -> str:
+    """A ready `psql "host=127.0.0.1 port=… …"` line: no password, ever."""
+    try:
+        from tunnelman.core import clients
+    except ImportError:  # the renderers ship separately; keep `up` useful without them
+        params = {"host": "127.0.0.1"}
+        if profile.sslmode in ("verify-ca", "verify-full") and profile.endpoint is not None:
+            params = {"host": profile.endpoint.host, "hostaddr": "127.0.0.1"}
+        params |= {
+            "port": str(port),
+            "dbname": profile.database,
+            "user": profile.user,
+            "sslmode": profile.sslmode,
+        }
+        if profile.sslrootcert is not None:
+            params["sslrootcert"] = str(profile.sslrootcert)
+        text = " ".join(f"{k}={v}" for k, v in params.items())
+        return f'psql "{text}"'
+    return clients.render("psql", profile, port).strip()
+
+
+def _detach(ctx: click.Context, name: str, port: int | None, accept_new: bool) -> None:
+    module_name = "tunnelman.cli.cmd_agent"
+    detach_up: Callable[..., Any] | None = None
+    if importlib.util.find_spec(module_name) is not None:
+        detach_up = getattr(importlib.import_module(module_name), "detach_up", None)
+    if detach_up is None:
+        raise AgentError("--detach needs the agent (not available in this build)")
+    detach_up(ctx, name, port, accept_new)
+
+
+@contextmanager
+def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to `handler` for the duration, then restore the old handlers."""
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _interrupt(_sig: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command("up")
+@click.argument("name")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="N",
+    help="Local port on 127.0.0.1 (default: the profile's local_port, else a free one; 0: free).",
+)
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Trust and record the bastion's host key if known_hosts has none for it yet "
+    "(never accepts a CHANGED key).",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Hand the tunnel to the background agent and return (see `tunnelman status`).",
+)
+@click.pass_context
+def up_cmd(
+    ctx: click.Context, name: str, port: int | None, accept_new_host_key: bool, detach: bool
+) -> None:
+    """Open NAME's tunnel on 127.0.0.1 and hold it until Ctrl-C.
+
+    Prints the local address and a ready psql command; point QGIS, pgAdmin or ArcGIS at the same
+    address. The tunnel reconnects by itself if the bastion drops, keeping the port.
+    """
+    if detach:
+        _detach(ctx, name, port, accept_new_host_key)
+        return
+    profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus
+
+    events: queue.Queue[TunnelStatus | None] = queue.Queue()
+    tunnel = Tunnel(
+        profile,
+        local_port=port,
+        host_keys=host_key_policy(accept_new_host_key),
+        passphrase=passphrase_prompt(),
+        on_status=events.put,
+        supervise=True,
+    )
+    target = str(profile.endpoint) if profile.endpoint else "?"
+    progress(f"Connecting to bastion {profile.bastion} … (database {target})")
+    # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
+    with _signals(_interrupt):
+        try:
+            bound = tunnel.start()
+        except KeyboardInterrupt:
+            tunnel.stop()
+            raise
+    stop = threading.Event()
+
+    def request_stop(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+        events.put(None)
+
+    with _signals(request_stop):
+        out(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+        out(f"  {psql_command(profile, bound)}")
+        err("Press Ctrl-C to close it.")
+        failure = _hold(events, stop, TunnelState)
+        tunnel.stop()
+    if failure is not None:
+        raise TunnelError(f"tunnel closed: {failure}")
+    err(f"Closed the tunnel on 127.0.0.1:{bound}.")
+
+
+def _hold(events: queue.Queue[Any], stop: threading.Event, states: Any) -> str | None:
+    """Report state changes until asked to stop; the failure reason if the tunnel failed."""
+    last = states.UP
+    while not stop.is_set():
+        try:
+            status = events.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if status is None or status.state == last:
+            continue
+        if status.state == states.RECONNECTING:
+            reason = f" ({status.error})" if status.error else ""
+            err(f"Lost the bastion{reason}; reconnecting, the local port stays open …")
+        elif status.state == states.UP and last == states.RECONNECTING:
+            err("Reconnected.")
+        elif status.state == states.FAILED:
+            return str(status.error or "failed")
+        last = status.state
+    return None
