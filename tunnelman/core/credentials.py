@@ -28,7 +28,7 @@ def _keyring_error(action: str, exc: BaseException) -> CredentialError:
     if isinstance(exc, keyring.errors.NoKeyringError):
         return CredentialError(
             f"cannot {action}: no usable OS keyring ({reason})",
-            hint=f"install/unlock a Secret Service keyring (e.g. gnome-keyring), {_WAY_OUT}",
+            hint=f"start and unlock a Secret Service keyring (e.g. gnome-keyring), {_WAY_OUT}",
         )
     if isinstance(exc, keyring.errors.KeyringLocked):
         return CredentialError(
@@ -37,19 +37,23 @@ def _keyring_error(action: str, exc: BaseException) -> CredentialError:
     return CredentialError(f"cannot {action}: keyring error: {reason}", hint=_WAY_OUT)
 
 
-def _backend() -> object:
+def _backend(action: str = "use the keyring") -> object:
     import keyring
     import keyring.errors
 
     try:
         backend = keyring.get_keyring()
     except Exception as exc:  # keyring's backend discovery raises assorted errors
-        raise _keyring_error("use the keyring", exc) from None
+        raise _keyring_error(action, exc) from None
     priority = getattr(backend, "priority", 1)
     if isinstance(priority, int | float) and priority <= 0:
-        raise _keyring_error(
-            "use the keyring", keyring.errors.NoKeyringError(type(backend).__name__)
+        kind = f"{type(backend).__module__}.{type(backend).__name__}"
+        reason = (
+            "no Secret Service answered on D-Bus and no other backend is installed"
+            if kind == "keyring.backends.fail.Keyring"
+            else f"backend {kind} cannot store passwords"
         )
+        raise _keyring_error(action, keyring.errors.NoKeyringError(reason))
     return backend
 
 
@@ -57,7 +61,7 @@ def keyring_get(name: str) -> str | None:
     """The stored password for profile `name`, or None when none is stored."""
     import keyring
 
-    _backend()
+    _backend(f"read the password of '{name}' from the keyring")
     try:
         return keyring.get_password(SERVICE, name)
     except Exception as exc:  # D-Bus, locked collection, prompt dismissed…
@@ -70,7 +74,7 @@ def keyring_set(name: str, password: str) -> None:
 
     if not password:
         raise CredentialError("refusing to store an empty password", hint='use password = "none"')
-    _backend()
+    _backend(f"save the password of '{name}' in the keyring")
     try:
         keyring.set_password(SERVICE, name, password)
     except Exception as exc:
@@ -82,7 +86,7 @@ def keyring_delete(name: str) -> bool:
     import keyring
     import keyring.errors
 
-    _backend()
+    _backend(f"delete the password of '{name}' from the keyring")
     try:
         keyring.delete_password(SERVICE, name)
     except keyring.errors.PasswordDeleteError:

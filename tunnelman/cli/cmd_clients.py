@@ -1,0 +1,287 @@
+"""`tunnelman psql | exec | env | conn`: the database clients, through the tunnel.
+
+Thin commands over `core.oneshot` (psql, exec), `core.clients` (env, conn) and
+`core.client_files` (conn --write). A tunnel the background agent already holds is reused; the
+agent is optional (the import is guarded, and a missing or dead agent just means "not up").
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import click
+
+from tunnelman.cli.main import get_ctx
+from tunnelman.cli.output import err, out, progress
+from tunnelman.cli.prompts import host_key_policy, interactive, passphrase_prompt, password_prompt
+from tunnelman.core import clients
+from tunnelman.core import profiles as prof
+from tunnelman.core.credentials import Login, resolve_login
+from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
+from tunnelman.core.profiles import Profile
+
+_PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _profile(ctx: click.Context, name: str) -> Profile:
+    return prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+
+
+def agent_port(name: str) -> int | None:
+    """The local port of NAME's tunnel if the agent holds it up; None otherwise (no agent too)."""
+    try:
+        from tunnelman.agent.client import AgentClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        status = AgentClient().find(name)
+    except (TunnelmanError, OSError):
+        return None
+    if status is None or str(getattr(status, "state", "")) != "up":
+        return None
+    port = getattr(status, "local_port", None)
+    return port if isinstance(port, int) else None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _offer_save(_password: str) -> bool:
+    return click.confirm("Save it in the keyring for next time?", default=True, err=True)
+
+
+def login_for(profile: Profile) -> Login:
+    """The login, asking on a terminal when the profile says so (or the keyring has none)."""
+    prompt = password_prompt()
+    offer = _offer_save if prompt is not None and profile.password == "keyring" else None
+    return resolve_login(profile, prompt=prompt, offer_save=offer)
+
+
+def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host_key: bool) -> None:
+    from tunnelman.core import oneshot
+
+    profile = _profile(ctx, name)
+    oneshot.find_program(argv[0])  # before any prompt or SSH work
+    login = login_for(profile)
+    port = agent_port(name)
+    if port is None and sys.stderr.isatty():
+        progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
+    code = oneshot.run(
+        profile,
+        argv,
+        login,
+        port=port,
+        host_keys=host_key_policy(accept_new_host_key),
+        passphrase=passphrase_prompt(),
+    )
+    ctx.exit(code)
+
+
+_ACCEPT_NEW = click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Trust and record the bastion's host key if known_hosts has none yet (never a changed one).",
+)
+
+
+@click.command("psql", context_settings=_PASSTHROUGH)
+@_ACCEPT_NEW
+@click.argument("name")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def psql_cmd(
+    ctx: click.Context, name: str, psql_args: tuple[str, ...], accept_new_host_key: bool
+) -> None:
+    """Run psql against NAME through the tunnel, then close it; returns psql's exit code.
+
+    Everything after NAME goes to psql unchanged, e.g.
+    `tunnelman psql prod -v ON_ERROR_STOP=1 -c "select postgis_full_version()"`.
+    The password reaches psql only through a temporary PGPASSFILE (0600), removed afterwards.
+    A tunnel the agent already holds for NAME is reused.
+    """
+    _run_oneshot(ctx, name, ["psql", *psql_args], accept_new_host_key)
+
+
+@click.command("exec", context_settings=_PASSTHROUGH)
+@_ACCEPT_NEW
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_cmd(
+    ctx: click.Context, name: str, command: tuple[str, ...], accept_new_host_key: bool
+) -> None:
+    """Run any libpq program against NAME through the tunnel: `tunnelman exec NAME -- CMD [ARGS…]`.
+
+    CMD gets PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE and a temporary PGPASSFILE, e.g.
+    `tunnelman exec prod -- pg_dump --schema-only -t public.pts`, or ogr2ogr, pgcli, qgis.
+    Returns CMD's exit code; the tunnel closes when CMD ends.
+    """
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise click.UsageError("no command given: tunnelman exec NAME -- CMD [ARGS…]")
+    _run_oneshot(ctx, name, argv, accept_new_host_key)
+
+
+@click.command("env")
+@click.argument("name")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, metavar="N", help="The tunnel's port."
+)
+@click.pass_context
+def env_cmd(ctx: click.Context, name: str, port: int | None) -> None:
+    """Print PG* exports for NAME's tunnel: `eval "$(tunnelman env NAME)"`.
+
+    The tunnel must outlive this command: the agent's tunnel is used when it is up, else the
+    profile's local_port (start it with `tunnelman up NAME`). No password is printed: libpq
+    asks, or reads your .pgpass (`tunnelman conn NAME --format pgpass --write`).
+    """
+    profile = _profile(ctx, name)
+    chosen = port or agent_port(name)
+    if chosen is None:
+        chosen = profile.local_port
+        if chosen is None:
+            raise _no_port(name)
+        if not _listening(chosen):
+            err(
+                f"tunnelman: note: nothing listens on 127.0.0.1:{chosen} yet: "
+                f"run `tunnelman up {name}` (or `tunnelman up {name} --detach`)"
+            )
+    sys.stdout.write(clients.render("env", profile, chosen))
+
+
+def _no_port(name: str) -> ClientError:
+    return ClientError(
+        f"no port for '{name}': its tunnel is not up and the profile has no local_port",
+        hint=f"run `tunnelman up {name}` first, pass --port N, or set local_port in the profile",
+    )
+
+
+_WRITABLE = ("pg-service", "pgpass", "pgadmin", "qgis-xml")
+
+
+def _conn_help() -> str:
+    rows = "\n".join(f"  {name:<11} {text}" for name, text in clients.FORMATS.items())
+    return (
+        "Connection settings for NAME's tunnel, in the format a client reads.\n\n"
+        "Prints to stdout (notes on stderr); nothing printed holds a password. The port is "
+        "--port, else the agent's tunnel for NAME, else the profile's local_port.\n\n"
+        f"\b\nFormats:\n{rows}\n\n"
+        "--write merges NAME's entry into a file instead (idempotent; the previous version is "
+        "kept as FILE.bak): pg-service → $PGSERVICEFILE or ~/.pg_service.conf; pgpass → "
+        "$PGPASSFILE or ~/.pgpass (0600, with the password from the keyring/prompt/AWS); "
+        "pgadmin and qgis-xml → the file given with --file."
+    )
+
+
+@click.command("conn", help=_conn_help())
+@click.argument("name")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(list(clients.FORMATS)),
+    metavar="FORMAT",
+    default="psql",
+    show_default=True,
+    help="Output format (see the list above).",
+)
+@click.option(
+    "-w",
+    "--write",
+    is_flag=True,
+    help="Merge into the client's file (pg-service, pgpass, pgadmin, qgis-xml).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, metavar="N", help="Local port."
+)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    metavar="PATH",
+    help="The file --write merges into (required for pgadmin and qgis-xml).",
+)
+@click.option(
+    "--pgadmin-ssh",
+    is_flag=True,
+    help="pgadmin: let pgAdmin run the SSH tunnel itself (UseSSHTunnel) instead of tunnelman.",
+)
+@click.pass_context
+def conn_cmd(
+    ctx: click.Context,
+    name: str,
+    fmt: str,
+    write: bool,
+    port: int | None,
+    path: str | None,
+    pgadmin_ssh: bool,
+) -> None:
+    profile = _profile(ctx, name)
+    chosen = port or agent_port(name) or profile.local_port
+    if chosen is None:
+        if fmt == "pgadmin" and pgadmin_ssh:
+            chosen = 5432  # unused: pgAdmin connects to the endpoint through its own tunnel
+        else:
+            raise _no_port(name)
+    if write:
+        _write(profile, fmt, chosen, path, pgadmin_ssh)
+        return
+    if path is not None:
+        raise click.UsageError("--file goes with --write")
+    sys.stdout.write(clients.render(fmt, profile, chosen, pgadmin_ssh=pgadmin_ssh))
+    if fmt not in clients.COMMENTED_FORMATS:
+        for note in clients.notes(fmt, profile, chosen):
+            err(f"tunnelman: note: {note}")
+
+
+def _write(profile: Profile, fmt: str, port: int, path: str | None, pgadmin_ssh: bool) -> None:
+    from pathlib import Path
+
+    from tunnelman.core import client_files
+
+    target = Path(path).expanduser() if path else None
+    if fmt == "pg-service":
+        result = client_files.write_service(profile, port, path=target)
+    elif fmt == "pgpass":
+        if profile.password == "none":
+            raise CredentialError(
+                f"profile '{profile.name}' has password = \"none\": tunnelman has no password to write"
+            )
+        if profile.password == "iam":
+            raise CredentialError(
+                "an IAM token expires after 15 minutes, so a .pgpass cannot hold it",
+                hint=f"use `tunnelman psql {profile.name}` or `tunnelman exec {profile.name} -- CMD`",
+            )
+        if profile.password == "prompt" and not interactive():
+            raise CredentialError("the profile asks for its password, but there is no terminal")
+        login = login_for(profile)
+        assert login.password is not None
+        result = client_files.write_pgpass(
+            profile, port, login.password, user=login.user, path=target
+        )
+    elif fmt in ("pgadmin", "qgis-xml"):
+        if target is None:
+            raise click.UsageError(f"--write --format {fmt} needs --file PATH")
+        if fmt == "pgadmin":
+            result = client_files.write_pgadmin(profile, port, target, pgadmin_ssh=pgadmin_ssh)
+        else:
+            result = client_files.write_qgis_xml(profile, port, target)
+    else:
+        raise click.UsageError(f"--write works with {', '.join(_WRITABLE)}; print {fmt} instead")
+    out(result.describe())
+    if fmt == "pgadmin":
+        err(
+            f"tunnelman: import it in pgAdmin: Tools > Import/Export Servers > Import > {result.path}"
+        )
+    elif fmt == "qgis-xml":
+        err(
+            "tunnelman: load it in QGIS: Browser > right-click PostgreSQL > Load Connections… > "
+            f"{result.path}"
+        )
