@@ -266,6 +266,7 @@ class Postgres:
         self.ca_key_path: Path | None = None
         self._initialized = False
         self._started = False
+        self._watchdog: procs.Watchdog | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -393,6 +394,17 @@ class Postgres:
         if self._started:
             return
         procs.on_exit(self.close)
+        if self._watchdog is None:
+            # If the test process is killed outright: stop the server, remove the dir.
+            stop = [
+                str(self.bindir / "pg_ctl"),
+                "stop",
+                "-m",
+                "immediate",
+                "-D",
+                str(self.data_dir),
+            ]
+            self._watchdog = procs.Watchdog([self._as_owner(stop), ["rm", "-rf", str(self.dir)]])
         first = not self._initialized
         if first:
             self._init()
@@ -461,6 +473,9 @@ class Postgres:
         if (self.data_dir / "postmaster.pid").exists():
             self._kill_postmaster()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
 
     @property
     def endpoint_name(self) -> str:

@@ -1,9 +1,14 @@
 """Process helpers for the lab: process trees from /proc, bounded kills, exit safety nets.
 
-Every long-lived process the lab starts is registered with ``on_exit`` so that it is stopped
-even when pytest ends without running fixture teardown (KeyboardInterrupt, an internal
-error).  Processes started from the main thread also get ``PR_SET_PDEATHSIG`` so they die
-with a pytest that is killed outright.
+Three layers make sure a lab server does not outlive the tests:
+
+1. fixture teardown (``close()``), also when a test fails;
+2. ``on_exit``: an atexit hook, for a pytest that ends without teardown (an internal error,
+   a second Ctrl-C);
+3. ``Watchdog``: a tiny detached helper holding a pipe from the test process; when that
+   process dies, even by SIGKILL, the pipe reaches EOF and the helper runs the cleanup
+   commands it was given (``pg_ctl stop``, ``kill``, ``rm -rf``).  ``disarm()`` after a
+   normal stop.  Processes started from the main thread also get ``PR_SET_PDEATHSIG``.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
+    "Watchdog",
     "alive",
     "children",
     "descendants",
@@ -138,3 +147,45 @@ def preexec_die_with_parent() -> Callable[[], None] | None:
     if _prctl is None or threading.current_thread() is not threading.main_thread():
         return None
     return _set_pdeathsig
+
+
+_WATCHDOG_CODE = """
+import json, subprocess, sys
+commands = json.loads(sys.argv[1])
+if sys.stdin.buffer.read() != b"disarm":
+    for argv in commands:
+        try:
+            subprocess.run(argv, timeout=60, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except Exception:
+            pass
+"""
+
+
+class Watchdog:
+    """Runs ``commands`` (argv lists, in order) if this process dies before ``disarm()``."""
+
+    def __init__(self, commands: list[list[str]]) -> None:
+        self.commands = commands
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG_CODE, json.dumps(commands)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the test's process group spares it
+        )
+
+    def disarm(self) -> None:
+        """The cleanup was done normally: let the watchdog exit without running it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.write(b"disarm")
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -126,6 +126,7 @@ class Sshd:
         """Private key of the user key made by ``add_user_key()`` (authorized, mode 0600)."""
         self.public_key: str | None = None
         self._orphans: set[int] = set()
+        self._watchdog: procs.Watchdog | None = None
         self._make_host_keys()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -177,12 +178,17 @@ class Sshd:
                 start_new_session=True,
             )
         procs.on_exit(self.close)
+        # If the test process is killed outright: stop sshd (and remove its dir if ours).
+        cleanup = [["kill", "-TERM", str(self.proc.pid)]]
+        if self._own_dir:
+            cleanup.append(["rm", "-rf", str(self.dir)])
+        self._watchdog = procs.Watchdog(cleanup)
         deadline = time.monotonic() + timeout
         # sshd writes the pid file after it has bound its listening socket.
         while not self.pid_path.exists():
             if self.proc.poll() is not None:
                 err = stderr_path.read_text(errors="replace")
-                self.proc = None
+                self.stop()
                 raise RuntimeError(
                     f"sshd exited at start: {err.strip()} {self._log_since(log_offset)}".strip()
                 )
@@ -213,6 +219,9 @@ class Sshd:
                 proc.wait(timeout=timeout)
         self.proc = None
         self.pid_path.unlink(missing_ok=True)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
 
     def restart(self) -> None:
         """``stop()`` then ``start()``: same port, same host keys, sessions dropped."""
