@@ -514,6 +514,10 @@ def start_transport(
         transport.start_client(event=done)
         deadline = time.monotonic() + timeout
         while not done.wait(0.05):
+            if canceller is not None:
+                canceller.check()
+            if not transport.is_active():
+                break
             if time.monotonic() >= deadline:
                 raise BastionUnreachable(
                     f"bastion {where} accepted TCP but did not complete the SSH handshake within "
@@ -525,6 +529,13 @@ def start_transport(
             reason = str(exc) if exc is not None else "connection closed"
             if canceller is not None:
                 canceller.check()
+            if "banner" in reason.lower():
+                raise BastionUnreachable(
+                    f"bastion {where} accepted the connection but did not start SSH within "
+                    f"{timeout:g} s (timed out waiting for the SSH banner)",
+                    hint="check that the port is the bastion's SSH port; raise connect_timeout "
+                    "if the link is slow",
+                )
             raise BastionUnreachable(
                 f"SSH handshake with bastion {where} failed: {reason}",
                 hint="check that the port is the bastion's SSH port",

@@ -495,9 +495,10 @@ class Tunnel:
     def _fail(self, reason: str) -> None:
         """Give up for good: close the port so nothing is forwarded anywhere, report why."""
         self._log.warning("tunnel %s failed: %s", self.profile.name, reason)
-        self._set_state(TunnelState.FAILED, error=reason)
+        # Port closed before FAILED is reported: whoever reacts to it finds nothing listening.
         self._close_server()
         self._close_transports()
+        self._set_state(TunnelState.FAILED, error=reason)
 
     def _close_idle_retired(self) -> None:
         with self._lock:
