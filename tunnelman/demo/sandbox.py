@@ -204,6 +204,7 @@ class Sandbox:
         self.bastion: InprocBastion | None = None
         self._profile_saved = False
         self._pgpass: Path | None = None
+        self._config_before: str | None = None
         self._closed = False
 
     def __enter__(self) -> Self:
@@ -292,6 +293,10 @@ class Sandbox:
         }
         if self.local_port is not None:
             values["local_port"] = self.local_port
+        try:
+            self._config_before = self.config.read_text("utf-8")
+        except FileNotFoundError:
+            self._config_before = None
         prof.save_profile(self.config, name, values)
         self._profile_saved = True
         self.name = name
@@ -318,6 +323,10 @@ class Sandbox:
                 continue
             with contextlib.suppress(ConfigError):
                 prof.delete_profile(self.config, profile.name)
+                # tomlkit leaves the blank line that preceded the table at the end of the file.
+                text = self.config.read_text("utf-8")
+                if text.endswith("\n\n"):
+                    atomic_write(self.config, text.rstrip("\n") + "\n" if text.strip() else "")
             if profile.identity_file is not None:
                 _remove_workdir(profile.identity_file.parent)
             self.progress(f"removed profile '{profile.name}' left by a demo that did not exit")
@@ -343,6 +352,20 @@ class Sandbox:
 
     # -------------------------------------------------------------- close
 
+    def _restore_layout(self) -> None:
+        """Undo the blank lines tomlkit leaves where the profile was, when nothing else changed.
+
+        A file the demo created is removed when only whitespace is left in it.
+        """
+        before = self._config_before
+        now = self.config.read_text("utf-8")
+        if before is None:
+            if not now.strip():
+                self.config.unlink()
+            return
+        if now != before and now.rstrip() == before.rstrip():
+            atomic_write(self.config, before)
+
     def close(self) -> None:
         """Remove the profile and password block, stop bastion and database, delete the files."""
         if self._closed:
@@ -352,6 +375,7 @@ class Sandbox:
         if self._profile_saved and self.name is not None:
             try:
                 prof.delete_profile(self.config, self.name)
+                self._restore_layout()
             except Exception as exc:  # keep cleaning up; report at the end
                 errors.append(f"could not remove profile '{self.name}' from {self.config}: {exc}")
             self._profile_saved = False
