@@ -1,0 +1,86 @@
+"""AWS for tunnelman: the one entry point to boto3 (discovery, cluster status/start/stop, serverless
+resume checks, IAM tokens, Secrets Manager, EC2 Instance Connect).
+
+Callers import this module (`from tunnelman.core import aws`) and nothing else of the `aws_*`
+family, which it re-exports:
+
+- `aws_session`  sessions on the standard chain, clients with retries/timeouts, error mapping
+- `aws_model`    `Database`, `Member`, `CustomEndpoint`, `BastionCandidate` (pure, JSON shapes)
+- `aws_rds`      one cluster/instance: look-up, status, start/stop/wait, resume checks
+- `aws_discover` clusters, instances, proxies and bastion candidates across regions
+- `aws_auth`     `iam_token`, `secret_login`, `instance_connect_key`
+
+Importing it is cheap: boto3 (≈0.6 s) is imported inside the functions that call AWS, so the tunnel
+and client code may import this module at top level and call `resume_hint` /
+`needs_resume_timeout` / `connect_timeout_for`, which return at once for a profile without a
+`cluster`. No other tunnelman module imports boto3.
+"""
+
+from __future__ import annotations
+
+from tunnelman.core.aws_auth import (
+    Login,
+    ephemeral_key,
+    iam_token,
+    instance_connect_key,
+    secret_id_for,
+    secret_login,
+)
+from tunnelman.core.aws_discover import Discovery, discover
+from tunnelman.core.aws_model import BastionCandidate, CustomEndpoint, Database, Member
+from tunnelman.core.aws_rds import (
+    RESUME_CONNECT_TIMEOUT,
+    RESUME_NOTE,
+    TARGET_STATUS,
+    Action,
+    assess,
+    change_state,
+    check_action,
+    clear_cache,
+    cluster_state,
+    cluster_status,
+    connect_timeout_for,
+    find,
+    needs_resume_timeout,
+    resume_hint,
+    start_cluster,
+    stop_cluster,
+    wait_for,
+)
+from tunnelman.core.aws_session import NO_REGION, map_error, region_from_host, session_for
+
+__all__ = [
+    "NO_REGION",
+    "RESUME_CONNECT_TIMEOUT",
+    "RESUME_NOTE",
+    "TARGET_STATUS",
+    "Action",
+    "BastionCandidate",
+    "CustomEndpoint",
+    "Database",
+    "Discovery",
+    "Login",
+    "Member",
+    "assess",
+    "change_state",
+    "check_action",
+    "clear_cache",
+    "cluster_state",
+    "cluster_status",
+    "connect_timeout_for",
+    "discover",
+    "ephemeral_key",
+    "find",
+    "iam_token",
+    "instance_connect_key",
+    "map_error",
+    "needs_resume_timeout",
+    "region_from_host",
+    "resume_hint",
+    "secret_id_for",
+    "secret_login",
+    "session_for",
+    "start_cluster",
+    "stop_cluster",
+    "wait_for",
+]
