@@ -323,6 +323,7 @@ class TunnelmanApp(App[None]):
         if cancel is None:
             return
         cancel.set()
+        self.views.pop(name, None)
         self.notify(f"Cancelled connecting '{name}'.", severity="warning")
         self._refresh(name)
 
@@ -340,6 +341,8 @@ class TunnelmanApp(App[None]):
     def _tunnel_changed(self, message: TunnelChanged) -> None:
         if message.view is None:
             self.views.pop(message.name, None)
+        elif message.view.state == "starting" and message.name not in self.connecting:
+            return  # news from an attempt that was cancelled meanwhile
         else:
             if message.name in self.connecting and message.view.state == "up":
                 self.connecting.pop(message.name, None)
@@ -389,7 +392,9 @@ class TunnelmanApp(App[None]):
                 "This profile has no fixed local_port: open the tunnel (enter) and the settings "
                 "will show the port it got, or set local_port (e)."
             )
-        return services.render_conn(fmt, profile, port)
+        text = services.render_conn(fmt, profile, port)
+        notes = services.conn_notes(fmt, profile, port)
+        return text.rstrip("\n") + "".join(f"\n\nnote: {n}" for n in notes)
 
     def conn_texts(self, name: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -428,9 +433,11 @@ class TunnelmanApp(App[None]):
             return
         profile = self.profiles[name]
 
+        config_dir = self.config_path.parent
+
         def write() -> None:
-            path = services.write_conn(fmt, profile, port)
-            self.post_message(Notice(f"Wrote the {fmt} setting of '{name}' to {path}."))
+            line = services.write_conn(fmt, profile, port, config_dir)
+            self.post_message(Notice(f"Wrote '{name}' to {line}"))
 
         self._work("write", name, write)
 

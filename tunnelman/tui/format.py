@@ -139,21 +139,26 @@ def cluster_text(status: Any) -> Text:
     if engine or mode:
         parts = [str(engine or "?") + (f" {version}" if version else ""), f"mode {mode or '?'}"]
         _row(text, "engine", ", ".join(parts))
-    capacity = _get(status, "capacity", "Capacity")
-    paused = _get(status, "paused")
-    acu_min = _get(status, "min_capacity", "acu_min", "MinCapacity")
-    acu_max = _get(status, "max_capacity", "acu_max", "MaxCapacity")
-    if capacity is not None or paused is not None or acu_min is not None:
+    capacity_text = _get(status, "capacity_text")
+    if capacity_text is not None:
+        kind = _get(status, "type_text")
+        paused = _get(status, "paused")
+        if paused:
+            capacity_text = f"{capacity_text}: paused, the first connection resumes it"
+        _row(text, "capacity", f"{capacity_text}" + (f"  ({kind})" if kind else ""))
+    else:
+        capacity = _get(status, "capacity", "Capacity")
+        acu_min = _get(status, "acu_min", "min_capacity", "MinCapacity")
+        acu_max = _get(status, "acu_max", "max_capacity", "MaxCapacity")
         words = []
-        if paused or capacity == 0:
-            words.append("paused (0 ACU: the first connection resumes it)")
+        if capacity == 0:
+            words.append("paused (0 ACU): the first connection resumes it")
         elif capacity is not None:
             words.append(f"{capacity} ACU")
         if acu_min is not None or acu_max is not None:
-            words.append(
-                f"range {acu_min if acu_min is not None else '?'}–{acu_max if acu_max is not None else '?'} ACU"
-            )
-        _row(text, "capacity", ", ".join(words) or "—")
+            words.append(f"range {acu_min}–{acu_max} ACU")
+        if words:
+            _row(text, "capacity", ", ".join(words))
     for label, names in (
         ("writer", ("endpoint", "Endpoint")),
         ("reader", ("reader_endpoint", "ReaderEndpoint")),
@@ -163,7 +168,7 @@ def cluster_text(status: Any) -> Text:
             port = _get(status, "port", "Port")
             _row(text, label, f"{value}:{port}" if port else str(value))
     for custom in _as_items(_get(status, "custom_endpoints", "CustomEndpoints")):
-        _row(text, "custom", str(custom))
+        _row(text, "custom", str(_get(custom, "endpoint", "Endpoint") or custom))
     members = list(_as_items(_get(status, "members", "DBClusterMembers")))
     for i, member in enumerate(members):
         _row(text, "members" if i == 0 else "", member_text(member))

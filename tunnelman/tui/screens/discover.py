@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError
-from tunnelman.tui.format import public_fields
+from tunnelman.tui import services
 from tunnelman.tui.screens.profile_form import field_of_error
 
 if TYPE_CHECKING:
@@ -53,14 +53,12 @@ def profile_values(
         "identity_file": identity_file or None,
         "endpoint": endpoint or None,
         "database": item.get("database") or item.get("database_name") or None,
-        "user": item.get("master_username") or item.get("user") or None,
+        "user": item.get("master_user") or item.get("master_username") or None,
         "local_port": int(local_port) if local_port.isdigit() else (local_port or None),
         "cluster": item.get("id"),
         "region": item.get("region"),
         "aws_profile": aws_profile or None,
     }
-    if item.get("iam_auth"):
-        values["password"] = "iam"
     return values
 
 
@@ -141,8 +139,7 @@ class DiscoverScreen(ModalScreen[str | None]):
         app = self.tm
 
         def run() -> None:
-            found = app.aws.discover(regions=regions or None, aws_profile=aws_profile)
-            self.post_message(Discovered([public_fields(item) for item in found]))
+            self.post_message(Discovered(services.discover(app.aws, regions, aws_profile)))
 
         app._work("discover", "aws", run)
 

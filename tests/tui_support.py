@@ -1,0 +1,196 @@
+"""Helpers for the TUI tests: waiting in a Pilot, reading widgets, a hanging bastion, stand-ins.
+
+`FakeHost` and `FakeAws` exist only for the SVG snapshots, which must not depend on random ports,
+real clocks or moto's random endpoint names; every behaviour they stand in for is also tested
+against the real lab (sshd, PostgreSQL, moto) in tests/test_tui_lab.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Self
+
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnStatus, TunnelView
+
+if TYPE_CHECKING:
+    from tunnelman.core.profiles import Profile
+    from tunnelman.tui.app import TunnelmanApp
+
+P = ParamSpec("P")
+FIXED_NOW = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: the snapshots' clock
+
+
+def sync(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an async Pilot test with asyncio.run (no async pytest plugin needed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+async def wait_for(
+    pilot: Pilot[Any], condition: Callable[[], object], timeout: float = 20.0, what: str = ""
+) -> None:
+    """Let the app run until `condition()` is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
+        await pilot.pause(0.05)
+
+
+def text_of(app: TunnelmanApp, selector: str) -> str:
+    """The plain text a Static shows."""
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def main_text(app: TunnelmanApp, selector: str) -> str:
+    """The plain text of a Static on the main screen, whatever screen is on top."""
+    main = app.main
+    assert main is not None
+    return str(main.query_one(selector, Static).render())
+
+
+class HangingBastion:
+    """A TCP listener on 127.0.0.1 that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+@dataclass
+class FakeHost:
+    """A TunnelHost whose tunnels open at once on fixed ports (snapshots only; see the docstring)."""
+
+    survives_quit: bool = False
+    since: float = FIXED_NOW - 754
+    fail: dict[str, str] = field(default_factory=dict)
+    tunnels: dict[str, TunnelView] = field(default_factory=dict)
+
+    def open(
+        self,
+        profile: Profile,
+        *,
+        config_path: Path,
+        ask_host_key: AskHostKey,
+        ask_passphrase: AskPassphrase,
+        cancel: threading.Event,
+        on_status: OnStatus,
+    ) -> TunnelView:
+        from tunnelman.core.errors import BastionUnreachable
+
+        if profile.name in self.fail:
+            raise BastionUnreachable(self.fail[profile.name])
+        view = TunnelView(
+            name=profile.name,
+            state="up",
+            local_port=profile.local_port or 15432,
+            since=self.since,
+            connections=2,
+        )
+        self.tunnels[profile.name] = view
+        return view
+
+    def close(self, name: str) -> None:
+        self.tunnels.pop(name, None)
+
+    def close_all(self) -> None:
+        self.tunnels.clear()
+
+    def statuses(self) -> dict[str, TunnelView]:
+        return {name: replace(view) for name, view in self.tunnels.items()}
+
+
+@dataclass(frozen=True)
+class FakeMember:
+    id: str
+    role: str
+    status: str = "available"
+
+
+@dataclass(frozen=True)
+class FakeCluster:
+    """Shaped like core.aws.Database (the fields the cluster pane reads)."""
+
+    id: str = "database-1"
+    status: str = "available"
+    engine: str = "aurora-postgresql"
+    engine_version: str = "15.4"
+    engine_mode: str = "provisioned"
+    endpoint: str = "database-1.cluster-abc123xyz.us-east-2.rds.amazonaws.com"
+    reader_endpoint: str = "database-1.cluster-ro-abc123xyz.us-east-2.rds.amazonaws.com"
+    port: int = 5432
+    capacity_text: str = "0.5–8 ACU"
+    type_text: str = "serverless v2"
+    paused: bool | None = False
+    members: tuple[FakeMember, ...] = (
+        FakeMember("database-1-instance-1", "writer"),
+        FakeMember("database-1-instance-2", "reader"),
+    )
+    custom_endpoints: tuple[Any, ...] = ()
+
+
+@dataclass
+class FakeAws:
+    """Stands in for core.aws in snapshots (moto's endpoint names are random)."""
+
+    cluster: FakeCluster = field(default_factory=FakeCluster)
+    calls: list[str] = field(default_factory=list)
+
+    def cluster_status(self, profile: Profile) -> FakeCluster:
+        self.calls.append(f"status {profile.name}")
+        return self.cluster
+
+    def start_cluster(self, profile: Profile) -> FakeCluster:
+        self.calls.append(f"start {profile.name}")
+        self.cluster = replace(self.cluster, status="starting")
+        return self.cluster
+
+    def stop_cluster(self, profile: Profile) -> FakeCluster:
+        self.calls.append(f"stop {profile.name}")
+        self.cluster = replace(self.cluster, status="stopping")
+        return self.cluster
