@@ -520,8 +520,8 @@ def start_transport(
                 break
             if time.monotonic() >= deadline:
                 raise BastionUnreachable(
-                    f"bastion {where} accepted TCP but did not complete the SSH handshake within "
-                    f"{timeout:g} s",
+                    f"bastion {where} accepted the connection but the SSH handshake did not "
+                    f"finish within {timeout:g} s (timed out)",
                     hint="is it an SSH server? check the port; raise connect_timeout if the link is slow",
                 )
         if not transport.is_active():
