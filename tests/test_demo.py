@@ -221,6 +221,37 @@ def test_embedded_postgres_sandbox(pg_root: Path, monkeypatch: pytest.MonkeyPatc
     assert _wait(lambda: not _pids_using(pg_root / "pg"), 10)
 
 
+def test_as_root_without_a_postgres_account_the_server_runs_as_nobody(
+    pg_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh root container with only the wheel has no `postgres` account: `nobody` runs it."""
+    if os.geteuid() != 0:
+        pytest.skip("only root needs another account for the server")
+    import pwd
+
+    real = pwd.getpwnam
+
+    def without_postgres(name: str) -> pwd.struct_passwd:
+        if name == "postgres":
+            raise KeyError(name)
+        return real(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", without_postgres)
+    try:
+        binaries = find_binaries("embedded")
+    except DemoError:
+        binaries = _system_postgres()
+    db = SandboxDatabase(pg_root / "pg", binaries, password="pw-" + os.urandom(6).hex())
+    db.start()
+    try:
+        assert db.run_as == "nobody"
+        assert db.proc is not None
+        assert Path(f"/proc/{db.proc.pid}").stat().st_uid == real("nobody").pw_uid
+        _check_database(db, postgis=binaries.postgis is not None)
+    finally:
+        db.stop()
+
+
 # ----------------------------------------------------------------------------- the sandbox
 
 

@@ -189,7 +189,9 @@ def _print_ready(info: object, port: int) -> None:
         out(f"  {prog} exec {name} -- {psql} -c {shlex.quote(query)}")
     else:
         out(f"  {prog} psql {name} -c {shlex.quote(query)}")
-    out(f"  {prog} ls")
+    out(
+        f"  {prog} conn {name} --port {port} --format qgis-xml > demo-qgis.xml   # or pgadmin, dbeaver…"
+    )
     out("")
     out("Press Ctrl-C to stop the sandbox.")
 
