@@ -44,6 +44,10 @@ USER_FILE = """\
 # My profiles: comments like this one must survive the demo.
 [defaults]
 region = "us-east-2"   # where everything lives
+identity_file = "~/.ssh/aws-ec2.pem"
+password = "keyring"
+sslmode = "require"
+local_port = 5433
 
 [profiles.prod]
 # the real cluster

@@ -137,7 +137,8 @@ def _hold(info: object, port: int | None) -> None:
 
     assert isinstance(info, SandboxInfo)
     profile = info.profile
-    tunnel = Tunnel(profile, local_port=port, host_keys=HostKeyPolicy(), supervise=True)
+    # Port 0 (a free one) unless asked: a local_port inherited from [defaults] may be in use.
+    tunnel = Tunnel(profile, local_port=port or 0, host_keys=HostKeyPolicy(), supervise=True)
     try:
         bound = tunnel.start()
         _print_ready(info, bound)

@@ -29,6 +29,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,8 @@ class Sandbox:
         }
         if self.local_port is not None:
             values["local_port"] = self.local_port
+        if _defaults(self.config).get("instance_connect") is True:
+            values["instance_connect"] = False  # the sandbox's bastion is not an EC2 instance
         try:
             self._config_before = self.config.read_text("utf-8")
         except FileNotFoundError:
@@ -394,6 +397,16 @@ class Sandbox:
                 errors.append(f"could not remove {self.workdir}")
         if errors:
             raise DemoError("; ".join(errors))
+
+
+def _defaults(config: Path) -> dict[str, object]:
+    """The file's [defaults] table: the demo profile inherits it, so some keys need overriding."""
+    try:
+        data = tomllib.loads(config.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    table = data.get("defaults")
+    return table if isinstance(table, dict) else {}
 
 
 def _write_private(path: Path, text: str) -> None:
