@@ -581,3 +581,19 @@ def test_stop_during_reconnect_is_fast(
     assert time.monotonic() - started < 3
     assert tunnel.status.state == TunnelState.STOPPED
     assert refused(port)
+
+
+def test_key_refused_on_reconnect_fails_for_good(
+    bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
+) -> None:
+    recorder = Recorder()
+    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnels.append(tunnel)
+    port = tunnel.start()
+    bastion.clear_authorized()
+    bastion.kill_sessions()
+    failed = recorder.wait_for(TunnelState.FAILED, timeout=15)
+    assert failed.error is not None
+    assert "authentication failed" in failed.error
+    assert refused(port)
+    assert tunnel.status.reconnects == 0

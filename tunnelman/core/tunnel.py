@@ -243,8 +243,8 @@ class Tunnel:
 
     def _run_start(self, body: Callable[[], int]) -> int:
         with self._lock:
-            if self._started:
-                raise TunnelError(f"tunnel '{self.profile.name}' was already started")
+            if self._started or self._stopping.is_set():
+                raise TunnelError(f"tunnel '{self.profile.name}' was already started or stopped")
             self._started = True
         self._set_state(TunnelState.STARTING)
         try:
