@@ -119,15 +119,16 @@ def profile_add(
         "region": region,
         "aws_profile": aws_profile,
     }
-    if cluster and not endpoint:
-        from tunnelman.cli import cmd_aws  # boto3 only when AWS fills the profile
-
-        values = cmd_aws.fill_from_cluster(values)
+    # Refuse a taken name before asking AWS: no point in a look-up whose result is thrown away.
     if prof.load(path).profiles.get(name) is not None and not force:
         raise ConfigError(
             f"{path}: profiles.{name}: a profile of that name exists",
             hint="pick another name or pass --force to replace it",
         )
+    if cluster and not endpoint:
+        from tunnelman.cli import cmd_aws  # boto3 only when AWS fills the profile
+
+        values = cmd_aws.fill_from_cluster(values)
     prof.save_profile(
         path, name, {k: v for k, v in values.items() if v is not None}, overwrite=force
     )
