@@ -1,0 +1,709 @@
+"""The agent: one background process per user that holds long-lived tunnels.
+
+Started on demand by `tunnelman up --detach` and the TUI (through `client.AgentClient`, as a
+detached `python -m tunnelman.agent` in its own session, stdio on /dev/null), or in the foreground
+by `tunnelman agent run`. It holds `Tunnel(supervise=True)` objects, so the tunnels outlive the
+terminal or TUI that asked for them and reconnect by themselves, and answers the JSON-lines protocol
+of `protocol` on a socket only its user can open (see `paths`).
+
+Life: it takes the life-long lock `agent.lock` before binding (a second agent waits for it, then
+gives up: two starts give one agent), writes `agent.json`, serves one thread per connection, and
+exits after `idle_timeout` seconds with no tunnels (failed ones count: their reason stays visible
+in `tunnelman status` until `down`), no subscriber and no request in flight. SIGTERM/SIGINT or a
+`shutdown` request close every tunnel first. A `kill -9` leaves the socket and `agent.json` behind;
+the next client sees the lock free, says the agent had stopped and starts a new one.
+
+It cannot ask a person anything: an unknown host key comes back as `HostKeyUnknown` with the
+fingerprint (the client asks on its terminal or in the TUI, then retries with `accept_fingerprint`,
+which accepts that key and only that key); a passphrase-protected key is refused with the ssh-agent
+way out. It never needs a database password: it only forwards a port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import logging
+import os
+import queue
+import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from tunnelman import __version__
+from tunnelman.agent import protocol
+from tunnelman.agent.locks import FileLock, read_pid
+from tunnelman.agent.paths import AgentPaths, log_path, paths, use_tcp
+from tunnelman.core.errors import AgentError, SSHKeyError, TunnelError, TunnelmanError
+from tunnelman.core.logs import get_logger, setup_file_logging
+
+if TYPE_CHECKING:
+    from tunnelman.core.profiles import Profile
+    from tunnelman.core.tunnel import Tunnel, TunnelStatus
+
+DEFAULT_IDLE_TIMEOUT = 600.0
+ENV_IDLE = "TUNNELMAN_AGENT_IDLE"
+EXIT_ALREADY_RUNNING = 3
+LOCK_WAIT = 15.0  # a previous agent may still be closing its tunnels
+_ACCEPT_TICK = 0.5
+_SUBSCRIBER_QUEUE = 1000
+_OPEN_STATES = ("starting", "up", "reconnecting")
+
+_log = get_logger("agent")
+
+
+class AlreadyRunning(AgentError):
+    """Another agent holds the life-long lock."""
+
+
+def idle_timeout_from_env(default: float = DEFAULT_IDLE_TIMEOUT) -> float:
+    """`TUNNELMAN_AGENT_IDLE` seconds (0: never exit), else `default`."""
+    raw = os.environ.get(ENV_IDLE, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        _log.warning("ignoring %s=%r: not a number of seconds", ENV_IDLE, raw)
+        return default
+    return max(0.0, value)
+
+
+@dataclass
+class Held:
+    """One tunnel the agent holds, from the first `up` until `down`."""
+
+    name: str
+    profile: Profile
+    tunnel: Tunnel
+    cancel: threading.Event
+    ready: threading.Event = field(default_factory=threading.Event)  # start() returned or raised
+    failure: BaseException | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return not self.ready.is_set() or str(self.tunnel.status.state) in _OPEN_STATES
+
+    def status(self) -> TunnelStatus:
+        """The tunnel's status; "starting" from the moment `up` took it (not "stopped")."""
+        status = self.tunnel.status
+        if not self.ready.is_set() and str(status.state) == "stopped":
+            import dataclasses
+
+            from tunnelman.core.tunnel import TunnelState
+
+            status = dataclasses.replace(status, state=TunnelState.STARTING)
+        return status
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=_SUBSCRIBER_QUEUE)
+        self.overflowed = False
+
+
+def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
+    def refuse(path: Path) -> str | None:
+        raise SSHKeyError(
+            f"key {path} is passphrase-protected and the background agent cannot ask for "
+            f"passphrases: add it to ssh-agent (ssh-add {path})",
+            hint=(
+                "then remove identity_file from the profile so the agent's keys are used, or run "
+                f"`tunnelman up {profile_name}` without --detach to be asked in the terminal"
+            ),
+        )
+
+    return refuse
+
+
+class Agent:
+    """The server. `open()` takes the lock and binds; `serve()` runs until stopped or idle."""
+
+    def __init__(
+        self,
+        files: AgentPaths,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        tcp: bool = False,
+    ) -> None:
+        self.files = files
+        self.idle_timeout = idle_timeout
+        self.tcp = tcp
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._held: dict[str, Held] = {}
+        self._subscribers: set[_Subscriber] = set()
+        self._conns: set[socket.socket] = set()
+        self._busy = 0
+        self._last_busy = time.monotonic()
+        self._stop = threading.Event()
+        self._life = FileLock(files.lock)
+        self._listener: socket.socket | None = None
+        self._token: str | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------------- life
+
+    def open(self, lock_wait: float = LOCK_WAIT) -> None:
+        """Take the life-long lock, bind the socket, write agent.json. AlreadyRunning if taken."""
+        if not self._life.acquire(timeout=lock_wait):
+            pid = read_pid(self.files.lock)
+            raise AlreadyRunning(
+                f"an agent is already running (pid {pid if pid else '?'})",
+                hint="`tunnelman agent stop` stops it",
+            )
+        try:
+            self._life.write(str(os.getpid()))
+            self._listener = self._bind_tcp() if self.tcp else self._bind_unix()
+            self._listener.settimeout(_ACCEPT_TICK)
+            self._write_state()
+        except BaseException:
+            self._close_listener()
+            self._life.release()
+            raise
+        _log.info(
+            "agent %d listening on %s (idle timeout %s)",
+            os.getpid(),
+            f"127.0.0.1:{self._port}" if self.tcp else self.files.socket,
+            f"{self.idle_timeout:g} s" if self.idle_timeout > 0 else "none",
+        )
+
+    def _bind_unix(self) -> socket.socket:
+        path = self.files.socket
+        # We hold the life lock: whatever is there was left by an agent that is gone.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is born 0600: no window where others may connect
+        try:
+            sock.bind(str(path))
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        return sock
+
+    def _bind_tcp(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self._port = int(sock.getsockname()[1])
+        self._token = secrets.token_urlsafe(32)
+        return sock
+
+    def _write_state(self) -> None:
+        with self._lock:
+            tunnels = {name: h.tunnel.local_port for name, h in self._held.items()}
+        state: dict[str, Any] = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": protocol.VERSION,
+            "started": self.started,
+            "transport": "tcp" if self.tcp else "unix",
+            "tunnels": tunnels,
+        }
+        if self.tcp:
+            state |= {"port": self._port, "token": self._token}
+        else:
+            state["socket"] = str(self.files.socket)
+        try:
+            self.files.write_state(state)
+        except OSError:
+            _log.exception("cannot write %s", self.files.state)
+
+    def stop(self) -> None:
+        """Ask `serve()` to close every tunnel and return (any thread, signal handlers too)."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Accept connections until stopped or idle, then close everything."""
+        assert self._listener is not None
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn, _addr = self._listener.accept()
+                except TimeoutError:
+                    if self._idle_expired():
+                        _log.info("no tunnels for %g s: exiting", self.idle_timeout)
+                        break
+                    continue
+                except OSError as exc:
+                    if self._stop.is_set():
+                        break
+                    _log.warning("accept failed: %s", exc)
+                    time.sleep(0.1)
+                    continue
+                if not self._peer_allowed(conn):
+                    conn.close()
+                    continue
+                conn.settimeout(None)
+                with self._lock:
+                    self._conns.add(conn)
+                threading.Thread(
+                    target=self._serve_connection, args=(conn,), name="agent-conn", daemon=True
+                ).start()
+        finally:
+            self._shutdown()
+
+    def _idle_expired(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            busy = self._busy > 0 or bool(self._held) or bool(self._subscribers)
+            if busy:
+                self._last_busy = now
+                return False
+            return self.idle_timeout > 0 and now - self._last_busy >= self.idle_timeout
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        """Defence in depth behind the 0600 socket: the peer must be our own user (Linux)."""
+        if self.tcp or not hasattr(socket, "SO_PEERCRED"):
+            return True
+        import struct
+
+        try:
+            raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return True
+        pid, uid, _gid = struct.unpack("3i", raw)
+        if uid != os.getuid():
+            _log.warning("refused a connection from pid %d of uid %d", pid, uid)
+            return False
+        return True
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self._close_listener()
+        if not self.tcp:
+            with contextlib.suppress(OSError):
+                self.files.socket.unlink()
+        with self._lock:
+            held = list(self._held.values())
+            self._held.clear()
+        if held:
+            _log.info("closing %d tunnel(s): %s", len(held), ", ".join(h.name for h in held))
+        self._stop_all(held)
+        self._publish({"event": "shutdown"})
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.files.state.unlink()
+        self._life.release()
+        _log.info("agent %d stopped", os.getpid())
+
+    @staticmethod
+    def _stop_all(held: Sequence[Held]) -> None:
+        """Stop tunnels in parallel: each may take a moment to close its connections."""
+        threads = []
+        for h in held:
+            h.cancel.set()
+            thread = threading.Thread(target=h.tunnel.stop, name=f"agent-stop-{h.name}")
+            thread.start()
+            threads.append(thread)
+        deadline = time.monotonic() + 30
+        for thread in threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------------- connections
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        lines = protocol.LineSocket(conn)
+        try:
+            while not self._stop.is_set():
+                message = lines.recv()
+                if message is None:
+                    break
+                op = message.get("op")
+                if op == "subscribe" and self._authorised(message):
+                    self._subscribe(lines)
+                    break
+                reply = self._handle(message, lines)
+                lines.send(reply)
+                if op == "shutdown" and reply.get("ok"):
+                    self.stop()
+                    break
+        except (OSError, protocol.ProtocolError) as exc:
+            _log.debug("connection closed: %s", exc)
+        except Exception:
+            _log.exception("connection handler failed")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            lines.close()
+
+    def _authorised(self, message: dict[str, Any]) -> bool:
+        if self._token is None:
+            return True
+        token = message.get("token")
+        return isinstance(token, str) and hmac.compare_digest(token, self._token)
+
+    def _handle(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
+        with self._lock:
+            self._busy += 1
+        try:
+            if message.get("v") != protocol.VERSION:
+                raise AgentError(
+                    f"this agent (tunnelman {__version__}) speaks protocol version "
+                    f"{protocol.VERSION}, the request version {message.get('v')!r}",
+                    hint="stop it with `tunnelman agent stop`; the next command starts a new one",
+                )
+            if not self._authorised(message):
+                raise AgentError("bad or missing token")
+            op = message.get("op")
+            handler = {
+                "ping": self._op_ping,
+                "status": self._op_status,
+                "up": self._op_up,
+                "down": self._op_down,
+                "down_all": self._op_down_all,
+                "shutdown": self._op_shutdown,
+            }.get(str(op))
+            if handler is None:
+                raise AgentError(f"unknown request {op!r}")
+            reply = handler(message, lines)
+            reply.setdefault("ok", True)
+        except TunnelmanError as exc:
+            reply = protocol.error_to_wire(exc)
+        except Exception as exc:
+            _log.exception("request %r failed", message.get("op"))
+            reply = protocol.error_to_wire(exc)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._last_busy = time.monotonic()
+        reply["v"] = protocol.VERSION
+        return reply
+
+    # ------------------------------------------------------------------------- requests
+
+    def _op_ping(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        with self._lock:
+            count = len(self._held)
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": protocol.VERSION,
+            "started": self.started,
+            "tunnels": count,
+            "idle_timeout": self.idle_timeout,
+            "transport": "tcp" if self.tcp else "unix",
+            "address": f"127.0.0.1:{self._port}" if self.tcp else str(self.files.socket),
+            "log": str(log_path()),
+        }
+
+    def _op_status(self, message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        name = message.get("name")
+        with self._lock:
+            held = [h for h in self._held.values() if name is None or h.name == name]
+        return {"tunnels": [protocol.status_to_wire(h.status()) for h in held]}
+
+    def _op_shutdown(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        with self._lock:
+            count = len(self._held)
+        _log.info("shutdown requested (%d tunnel(s) held)", count)
+        return {"pid": os.getpid(), "tunnels": count}
+
+    def _op_down(self, message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        name = _text(message, "name")
+        with self._lock:
+            held = self._held.pop(name, None)
+            others = sorted(self._held)
+        if held is None:
+            raise AgentError(
+                f"no tunnel '{name}' is held by the agent",
+                hint=f"it holds: {', '.join(others)}" if others else "it holds no tunnels",
+            )
+        _log.info("down %s", name)
+        self._stop_all([held])
+        self._write_state()
+        self._publish({"event": "removed", "name": name})
+        return {"tunnel": protocol.status_to_wire(held.status())}
+
+    def _op_down_all(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        with self._lock:
+            held = list(self._held.values())
+            self._held.clear()
+        _log.info("down --all (%d tunnel(s))", len(held))
+        self._stop_all(held)
+        self._write_state()
+        for h in held:
+            self._publish({"event": "removed", "name": h.name})
+        return {"tunnels": [protocol.status_to_wire(h.status()) for h in held]}
+
+    def _op_up(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
+        from tunnelman.core import profiles
+        from tunnelman.core.known_hosts import HostKeyPolicy
+        from tunnelman.core.tunnel import Tunnel
+
+        name = _text(message, "name")
+        config = _text(message, "config")
+        if not os.path.isabs(config):
+            raise AgentError(f"the profile file must be an absolute path, not {config!r}")
+        port = message.get("port")
+        if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+            raise AgentError(f"bad port {port!r}")
+        self._adopt_ssh_auth_sock(message.get("ssh_auth_sock"))
+        profile = profiles.load(config, missing_ok=False).get(name)
+
+        fingerprint = message.get("accept_fingerprint")
+        if message.get("accept_new") is True:
+            policy = HostKeyPolicy(accept_new=True)
+        elif isinstance(fingerprint, str) and fingerprint:
+            # The person saw this fingerprint in their terminal and said yes: accept that key only.
+            policy = HostKeyPolicy(
+                ask=lambda info: hmac.compare_digest(info.fingerprint, fingerprint)
+            )
+        else:
+            policy = HostKeyPolicy()  # nobody to ask: unknown keys come back as HostKeyUnknown
+
+        with self._lock:
+            if self._stop.is_set():
+                raise AgentError("the agent is shutting down", hint="run the command again")
+            held = self._held.get(name)
+            replaced: Held | None = None
+            if held is not None and held.is_open:
+                existing = held
+            else:
+                existing = None
+                replaced = held
+                cancel = threading.Event()
+                held = Held(
+                    name=name,
+                    profile=profile,
+                    cancel=cancel,
+                    tunnel=Tunnel(
+                        profile,
+                        local_port=port,
+                        host_keys=policy,
+                        passphrase=_passphrase_refused(name),
+                        on_status=self._on_status,
+                        cancel=cancel,
+                        supervise=True,
+                    ),
+                )
+                self._held[name] = held
+        if existing is not None:
+            return self._join_existing(existing, profile, port)
+        if replaced is not None:
+            self._stop_all([replaced])
+        _log.info("up %s (port %s)", name, port if port is not None else "from the profile")
+        self._write_state()
+        try:
+            self._start_watching_client(held, lines)
+        except BaseException as exc:
+            with self._lock:
+                if self._held.get(name) is held:
+                    del self._held[name]
+                    removed = True
+                else:
+                    removed = False
+            if removed:
+                self._write_state()
+                self._publish({"event": "removed", "name": name})
+            if isinstance(exc, TunnelError) and held.cancel.is_set():
+                raise TunnelError(f"tunnel '{name}' was closed before it came up") from None
+            raise
+        self._write_state()
+        return {"tunnel": protocol.status_to_wire(held.status())}
+
+    def _join_existing(self, held: Held, profile: Profile, port: int | None) -> dict[str, Any]:
+        """`up` for a tunnel already held: the same tunnel, unless it cannot be what was asked."""
+        held.ready.wait(timeout=float(held.profile.connect_timeout) * 6 + 30)
+        if held.failure is not None:
+            raise held.failure
+        bound = held.tunnel.local_port
+        if port and bound is not None and bound != port:
+            raise AgentError(
+                f"tunnel '{held.name}' is already up on 127.0.0.1:{bound}, not {port}",
+                hint=f"close it first with `tunnelman down {held.name}`",
+            )
+        if profile != held.profile:
+            raise AgentError(
+                f"tunnel '{held.name}' is held with the profile as it was when it was opened, "
+                "and the profile has changed since",
+                hint=f"`tunnelman down {held.name}` then open it again to use the new settings",
+            )
+        return {"tunnel": protocol.status_to_wire(held.status()), "existing": True}
+
+    def _start_watching_client(self, held: Held, lines: protocol.LineSocket) -> None:
+        """Run `start()`; if the client hangs up meanwhile (Ctrl-C), cancel it."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                held.tunnel.start()
+            except BaseException as exc:
+                held.failure = exc
+            finally:
+                held.ready.set()
+                done.set()
+
+        threading.Thread(target=run, name=f"agent-start-{held.name}", daemon=True).start()
+        sock = lines.sock
+        while not done.wait(0.2):
+            if lines.buffered or held.cancel.is_set():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                    _log.info("client gave up on up %s: cancelling", held.name)
+                    held.cancel.set()
+                    held.tunnel.stop()
+        if held.failure is not None:
+            raise held.failure
+
+    @staticmethod
+    def _adopt_ssh_auth_sock(value: object) -> None:
+        """Use the client's ssh-agent when ours is missing or gone (the agent outlives shells)."""
+        if not isinstance(value, str) or not value or not os.path.exists(value):
+            return
+        current = os.environ.get("SSH_AUTH_SOCK")
+        if not current or not os.path.exists(current):
+            os.environ["SSH_AUTH_SOCK"] = value
+
+    # ------------------------------------------------------------------------- events
+
+    def _on_status(self, status: TunnelStatus) -> None:
+        _log.info(
+            "%s: %s%s", status.name, status.state, f" ({status.error})" if status.error else ""
+        )
+        self._publish({"event": "status", "tunnel": protocol.status_to_wire(status)})
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            try:
+                sub.events.put_nowait(event)
+            except queue.Full:
+                sub.overflowed = True
+
+    def _subscribe(self, lines: protocol.LineSocket) -> None:
+        sub = _Subscriber()
+        with self._lock:
+            self._subscribers.add(sub)
+            held = list(self._held.values())
+        try:
+            lines.send(
+                {
+                    "v": protocol.VERSION,
+                    "ok": True,
+                    "tunnels": [protocol.status_to_wire(h.status()) for h in held],
+                }
+            )
+            sock = lines.sock
+            while not self._stop.is_set() and not sub.overflowed:
+                try:
+                    event = sub.events.get(timeout=0.5)
+                except queue.Empty:
+                    # Nothing to say: notice a subscriber that went away.
+                    readable, _, _ = select.select([sock], [], [], 0)
+                    if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+                        return
+                    continue
+                lines.send(event)
+                if event.get("event") == "shutdown":
+                    return
+            if self._stop.is_set():
+                with contextlib.suppress(OSError):
+                    lines.send({"event": "shutdown"})
+        finally:
+            with self._lock:
+                self._subscribers.discard(sub)
+
+
+def _text(message: dict[str, Any], key: str) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not value:
+        raise AgentError(f"request without {key!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    _log.error(
+        "uncaught exception in thread %s",
+        args.thread.name if args.thread else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
+def run(
+    *,
+    idle_timeout: float | None = None,
+    detached: bool = False,
+    log_to_stderr: bool = False,
+    on_ready: Callable[[Agent], None] | None = None,
+) -> int:
+    """Run an agent in this process until it stops; the exit status (3: one already runs)."""
+    log_file = log_path()
+    with contextlib.suppress(OSError):
+        setup_file_logging(log_file)
+    if log_to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger("tunnelman").addHandler(handler)
+    threading.excepthook = _log_thread_crash
+    agent = Agent(
+        paths(create=True),
+        idle_timeout=idle_timeout_from_env() if idle_timeout is None else idle_timeout,
+        tcp=use_tcp(),
+    )
+    agent.open()
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if detached and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        if on_ready is not None:
+            on_ready(agent)
+        agent.serve()
+    finally:
+        for sig, handler_ in previous.items():
+            signal.signal(sig, handler_)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tunnelman.agent`: what the client starts in the background."""
+    parser = argparse.ArgumentParser(prog="python -m tunnelman.agent")
+    parser.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--detached", action="store_true", help="started by a client")
+    args = parser.parse_args(argv)
+    try:
+        return run(idle_timeout=args.idle_timeout, detached=args.detached)
+    except AlreadyRunning as exc:
+        _log.info("not starting: %s", exc)
+        return EXIT_ALREADY_RUNNING
+    except TunnelmanError as exc:
+        _log.error("agent cannot start: %s", exc)
+        return 1
+    except Exception:
+        _log.exception("agent crashed")
+        return 1

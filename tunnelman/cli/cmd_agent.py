@@ -1,0 +1,214 @@
+"""Commands around the background agent: `status`, `down`, `agent run|stop|status`, and
+`detach_up`, which `tunnelman up NAME --detach` (cmd_tunnel) calls.
+
+Each is a few lines over `tunnelman.agent.client.AgentClient`. `status` and `down` never start an
+agent; `up --detach` does. The host-key question for a detached tunnel is asked here, on the
+terminal that ran `up`, before the agent opens the tunnel (the agent itself can ask nobody).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from tunnelman.agent.client import AgentClient
+from tunnelman.cli.main import get_ctx
+from tunnelman.cli.output import err, json_out, out, progress, table
+from tunnelman.core.errors import AgentError
+
+if TYPE_CHECKING:
+    from tunnelman.core.tunnel import TunnelStatus
+
+
+def detach_up(ctx: click.Context, name: str, port: int | None, accept_new: bool) -> None:
+    """`tunnelman up NAME --detach`: hand the tunnel to the agent, return once its port is ready."""
+    from tunnelman.cli.cmd_tunnel import psql_command
+    from tunnelman.cli.prompts import host_key_policy
+    from tunnelman.core import profiles as prof
+
+    config = prof.config_path(get_ctx(ctx).config).expanduser().absolute()
+    # Load here too: profile errors come out exactly as for every other command.
+    profile = prof.load(config, missing_ok=False).get(name)
+    target = str(profile.endpoint) if profile.endpoint else "?"
+    client = AgentClient(notify=err)
+    progress(f"Connecting to bastion {profile.bastion} … (database {target}; held by the agent)")
+    status = client.up(name, config, port, host_keys=host_key_policy(accept_new))
+    bound = status.local_port
+    if bound is None:
+        raise AgentError(f"the agent opened '{name}' but reports no local port")
+    out(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+    out(f"  {psql_command(profile, bound)}")
+    err(
+        "The background agent holds it: it outlives this terminal. "
+        f"`tunnelman status` shows it, `tunnelman down {name}` closes it."
+    )
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def _ago(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    seconds = max(0, int(time.time() - epoch))
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
+
+
+def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
+    return [
+        [
+            s.name,
+            str(s.state),
+            f"127.0.0.1:{s.local_port}" if s.local_port else "",
+            _ago(s.since),
+            s.reconnects,
+            s.connections,
+            s.error or "",
+        ]
+        for s in statuses
+    ]
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of tunnels, for scripts.")
+def status_cmd(as_json: bool) -> None:
+    """Show the tunnels the background agent holds (never starts the agent).
+
+    \b
+    JSON: [{name, state, local_port, since, reconnects, error}], state one of
+    starting, up, reconnecting, failed, stopped; since is when it last came up (ISO 8601).
+    """
+    client = AgentClient()
+    statuses = client.status()
+    if as_json:
+        json_out([s.to_json() for s in statuses])
+        return
+    if statuses:
+        table(
+            ["NAME", "STATE", "ADDRESS", "UP SINCE", "RECONNECTS", "CONNECTIONS", "ERROR"],
+            _rows(statuses),
+        )
+        return
+    if client.ping() is not None:
+        out("No tunnels (the agent holds none).")
+        return
+    crash = client.crashed()
+    if crash is not None and crash.tunnels:
+        held = ", ".join(crash.tunnels)
+        out(f"No tunnels (the agent had stopped unexpectedly; it held: {held}).")
+    else:
+        out("No tunnels (the agent is not running).")
+
+
+# ----------------------------------------------------------------------------- down
+
+
+@click.command("down")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Close every tunnel the agent holds.")
+def down_cmd(name: str | None, all_: bool) -> None:
+    """Close NAME's tunnel held by the background agent (or every one with --all)."""
+    if bool(name) == all_:
+        raise click.UsageError("give a profile NAME or --all")
+    client = AgentClient()
+    if all_:
+        closed = client.down_all()
+        if not closed:
+            out("No tunnels to close.")
+        for status in closed:
+            where = f" (127.0.0.1:{status.local_port})" if status.local_port else ""
+            out(f"Closed '{status.name}'{where}.")
+        return
+    assert name is not None
+    status = client.down(name)
+    where = f" (127.0.0.1:{status.local_port})" if status.local_port else ""
+    out(f"Closed '{name}'{where}.")
+
+
+# ----------------------------------------------------------------------------- agent
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """The background agent that holds detached tunnels (`up --detach`, the TUI).
+
+    It starts by itself when needed and exits after a while with no tunnels
+    (TUNNELMAN_AGENT_IDLE seconds, default 600; 0 never).
+    """
+
+
+@agent_group.command("run")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Exit after this long with no tunnels (default: $TUNNELMAN_AGENT_IDLE, else 600; 0: never).",
+)
+def agent_run_cmd(idle_timeout: float | None) -> None:
+    """Run the agent in the foreground, logging to this terminal too (for debugging).
+
+    Ctrl-C closes its tunnels and stops it.
+    """
+    from tunnelman.agent.server import run
+
+    def ready(agent: object) -> None:
+        address = getattr(agent, "files", None)
+        err(f"Agent running (Ctrl-C stops it); socket directory {getattr(address, 'dir', '?')}.")
+
+    run(idle_timeout=idle_timeout, log_to_stderr=True, on_ready=ready)
+    err("Agent stopped.")
+
+
+@agent_group.command("stop")
+def agent_stop_cmd() -> None:
+    """Stop the agent; every tunnel it holds closes."""
+    info = AgentClient().shutdown()
+    if info is None:
+        out("The agent is not running.")
+        return
+    tunnels = f", closed {info.tunnels} tunnel(s)" if info.tunnels else ""
+    out(f"Stopped the agent (pid {info.pid}{tunnels}).")
+
+
+@agent_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+def agent_status_cmd(as_json: bool) -> None:
+    """Whether the agent runs: pid, address, tunnels, log file."""
+    from tunnelman.agent.paths import log_path
+
+    info = AgentClient().ping()
+    if as_json:
+        json_out(
+            {"running": False, "log": str(log_path())}
+            if info is None
+            else {
+                "running": True,
+                "pid": info.pid,
+                "version": info.version,
+                "started": dt.datetime.fromtimestamp(info.started, tz=dt.UTC).isoformat(),
+                "tunnels": info.tunnels,
+                "idle_timeout": info.idle_timeout,
+                "address": info.address,
+                "log": info.log,
+            }
+        )
+        return
+    if info is None:
+        out(f"The agent is not running (log: {log_path()}).")
+        return
+    idle = f"{info.idle_timeout:g} s without tunnels" if info.idle_timeout > 0 else "never"
+    out(f"Agent pid {info.pid} (tunnelman {info.version}), up since {_ago(info.started)}")
+    out(f"  address  {info.address}")
+    out(f"  tunnels  {info.tunnels}")
+    out(f"  exits    {idle}")
+    out(f"  log      {info.log}")
