@@ -454,9 +454,13 @@ def _action_options(fn: Any) -> Any:
         metavar="SECONDS",
         help="Give up waiting after this long (AWS carries on).",
     )(fn)
-    fn = click.option("--poll-interval", type=click.FloatRange(min=0.05), default=5.0, hidden=True)(
-        fn
-    )
+    fn = click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0.05),
+        default=5.0,
+        hidden=True,
+        help="Seconds between status checks while waiting (for tests).",
+    )(fn)
     return click.option("--json", "as_json", is_flag=True, help="The final state as JSON.")(fn)
 
 
