@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import LabProfile
 from tests.lab import need
+from tests.test_agent_support import agent_home, up_detached
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.core.tunnel import Tunnel
@@ -44,6 +45,9 @@ def tm(
         stdin=None if input is not None else subprocess.DEVNULL,
         check=False,
     )
+
+
+__all__ = ["agent_home"]  # a fixture, imported for its side effect of being registered here
 
 
 @pytest.fixture
@@ -242,6 +246,19 @@ def test_no_stored_password_without_a_terminal_is_one_clear_line(
     assert len(lines) == 1
     assert "no password for 'lab' in the keyring" in lines[0]
     assert "tunnelman password set lab" in lines[0]
+
+
+def test_oneshots_env_and_conn_reuse_the_agents_tunnel(lab: LabProfile, agent_home: Path) -> None:
+    """With `up --detach`, psql/exec use the agent's port (an in-process tunnel would get a free
+    one), and env/conn need no --port even though the profile has no local_port."""
+    port = up_detached("lab")
+    res = tm("exec", "lab", "--", "sh", "-c", 'echo "$PGPORT"; psql -XAt -c "select 6*7"')
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [str(port), "42"]
+    assert f"port={port} " in tm("conn", "lab", "-f", "dsn").stdout
+    env = tm("env", "lab")
+    assert f"export PGPORT={port}\n" in env.stdout
+    assert env.stderr == ""
 
 
 # ----------------------------------------------------------------------------- conn: ports
