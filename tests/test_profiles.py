@@ -150,6 +150,14 @@ def test_delete_keeps_the_rest(tmp_path: Path) -> None:
     assert "# top" in text and "# bee" in text and "profiles.a" not in text
 
 
+def test_add_then_delete_restores_the_file(tmp_path: Path) -> None:
+    original = '# top\n[profiles.a]\nendpoint = "a"  # x\n'
+    path = write(tmp_path, original)
+    prof.save_profile(path, "demo", {"endpoint": "d", "description": "sandbox"})
+    prof.delete_profile(path, "demo")
+    assert path.read_text() == original
+
+
 def test_atomic_write_keeps_mode(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_text("x")

@@ -540,10 +540,14 @@ def delete_profile(path: Path, name: str) -> None:
 
     sets = load(path, missing_ok=False)
     sets.get(name)  # raises ProfileNotFound
-    doc = tomlkit.parse(path.read_text("utf-8"))
+    text = path.read_text("utf-8")
+    doc = tomlkit.parse(text)
     profiles = cast(Any, doc["profiles"])
     del profiles[name]
-    atomic_write(path, tomlkit.dumps(doc))
+    new_text = tomlkit.dumps(doc)
+    # tomlkit keeps the blank line that separated the removed table: end as the file ended.
+    tail = len(text) - len(text.rstrip("\n"))
+    atomic_write(path, new_text.rstrip("\n") + "\n" * tail)
 
 
 def with_overrides(profile: Profile, **changes: Any) -> Profile:
