@@ -40,7 +40,7 @@ def test_top_level_help_lists_commands() -> None:
         assert COMMANDS[name][2] in result.stdout
 
 
-@pytest.mark.parametrize(("name", "command"), all_commands(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("name", "command"), all_commands(), ids=str)
 def test_every_command_and_option_has_help(name: str, command: click.Command) -> None:
     assert command.help and len(command.help.strip()) > 15, f"`{name}` has no help text"
     for param in command.params:

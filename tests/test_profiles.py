@@ -36,8 +36,10 @@ def test_example_file_loads_with_the_real_loader() -> None:
     prod = sets.get("prod")
     assert prod.database == "geo"
     assert prod.local_port == 5433
-    assert prod.bastion is not None and prod.bastion.user == "ec2-user"
-    assert prod.endpoint is not None and prod.endpoint.port == 5432
+    assert prod.bastion is not None
+    assert prod.bastion.user == "ec2-user"
+    assert prod.endpoint is not None
+    assert prod.endpoint.port == 5432
     assert prod.sslmode == "require"  # from [defaults]
     assert prod.identity_file == Path("~/.ssh/aws-ec2.pem").expanduser()
     iam = sets.get("prod-iam")
@@ -122,7 +124,8 @@ def test_save_keeps_comments_and_other_profiles(tmp_path: Path) -> None:
     prof.save_profile(path, "new", {"endpoint": "new.db:6543", "local_port": 5440})
     text = path.read_text()
     assert text.startswith(original.rstrip("\n"))
-    assert "# keep me" in text and "# ohio" in text
+    assert "# keep me" in text
+    assert "# ohio" in text
     sets = prof.load(path)
     assert sets.get("new").endpoint == prof.Endpoint("new.db", 6543)
     with pytest.raises(ConfigError, match="exists"):
@@ -147,7 +150,9 @@ def test_delete_keeps_the_rest(tmp_path: Path) -> None:
     )
     prof.delete_profile(path, "a")
     text = path.read_text()
-    assert "# top" in text and "# bee" in text and "profiles.a" not in text
+    assert "# top" in text
+    assert "# bee" in text
+    assert "profiles.a" not in text
 
 
 def test_add_then_delete_restores_the_file(tmp_path: Path) -> None:
@@ -185,7 +190,8 @@ def test_cli_unknown_key_is_one_line(tmp_path: Path) -> None:
     result = run_cli("--config", str(path), "ls")
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1
-    assert "profiles.a.endpont" in result.stderr and "did you mean 'endpoint'" in result.stderr
+    assert "profiles.a.endpont" in result.stderr
+    assert "did you mean 'endpoint'" in result.stderr
 
 
 def test_cli_ls_json_shape(tmp_path: Path) -> None:
@@ -210,7 +216,9 @@ def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     text = path.read_text()
-    assert "# mine" in text and "# here" in text
+    assert "# mine" in text
+    assert "# here" in text
     assert prof.load(path).get("geo").local_port == 5433
     again = run_cli("--config", str(path), "profile", "add", "geo", "--endpoint", "x")
-    assert again.returncode != 0 and "--force" in again.stderr
+    assert again.returncode != 0
+    assert "--force" in again.stderr
