@@ -24,7 +24,6 @@ import pytest
 
 from tests.conftest import LabProfile
 from tests.lab import need
-from tests.test_agent_support import agent_home, up_detached
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.core.tunnel import Tunnel
@@ -45,9 +44,6 @@ def tm(
         stdin=None if input is not None else subprocess.DEVNULL,
         check=False,
     )
-
-
-__all__ = ["agent_home"]  # a fixture, imported for its side effect of being registered here
 
 
 @pytest.fixture
@@ -248,10 +244,26 @@ def test_no_stored_password_without_a_terminal_is_one_clear_line(
     assert "tunnelman password set lab" in lines[0]
 
 
-def test_oneshots_env_and_conn_reuse_the_agents_tunnel(lab: LabProfile, agent_home: Path) -> None:
+@pytest.fixture
+def agent_port(lab: LabProfile, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """`tunnelman up lab --detach`: the agent (in this test's XDG_RUNTIME_DIR) holds the tunnel;
+    the agent is shut down afterwards."""
+    from tunnelman.agent.client import AgentClient
+
+    monkeypatch.setenv("TUNNELMAN_AGENT_IDLE", "300")
+    res = tm("up", "lab", "--detach")
+    try:
+        assert res.returncode == 0, res.stderr
+        first = res.stdout.splitlines()[0]
+        yield int(first.split("127.0.0.1:", 1)[1].split()[0])
+    finally:
+        AgentClient().shutdown(wait=30)
+
+
+def test_oneshots_env_and_conn_reuse_the_agents_tunnel(agent_port: int) -> None:
     """With `up --detach`, psql/exec use the agent's port (an in-process tunnel would get a free
     one), and env/conn need no --port even though the profile has no local_port."""
-    port = up_detached("lab")
+    port = agent_port
     res = tm("exec", "lab", "--", "sh", "-c", 'echo "$PGPORT"; psql -XAt -c "select 6*7"')
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(port), "42"]
