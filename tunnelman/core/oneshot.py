@@ -141,7 +141,7 @@ def _private_base() -> str | None:
         st = os.stat(runtime)
     except OSError:
         return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+    if not hasattr(os, "getuid") or st.st_uid != os.getuid() or st.st_mode & 0o077:
         return None
     return runtime
 
@@ -161,7 +161,8 @@ def temp_passfile(profile: Profile, port: int, login: Login) -> Iterator[Path | 
     directory = tempfile.mkdtemp(prefix="tunnelman-", dir=_private_base())  # 0700
     path = Path(directory) / "pgpass"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(line)
         yield path
@@ -209,7 +210,7 @@ class ChildRunner:
     Outside the main thread (no signal handlers possible) the child simply runs.
     """
 
-    _CAUGHT = (signal.SIGTERM, signal.SIGHUP)
+    _CAUGHT = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
