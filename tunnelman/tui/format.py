@@ -86,6 +86,8 @@ def tunnel_text(
     """Tunnel state: up since, port, open connections, reconnects, last error."""
     text = Text()
     state = "connecting" if connecting else (view.state if view else "stopped")
+    if state == "stopped" and last_error:
+        state = "failed"
     _row(text, "tunnel", badge(state))
     if connecting:
         _row(text, "", "press enter or esc to cancel", "dim")

@@ -32,7 +32,7 @@ class ProfileTable(DataTable[str | Text]):
     ]
 
     DEFAULT_CSS = """
-    ProfileTable { height: 1fr; }
+    ProfileTable { height: 1fr; overflow-x: hidden; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
