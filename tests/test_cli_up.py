@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import os
 import re
 import select
@@ -467,14 +466,6 @@ def test_unknown_profile(lab_profile: LabProfile) -> None:
 
 
 # ----------------------------------------------------------------------------- flags
-
-
-def test_detach_without_the_agent_says_so(lab_profile: LabProfile) -> None:
-    if importlib.util.find_spec("tunnelman.cli.cmd_agent") is not None:
-        pytest.skip("this build has the agent: --detach is tested with it")
-    result, _ = run("up", "lab", "--detach")
-    assert result.returncode != 0
-    assert "--detach needs the agent (not available in this build)" in errline(result.stderr)
 
 
 def test_help_lists_the_flags() -> None:

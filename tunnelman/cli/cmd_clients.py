@@ -68,6 +68,10 @@ def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host
     oneshot.find_program(argv[0])  # before any prompt or SSH work
     login = login_for(profile)
     port = agent_port(name)
+    if port is None:
+        from tunnelman.cli.cmd_tunnel import announce_resume
+
+        announce_resume(profile)
     if port is None and sys.stderr.isatty():
         progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
     code = oneshot.run(

@@ -7,8 +7,6 @@ background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agen
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import queue
 import signal
 import threading
@@ -23,38 +21,35 @@ from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import err, out, progress
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
 from tunnelman.core import profiles as prof
-from tunnelman.core.errors import AgentError, TunnelError
+from tunnelman.core.errors import TunnelError
 from tunnelman.core.profiles import Profile
 
 
 def psql_command(profile: Profile, port: int) -> str:
     """A ready `psql "host=127.0.0.1 port=… …"` line: no password, ever."""
-    try:
-        from tunnelman.core import clients
-    except ImportError:  # the renderers ship separately; keep `up` useful without them
-        params = {"host": "127.0.0.1"}
-        if profile.sslmode in ("verify-ca", "verify-full") and profile.endpoint is not None:
-            params = {"host": profile.endpoint.host, "hostaddr": "127.0.0.1"}
-        params |= {
-            "port": str(port),
-            "dbname": profile.database,
-            "user": profile.user,
-            "sslmode": profile.sslmode,
-        }
-        if profile.sslrootcert is not None:
-            params["sslrootcert"] = str(profile.sslrootcert)
-        text = " ".join(f"{k}={v}" for k, v in params.items())
-        return f'psql "{text}"'
+    from tunnelman.core import clients
+
     return clients.render("psql", profile, port).strip()
 
 
+def announce_resume(profile: Profile) -> None:
+    """Before connecting to a profile with a cluster: say when it is paused and will resume.
+
+    Asks AWS (so imports boto3) only for profiles that name a cluster; one-shot clients already
+    allow a 60 s connect timeout for those.
+    """
+    if not profile.cluster:
+        return
+    from tunnelman.core import aws
+
+    note = aws.resume_hint(profile)
+    if note:
+        progress(f"tunnelman: {note}")
+
+
 def _detach(ctx: click.Context, name: str, port: int | None, accept_new: bool) -> None:
-    module_name = "tunnelman.cli.cmd_agent"
-    detach_up: Callable[..., Any] | None = None
-    if importlib.util.find_spec(module_name) is not None:
-        detach_up = getattr(importlib.import_module(module_name), "detach_up", None)
-    if detach_up is None:
-        raise AgentError("--detach needs the agent (not available in this build)")
+    from tunnelman.cli.cmd_agent import detach_up
+
     detach_up(ctx, name, port, accept_new)
 
 
@@ -120,6 +115,7 @@ def up_cmd(
         supervise=True,
     )
     target = str(profile.endpoint) if profile.endpoint else "?"
+    announce_resume(profile)
     progress(f"Connecting to bastion {profile.bastion} … (database {target})")
     # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
     with _signals(_interrupt):
