@@ -391,3 +391,29 @@ def test_without_credentials_one_clear_line(
     assert line.startswith("tunnelman: error: no AWS credentials found: run `aws configure`")
     assert "aws sso login" in line
     assert "AWS_ACCESS_KEY_ID" in line
+
+
+# ----------------------------------------------------------------------------- resume note
+
+
+def test_up_and_psql_say_resuming_for_an_auto_pausing_cluster(
+    env: dict[str, str], seeded: Seeded
+) -> None:
+    from tests.lab.ports import free_port
+
+    closed = free_port()  # nothing listens: the bastion refuses, after the note was shown
+    _write_config(
+        f"""\
+[profiles.geo]
+bastion = "root@127.0.0.1:{closed}"
+endpoint = "geo.example.com"
+cluster = "{seeded.geo}"
+region = "{REGION}"
+password = "none"
+"""
+    )
+    for args in (["up", "geo"], ["psql", "geo", "-c", "select 1"]):
+        result = run_cli(args, env)
+        assert "can auto-pause" in result.stderr, result.stderr
+        assert "resuming" in result.stderr
+        assert "no identity_file" in _one_error_line(result)  # then it fails for its own reason
