@@ -45,6 +45,10 @@ UP_TIMEOUT = 300.0  # the agent's own timeouts end an `up` long before this
 EXIT_ALREADY_RUNNING = 3  # as server.EXIT_ALREADY_RUNNING (not imported: server is heavy)
 
 
+class AgentGone(AgentError):
+    """No agent answered: none runs, or it exited (idle, crashed) during the request."""
+
+
 @dataclass(frozen=True)
 class AgentInfo:
     """What a running agent says about itself (`ping`)."""
@@ -171,7 +175,7 @@ class AgentClient:
             if not isinstance(exc, ConnectionResetError | BrokenPipeError):
                 raise AgentError(f"lost the connection to the agent: {exc}") from None
         if reply is None:
-            raise AgentError(
+            raise AgentGone(
                 f"the agent stopped while answering '{op}'", hint=f"its log is {log_path()}"
             )
         if reply.get("ok") is not True:
@@ -182,7 +186,7 @@ class AgentClient:
         """One request to the running agent; AgentError when none runs."""
         lines = self._connect()
         if lines is None:
-            raise AgentError("the agent is not running")
+            raise AgentGone("the agent is not running")
         try:
             return self._exchange(lines, op, timeout, fields)
         finally:
@@ -197,6 +201,8 @@ class AgentClient:
             return None
         try:
             return AgentInfo.from_wire(self._exchange(lines, "ping", QUICK_TIMEOUT, {}))
+        except AgentGone:
+            return None  # it was exiting (idle) as we asked
         finally:
             lines.close()
 
@@ -207,6 +213,8 @@ class AgentClient:
             return []
         try:
             reply = self._exchange(lines, "status", QUICK_TIMEOUT, {})
+        except AgentGone:
+            return []
         finally:
             lines.close()
         return [protocol.status_from_wire(t) for t in reply.get("tunnels") or []]
@@ -264,7 +272,6 @@ class AgentClient:
 
         accept_new = bool(host_keys and host_keys.accept_new)
         ask = host_keys.ask if host_keys is not None else None
-        self.ensure_running()
         fields: dict[str, Any] = {
             "name": name,
             "config": str(Path(config).expanduser().absolute()),
@@ -273,7 +280,7 @@ class AgentClient:
             "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK"),
         }
         try:
-            reply = self._request("up", timeout=timeout, **fields)
+            reply = self._up(timeout, fields)
         except HostKeyUnknown as exc:
             if ask is None or accept_new:
                 raise
@@ -285,10 +292,20 @@ class AgentClient:
                     known_hosts=exc.known_hosts,
                     hint="nothing was recorded; run again and answer yes once you have checked it",
                 ) from None
-            reply = self._request(
-                "up", timeout=timeout, accept_fingerprint=exc.info.fingerprint, **fields
-            )
+            reply = self._up(timeout, {**fields, "accept_fingerprint": exc.info.fingerprint})
         return protocol.status_from_wire(reply.get("tunnel"))
+
+    def _up(self, timeout: float, fields: dict[str, Any]) -> dict[str, Any]:
+        """`up` on a running agent; once more on a new one if it went away in between (idle exit
+        between our ping and our request, or a crash: its tunnels are gone either way)."""
+        for attempt in (1, 2):
+            self.ensure_running()
+            try:
+                return self._request("up", timeout=timeout, **fields)
+            except AgentGone:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def down(self, name: str) -> TunnelStatus:
         """Close NAME's tunnel; AgentError naming what is held when NAME is not."""

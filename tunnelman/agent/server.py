@@ -233,12 +233,12 @@ class Agent:
         assert self._listener is not None
         try:
             while not self._stop.is_set():
+                if self._idle_expired():
+                    _log.info("no tunnels for %g s: exiting", self.idle_timeout)
+                    break
                 try:
                     conn, _addr = self._listener.accept()
                 except TimeoutError:
-                    if self._idle_expired():
-                        _log.info("no tunnels for %g s: exiting", self.idle_timeout)
-                        break
                     continue
                 except OSError as exc:
                     if self._stop.is_set():
@@ -359,8 +359,11 @@ class Agent:
         return isinstance(token, str) and hmac.compare_digest(token, self._token)
 
     def _handle(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
-        with self._lock:
-            self._busy += 1
+        # Questions (a status bar polling `status`) do not keep an agent without tunnels alive.
+        counts = message.get("op") not in ("ping", "status")
+        if counts:
+            with self._lock:
+                self._busy += 1
         try:
             if message.get("v") != protocol.VERSION:
                 raise AgentError(
@@ -389,9 +392,10 @@ class Agent:
             _log.exception("request %r failed", message.get("op"))
             reply = protocol.error_to_wire(exc)
         finally:
-            with self._lock:
-                self._busy -= 1
-                self._last_busy = time.monotonic()
+            if counts:
+                with self._lock:
+                    self._busy -= 1
+                    self._last_busy = time.monotonic()
         reply["v"] = protocol.VERSION
         return reply
 
@@ -538,7 +542,7 @@ class Agent:
                 f"tunnel '{held.name}' is already up on 127.0.0.1:{bound}, not {port}",
                 hint=f"close it first with `tunnelman down {held.name}`",
             )
-        if profile != held.profile:
+        if _settings(profile) != _settings(held.profile):
             raise AgentError(
                 f"tunnel '{held.name}' is held with the profile as it was when it was opened, "
                 "and the profile has changed since",
@@ -633,6 +637,13 @@ class Agent:
                 self._subscribers.discard(sub)
 
 
+def _settings(profile: Profile) -> Profile:
+    """The profile minus what does not change the tunnel (its description)."""
+    import dataclasses
+
+    return dataclasses.replace(profile, description="")
+
+
 def _text(message: dict[str, Any], key: str) -> str:
     value = message.get(key)
     if not isinstance(value, str) or not value:
@@ -656,6 +667,7 @@ def run(
     idle_timeout: float | None = None,
     detached: bool = False,
     log_to_stderr: bool = False,
+    lock_wait: float = LOCK_WAIT,
     on_ready: Callable[[Agent], None] | None = None,
 ) -> int:
     """Run an agent in this process until it stops; the exit status (3: one already runs)."""
@@ -672,7 +684,7 @@ def run(
         idle_timeout=idle_timeout_from_env() if idle_timeout is None else idle_timeout,
         tcp=use_tcp(),
     )
-    agent.open()
+    agent.open(lock_wait)
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
         agent.stop()
@@ -695,9 +707,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunnelman.agent")
     parser.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--detached", action="store_true", help="started by a client")
+    parser.add_argument("--lock-wait", type=float, default=LOCK_WAIT, metavar="SECONDS")
     args = parser.parse_args(argv)
     try:
-        return run(idle_timeout=args.idle_timeout, detached=args.detached)
+        return run(idle_timeout=args.idle_timeout, detached=args.detached, lock_wait=args.lock_wait)
     except AlreadyRunning as exc:
         _log.info("not starting: %s", exc)
         return EXIT_ALREADY_RUNNING

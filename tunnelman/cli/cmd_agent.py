@@ -161,6 +161,13 @@ def agent_run_cmd(idle_timeout: float | None) -> None:
     """
     from tunnelman.agent.server import run
 
+    info = AgentClient().ping()
+    if info is not None:
+        raise AgentError(
+            f"an agent is already running (pid {info.pid})",
+            hint="`tunnelman agent stop` stops it (its tunnels close)",
+        )
+
     def ready(agent: object) -> None:
         address = getattr(agent, "files", None)
         err(f"Agent running (Ctrl-C stops it); socket directory {getattr(address, 'dir', '?')}.")
