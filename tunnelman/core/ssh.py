@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from tunnelman.core import relay
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
@@ -504,6 +505,7 @@ def start_transport(
     transport.handshake_timeout = timeout
     transport.auth_timeout = timeout
     transport.set_keepalive(profile.keepalive)
+    relay.tune_transport(transport)  # AES-GCM first: the cheapest cipher per packet here
     options = transport.get_security_options()
     known = known_key_types(profile.known_hosts, profile.bastion.host, profile.bastion.port)
     if known:

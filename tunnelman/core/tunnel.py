@@ -28,7 +28,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from tunnelman.core import netcheck, ssh
+from tunnelman.core import netcheck, relay, ssh
 from tunnelman.core.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -115,7 +115,8 @@ def _make_forwarder_class() -> type[Any]:
 
         def _make_ssh_forward_handler_class(self, remote_address_: Any) -> type[Any]:
             owner = self._owner
-            base = sshtunnel._ForwardHandler
+            # Our relay instead of sshtunnel's 16 KiB select loop (see tunnelman/core/relay.py).
+            base = relay.handler_base()
 
             class Handler(base):  # type: ignore[misc,valid-type]
                 remote_address = remote_address_

@@ -1,0 +1,283 @@
+"""The relay: bytes between one local client socket and one SSH channel, with as little Python
+per packet as paramiko allows.
+
+Called by `tunnelman.core.tunnel`, whose sshtunnel forward handler derives from `handler_base()`.
+sshtunnel itself (still the forwarder: it owns the listening socket and its threads) copies 16 KiB
+at a time in one `select` loop per connection. Measured on the bench (docs/benchmarks.md), three
+things cost most there: a `select` on a paramiko channel makes paramiko write and read a pipe for
+every packet; a 16 KiB read of a channel holding 2 MiB moves the remaining buffer each time; and
+every packet wakes a second thread (the transport thread feeds the channel's buffer, the handler
+thread reads it), a GIL hand-off per packet.
+
+So, server → client: the transport thread hands each data packet straight to the client socket
+(`send(MSG_DONTWAIT)`) and grants the SSH window back at once. Only when the client is slower than
+the bastion (the send would block) does the rest go to the channel's buffer, where the
+connection's own thread writes it out with a blocking `sendall`; while anything is buffered later
+packets queue behind it, so order is kept, and the window is granted only as the client takes the
+data, so a slow client slows the server instead of filling our memory. Client → server: the
+connection's second thread blocks in `recv` and `sendall`s to the channel. Both sockets get
+TCP_NODELAY. Without paramiko's handler tables (another paramiko major version) the direct path is
+skipped and the two threads do everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import paramiko
+
+__all__ = [
+    "CHUNK",
+    "MAX_PACKET",
+    "WINDOW",
+    "handler_base",
+    "install",
+    "open_channel",
+    "pump",
+    "tune_socket",
+    "tune_transport",
+]
+
+WINDOW = 4 * 1024 * 1024  # per channel: at most this much is ever buffered for a slow client
+MAX_PACKET = 32 * 1024  # OpenSSH sends ≤ 32 KiB per packet whatever we allow (measured)
+CHUNK = 1024 * 1024  # upper bound per read; a read returns what is there, it never waits to fill
+OPEN_TIMEOUT = 15.0
+_ATTR = "_tunnelman_relay"
+_MSG_CHANNEL_DATA = 94
+_MSG_CHANNEL_WINDOW_ADJUST = 93
+
+
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def tune_transport(transport: paramiko.Transport) -> None:
+    """Before the handshake: offer AES-GCM first (one C call per packet, no separate HMAC).
+
+    paramiko prefers aes128-ctr + hmac-sha2-256, which costs a Python-driven HMAC and a
+    byte-by-byte MAC comparison per packet: about 45 % more CPU per byte on the bench. Every
+    OpenSSH since 6.2 offers AES-GCM; a server without it still gets the rest of the list.
+    """
+    options = transport.get_security_options()
+    current = tuple(options.ciphers)
+    fast = tuple(c for c in FAST_CIPHERS if c in current)
+    options.ciphers = fast + tuple(c for c in current if c not in fast)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """TCP_NODELAY: a small query must not wait for Nagle's 40 ms."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Relay:
+    """Per channel: where the transport thread may send its data directly."""
+
+    __slots__ = ("chan", "direct", "lock", "sock")
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        # Only the connection's thread sets `direct` (when nothing is buffered and it holds no
+        # unsent data); only the transport thread clears it. That keeps the byte order.
+        self.direct = False
+
+    def deliver(self, data: bytes) -> None:
+        """Called by the transport thread with one packet's payload."""
+        chan = self.chan
+        sent = 0
+        with self.lock:
+            sock = self.sock
+            if self.direct and sock is not None:
+                try:
+                    sent = sock.send(data, socket.MSG_DONTWAIT)
+                except OSError:  # EAGAIN: the client is behind; others: the thread will see it
+                    sent = 0
+                if sent < len(data):
+                    self.direct = False
+                    chan.in_buffer.feed(data[sent:] if sent else data)
+            else:
+                chan.in_buffer.feed(data)
+        if sent:
+            _grant(chan, sent)
+
+
+def _grant(chan: Any, n: int) -> None:
+    """Tell the server it may send `n` more bytes, from the transport thread.
+
+    `chan` is a paramiko Channel; typed Any because these are paramiko's private helpers
+    (`Channel.recv` does exactly this after reading from its buffer).
+    """
+    ack = chan._check_add_window(n)
+    if ack <= 0:
+        return
+    from paramiko.message import Message
+
+    msg = Message()
+    msg.add_byte(bytes([_MSG_CHANNEL_WINDOW_ADJUST]))
+    msg.add_int(chan.remote_chanid)
+    msg.add_int(ack)
+    transport: Any = chan.get_transport()
+    # The transport thread must never block here: during a key exchange (or while another thread
+    # holds the send lock) a helper thread waits for its turn instead.
+    if transport.clear_to_send_lock.acquire(blocking=False):
+        try:
+            if transport.clear_to_send.is_set():
+                transport._send_message(msg)
+                return
+        finally:
+            transport.clear_to_send_lock.release()
+    threading.Thread(
+        target=_send_later, args=(transport, msg), name="tunnelman-window", daemon=True
+    ).start()
+
+
+def _send_later(transport: Any, msg: Any) -> None:
+    with contextlib.suppress(Exception):
+        transport._send_user_message(msg)
+
+
+def _relay_of(chan: paramiko.Channel) -> _Relay:
+    relay: _Relay | None = chan.__dict__.get(_ATTR)
+    if relay is None:
+        # dict.setdefault is atomic: the transport thread and the connection's thread agree on one.
+        relay = chan.__dict__.setdefault(_ATTR, _Relay(chan))
+    return relay
+
+
+def _on_data(chan: paramiko.Channel, msg: Any) -> None:
+    _relay_of(chan).deliver(msg.get_binary())
+
+
+def install(transport: paramiko.Transport) -> bool:
+    """Route this transport's channel data through `_Relay.deliver`; False if paramiko differs.
+
+    Idempotent. Every channel data packet of the transport then goes through a `_Relay`; a channel
+    nobody relays just gets its buffer fed, exactly as paramiko would.
+    """
+    if _ATTR in transport.__dict__:
+        return bool(transport.__dict__[_ATTR])
+    base = getattr(type(transport), "_channel_handler_table", None)
+    ok = isinstance(base, dict) and _MSG_CHANNEL_DATA in base
+    if ok:
+        assert isinstance(base, dict)
+        table = dict(base)
+        table[_MSG_CHANNEL_DATA] = _on_data
+        # An instance attribute shadows the class's table for this transport only.
+        transport._channel_handler_table = table  # type: ignore[attr-defined]
+    transport.__dict__[_ATTR] = ok
+    return ok
+
+
+def open_channel(
+    transport: paramiko.Transport,
+    dest: tuple[str, int],
+    src: tuple[str, int],
+    timeout: float = OPEN_TIMEOUT,
+) -> paramiko.Channel:
+    """A direct-tcpip channel with our window and packet sizes."""
+    return transport.open_channel(
+        "direct-tcpip",
+        dest_addr=dest,
+        src_addr=src,
+        window_size=WINDOW,
+        max_packet_size=MAX_PACKET,
+        timeout=timeout,
+    )
+
+
+def _upstream(sock: socket.socket, chan: paramiko.Channel) -> None:
+    """Local client → channel until the client closes its side (then EOF on the channel)."""
+    try:
+        while True:
+            data = sock.recv(CHUNK)
+            if not data:
+                chan.shutdown_write()
+                return
+            chan.sendall(data)
+    except (OSError, EOFError):
+        _abort(sock, chan)
+
+
+def _abort(sock: socket.socket, chan: paramiko.Channel) -> None:
+    # shutdown() (unlike close()) wakes a thread blocked in recv() on the same socket.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        chan.close()
+
+
+def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) -> None:
+    """Relay both ways until both sides are done or one fails; closes the channel, not `sock`.
+
+    `direct`: let the transport thread write to `sock` (needs `install()` on the transport).
+    """
+    tune_socket(sock)
+    up = threading.Thread(target=_upstream, args=(sock, chan), name="tunnelman-up", daemon=True)
+    up.start()
+    relay = _relay_of(chan)
+    buffer = chan.in_buffer
+    with relay.lock:
+        relay.sock = sock
+    try:
+        while True:
+            if direct:
+                with relay.lock:
+                    if len(buffer) == 0:
+                        relay.direct = True
+            data = chan.recv(CHUNK)
+            if not data:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                break
+            sock.sendall(data)
+    except (OSError, EOFError):
+        _abort(sock, chan)
+    finally:
+        with relay.lock:
+            relay.direct = False
+            relay.sock = None
+    # The server may have only half-closed: let the client finish sending, unless the channel is
+    # gone for good (tunnel stopped, bastion lost), where waiting for the client could be forever.
+    while up.is_alive():
+        up.join(0.5)
+        if chan.closed:
+            _abort(sock, chan)
+    with contextlib.suppress(Exception):
+        chan.close()
+
+
+def _peer(sock: socket.socket) -> tuple[str, int]:
+    with contextlib.suppress(OSError):
+        peer = sock.getpeername()
+        if isinstance(peer, tuple):
+            return str(peer[0]), int(peer[1])
+    return ("127.0.0.1", 0)
+
+
+def handler_base() -> type[Any]:
+    """sshtunnel's `_ForwardHandler` with our channel sizes and relay (imports sshtunnel)."""
+    import sshtunnel
+
+    class FastForwardHandler(sshtunnel._ForwardHandler):  # type: ignore[misc]
+        """One local connection: open a channel, relay until both sides are done."""
+
+        def handle(self) -> None:
+            transport = self.ssh_transport
+            direct = install(transport)
+            try:
+                chan = open_channel(transport, self.remote_address, _peer(self.request))
+            except Exception as exc:
+                self.logger.info("opening a channel to %s failed: %r", self.remote_address, exc)
+                return
+            try:
+                pump(self.request, chan, direct=direct)
+            finally:
+                with contextlib.suppress(OSError):
+                    self.request.close()
+
+    return FastForwardHandler
