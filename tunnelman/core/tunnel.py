@@ -162,6 +162,15 @@ def _forwarder() -> type[Any]:
 class Tunnel:
     """127.0.0.1:port → bastion → endpoint for one profile. See the module docstring."""
 
+    def __new__(cls, profile: Profile, *args: Any, **kwargs: Any) -> Tunnel:
+        # engine = "openssh": the same class interface over the system ssh, so every caller
+        # (up, one-shot, agent, TUI) gets it (tunnelman/core/openssh_engine.py).
+        if cls is Tunnel and profile.engine == "openssh":
+            from tunnelman.core.openssh_engine import OpenSSHTunnel
+
+            return object.__new__(OpenSSHTunnel)
+        return object.__new__(cls)
+
     def __init__(
         self,
         profile: Profile,

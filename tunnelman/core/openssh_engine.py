@@ -1,0 +1,616 @@
+"""The OpenSSH engine: `engine = "openssh"` runs the system `ssh -N -L` instead of paramiko.
+
+Called only through `tunnelman.core.tunnel.Tunnel`, which hands a profile with that engine to
+`OpenSSHTunnel` (a `Tunnel` with the same states, callbacks and supervision), so `up`, the one-shot
+commands, the agent and the TUI all get it. For people who want OpenSSH's speed (the relay is C,
+not Python) or their ssh_config (ProxyJump, ControlMaster-free options, certificates).
+
+The same rules as the paramiko engine:
+- Host keys: the profile's known_hosts with tunnelman's policy. When the file holds no key for the
+  bastion, a paramiko handshake (no authentication) fetches the key first and the policy asks /
+  accepts / refuses it, and records it; ssh then runs with `StrictHostKeyChecking=yes` against that
+  same file. When ssh refuses the key, the same probe produces tunnelman's own HostKeyChanged (both
+  fingerprints, the line to remove).
+- Keys: only the profile's key (`-i KEY -o IdentitiesOnly=yes`, permissions checked first) or
+  ssh-agent when the profile names none (`IdentityFile=none`: never the default ~/.ssh/id_*).
+- Never a prompt: `BatchMode=yes`, stdin is /dev/null and ssh runs in its own session (no
+  controlling terminal). A passphrase-protected key must be in ssh-agent.
+- Listens on 127.0.0.1 only. Readiness: the port is polled (the kernel's listening sockets on
+  Linux, else a connect) until a deadline; ssh's exit and its stderr become tunnelman's errors.
+
+ssh runs under a small `sh` watchdog reading a pipe from us: if tunnelman dies, even by SIGKILL, the
+pipe closes and the watchdog ends ssh, so no orphan keeps the port. Unlike the paramiko engine, the
+port is not held while ssh reconnects (ssh binds it itself), and a refused forward shows only when a
+client connects (ssh cannot test it at start): it is logged and shown as the tunnel's error.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunnelman.core import known_hosts, netcheck
+from tunnelman.core.errors import (
+    AuthenticationFailed,
+    BastionUnreachable,
+    ConfigError,
+    ForwardingFailed,
+    HostKeyError,
+    PortBusyError,
+    SSHKeyError,
+    TunnelError,
+    TunnelmanError,
+)
+from tunnelman.core.known_hosts import HostKeyPolicy
+from tunnelman.core.tunnel import BACKOFF_FIRST, BACKOFF_MAX, Tunnel, TunnelState
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from tunnelman.core.profiles import Profile
+    from tunnelman.core.ssh import Identity
+
+__all__ = ["OpenSSHMissing", "OpenSSHTunnel", "find_ssh", "ssh_argv"]
+
+POLL_FIRST = 0.005  # readiness poll: starts fine (a loopback tunnel is up in ~50 ms) …
+POLL_MAX = 0.05  # … and backs off
+STDERR_LINES = 40
+_FINAL = (HostKeyError, AuthenticationFailed, SSHKeyError, ConfigError)
+
+# Runs ssh ("$@"), ends it when our pipe on stdin closes (tunnelman exited or stop()), exits
+# with ssh's status. ssh itself gets /dev/null as stdin. (A background job's stdin is /dev/null
+# in sh, hence the copy of our pipe on fd 3.)
+_WATCHDOG = (
+    "exec 3<&0\n"
+    '"$@" </dev/null 3<&- & p=$!\n'
+    "{ read -r _ <&3; kill $p 2>/dev/null; } & w=$!\n"
+    "exec 3<&-\n"
+    "wait $p; c=$?\n"
+    "kill $w 2>/dev/null\n"
+    "exit $c\n"
+)
+
+
+class OpenSSHMissing(ConfigError):
+    """The profile asks for engine = "openssh" and no ssh client is installed."""
+
+
+def find_ssh(path: str | None = None) -> str:
+    """The ssh client on PATH, or OpenSSHMissing saying how to get one or go without."""
+    found = shutil.which("ssh", path=path)
+    if found:
+        return found
+    raise OpenSSHMissing(
+        'engine = "openssh" needs the OpenSSH client (ssh), and it is not on PATH',
+        hint=(
+            "install it (Debian/Ubuntu `sudo apt install openssh-client`, Fedora `sudo dnf "
+            "install openssh-clients`, Windows: the OpenSSH Client optional feature), or remove "
+            'engine = "openssh" from the profile to use the built-in engine'
+        ),
+    )
+
+
+def _forward_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def ssh_argv(ssh: str, profile: Profile, port: int, *, strict: str = "yes") -> list[str]:
+    """The `ssh -N -L 127.0.0.1:PORT:endpoint` command line for a profile (no secrets in it)."""
+    assert profile.bastion is not None
+    assert profile.endpoint is not None
+    bastion, endpoint = profile.bastion, profile.endpoint
+    forward = f"127.0.0.1:{port}:{_forward_host(endpoint.host)}:{endpoint.port}"
+    argv = [
+        ssh,
+        "-N",
+        "-L", forward,
+        "-p", str(bastion.port),
+        "-l", bastion.login,
+        "-o", "ExitOnForwardFailure=yes",
+        "-o", "BatchMode=yes",
+        "-o", f"StrictHostKeyChecking={strict}",
+        "-o", f"UserKnownHostsFile={profile.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-o", "CheckHostIP=no",
+        "-o", f"ServerAliveInterval={profile.keepalive}",
+        "-o", "ServerAliveCountMax=3",
+        "-o", f"ConnectTimeout={profile.connect_timeout}",
+        "-o", "ControlMaster=no",
+        "-o", "ControlPath=none",
+        "-o", "ForwardAgent=no",
+        "-o", "ForwardX11=no",
+        "-o", "PermitLocalCommand=no",
+        "-o", "PasswordAuthentication=no",
+        "-o", "KbdInteractiveAuthentication=no",
+    ]  # fmt: skip
+    if profile.identity_file is not None:
+        argv += ["-i", str(profile.identity_file), "-o", "IdentitiesOnly=yes"]
+    else:
+        argv += ["-o", "IdentityFile=none"]  # the agent's keys only, never ~/.ssh/id_*
+    argv += ["--", bastion.host]
+    return argv
+
+
+def _key_encrypted(path: Path) -> bool:
+    """Whether a private key file needs a passphrase (ssh would need the agent for it)."""
+    import base64
+    import binascii
+
+    try:
+        text = path.read_text("ascii", errors="replace")
+    except OSError:
+        return False
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1].split("-----END", 1)[0]
+        try:
+            raw = base64.b64decode("".join(body.split()))
+        except (binascii.Error, ValueError):
+            return False
+        magic = b"openssh-key-v1\x00"
+        size = int.from_bytes(raw[len(magic) : len(magic) + 4], "big")
+        return raw[len(magic) + 4 : len(magic) + 4 + size] != b"none"
+    return "ENCRYPTED" in text
+
+
+def _listening(port: int) -> bool | None:
+    """Whether something listens on 127.0.0.1:`port`, from /proc (None: cannot tell here)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    wanted = f"0100007F:{port:04X}"
+    return any(
+        len(fields) > 3 and fields[1] == wanted and fields[3] == "0A"
+        for fields in (line.split() for line in lines)
+    )
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _SSHProcess:
+    """One `ssh -N -L` under the watchdog, with its stderr collected by a thread."""
+
+    def __init__(self, argv: list[str], on_line: Any) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._on_line = on_line
+        env = dict(os.environ)
+        env.pop("SSH_ASKPASS", None)  # BatchMode already forbids asking; belt and braces
+        env["SSH_ASKPASS_REQUIRE"] = "never"
+        self.proc = subprocess.Popen(
+            ["sh", "-c", _WATCHDOG, "tunnelman-ssh", *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # no controlling terminal, no Ctrl-C from the shell
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, name="tunnelman-ssh-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self.lines.append(line)
+                self._on_line(line)
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def stderr_text(self) -> str:
+        self._reader.join(timeout=2.0)  # ssh has exited: the pipe ends soon
+        return "\n".join(self.lines)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()  # the watchdog ends ssh (SIGTERM)
+            try:
+                proc.wait(timeout=3.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2.0)
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        self._reader.join(timeout=2.0)
+        if proc.stderr is not None:
+            with contextlib.suppress(OSError):
+                proc.stderr.close()
+
+
+class OpenSSHTunnel(Tunnel):
+    """A `Tunnel` whose forward is the system ssh. Built by `Tunnel(profile)` for the engine."""
+
+    _ssh: str = "ssh"
+    _ssh_proc: _SSHProcess | None = None
+
+    def _start(self) -> int:
+        profile = self.profile
+        if profile.endpoint is None:
+            raise ConfigError(
+                f"profile '{profile.name}' has no endpoint",
+                hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
+            )
+        if profile.bastion is None:
+            raise ConfigError(
+                f"profile '{profile.name}' has no bastion",
+                hint='add bastion = "user@host" to the profile',
+            )
+        if profile.instance_connect:
+            raise ConfigError(
+                f"profile '{profile.name}': engine = \"openssh\" cannot use EC2 Instance Connect",
+                hint='remove engine = "openssh" from the profile (the built-in engine supports it)',
+            )
+        self._ssh = find_ssh()
+        port = self._local_port_wanted()
+        netcheck.ensure_port_free(port)
+        self._check_identity()
+        self._check_cancel()
+        strict = self._host_key_first()
+        self._check_cancel()
+        bound = self._launch(port, strict)
+        with self._lock:
+            self._port = bound
+            self._since = self._wall()
+        self._watcher = threading.Thread(
+            target=self._watch, name=f"tunnelman-watch-{profile.name}", daemon=True
+        )
+        self._watcher.start()
+        self._set_state(TunnelState.UP)
+        self._log.info(
+            "tunnel %s up (openssh): 127.0.0.1:%d -> %s -> %s",
+            profile.name,
+            bound,
+            profile.bastion,
+            profile.endpoint,
+        )
+        return bound
+
+    def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
+        """`tunnelman check` connected with paramiko: close that, and start ssh as usual."""
+        with contextlib.suppress(Exception):
+            transport.close()
+        return self.start()
+
+    # ------------------------------------------------------------------------- before ssh
+
+    def _check_identity(self) -> None:
+        from tunnelman.core import ssh
+
+        path = self.profile.identity_file
+        if path is None:
+            if not ssh.agent_available():
+                raise SSHKeyError(
+                    "the profile names no identity_file and no ssh-agent is running "
+                    "(SSH_AUTH_SOCK unset)",
+                    hint='set identity_file = "~/.ssh/KEY.pem" in the profile, or start '
+                    "ssh-agent and `ssh-add` your key",
+                )
+            return
+        ssh.check_key_permissions(path)
+        if _key_encrypted(path) and not ssh.agent_available():
+            raise SSHKeyError(
+                f'key {path} is passphrase-protected: with engine = "openssh" it must be in '
+                f"ssh-agent (tunnelman never lets ssh prompt)",
+                hint=f"run `ssh-add {path}`",
+            )
+
+    def _host_key_first(self) -> str:
+        """Make sure known_hosts holds the bastion's key (asking as the policy says).
+
+        Returns ssh's StrictHostKeyChecking value: "yes", or "accept-new" when the bastion cannot
+        be reached directly (ProxyJump in ~/.ssh/config) and the policy accepts new keys.
+        """
+        profile = self.profile
+        assert profile.bastion is not None
+        entries = known_hosts.entries_for(
+            profile.known_hosts, profile.bastion.host, profile.bastion.port
+        )
+        if any(e.marker is None for e in entries):
+            return "yes"  # ssh checks it against the same file; a refusal is explained below
+        try:
+            self._probe_host_key(self._host_keys)
+        except BastionUnreachable as exc:
+            if self._host_keys.accept_new:
+                self._log.info("host key probe failed (%s): letting ssh accept-new", exc)
+                return "accept-new"
+            raise BastionUnreachable(
+                f"{exc.message}; cannot check the bastion's host key before starting ssh",
+                hint="record it first: connect once with `ssh` (e.g. through your ProxyJump), "
+                "or use --accept-new-host-key",
+            ) from None
+        return "yes"
+
+    def _probe_host_key(self, policy: HostKeyPolicy) -> None:
+        """A paramiko handshake (no login) to check / record the key with tunnelman's policy."""
+        from tunnelman.core import ssh
+
+        profile = self.profile
+        assert profile.bastion is not None
+        timeout = float(profile.connect_timeout)
+        sock = ssh.open_socket(profile.bastion, timeout, profile.keepalive, self._cancel)
+        try:
+            transport = ssh.start_transport(sock, profile, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            ssh.check_host_key(transport, profile, policy)
+        finally:
+            transport.close()
+
+    # ------------------------------------------------------------------------- running ssh
+
+    def _on_stderr(self, line: str) -> None:
+        low = line.lower()
+        if "open failed" in low or "connect_to" in low:
+            # A client connected and the bastion refused or could not reach the endpoint.
+            message = _forward_message(self.profile, line)
+            self._log.warning("tunnel %s: %s", self.profile.name, message)
+            with self._lock:
+                self._error = message
+        else:
+            self._log.info("ssh (%s): %s", self.profile.name, line)
+
+    def _spawn(self, port: int, strict: str) -> _SSHProcess:
+        argv = ssh_argv(self._ssh, self.profile, port, strict=strict)
+        try:
+            return _SSHProcess(argv, self._on_stderr)
+        except OSError as exc:
+            raise TunnelError(f"cannot run {self._ssh}: {exc.strerror or exc}") from None
+
+    def _launch(self, port: int, strict: str) -> int:
+        """Start ssh on `port` (0: a free one) and wait until it listens; the bound port."""
+        attempts = 3 if port == 0 else 1
+        probed = False
+        while True:
+            chosen = port or _free_port()
+            proc = self._spawn(chosen, strict)
+            with self._lock:
+                self._ssh_proc = proc
+            try:
+                self._wait_ready(proc, chosen)
+                return chosen
+            except _SSHExited as exited:
+                error = self._exit_error(exited.text, chosen, exited.code)
+            if isinstance(error, _HostKeyRefused) and not probed:
+                probed = True
+                # Raises tunnelman's precise HostKeyChanged / HostKeyUnknown, or accepts and
+                # records a new key (the policy asked), after which ssh runs once more.
+                self._probe_host_key(self._host_keys)
+                continue
+            if isinstance(error, _HostKeyRefused):
+                raise HostKeyError(error.message, hint=error.hint)
+            if isinstance(error, PortBusyError) and port == 0 and attempts > 1:
+                attempts -= 1  # someone took the free port we picked: pick another
+                continue
+            raise error
+
+    def _wait_ready(self, proc: _SSHProcess, port: int) -> None:
+        profile = self.profile
+        # ConnectTimeout covers TCP only; the handshake and login get as long again.
+        deadline = time.monotonic() + 2 * profile.connect_timeout + 5
+        delay = POLL_FIRST
+        while True:
+            code = proc.exited()
+            if code is not None:
+                raise _SSHExited(code, proc.stderr_text())
+            if self._cancel is not None and self._cancel.is_set():
+                proc.stop()
+                raise TunnelError("cancelled")
+            if self._stopping.is_set():
+                proc.stop()
+                raise TunnelError("stopped")
+            up = _listening(port)
+            if up is None:
+                up = _accepts(port)
+            if up:
+                return
+            if time.monotonic() >= deadline:
+                proc.stop()
+                assert profile.bastion is not None
+                raise BastionUnreachable(
+                    f"ssh to bastion {profile.bastion.host}:{profile.bastion.port} did not set up "
+                    f"the forward within {2 * profile.connect_timeout + 5} s",
+                    hint="check the bastion with `tunnelman check`; raise connect_timeout if the "
+                    "link is slow",
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, POLL_MAX)
+
+    def _exit_error(self, text: str, port: int, code: int) -> TunnelmanError:
+        return _map_stderr(self.profile, text, port, code)
+
+    # ------------------------------------------------------------------------- supervision
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            proc = self._current()
+            if proc is None:
+                return
+            try:
+                code = proc.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            if self._stopping.is_set():
+                return
+            error = self._exit_error(proc.stderr_text(), self._port or 0, code)
+            reason = str(error) if code != 0 else "ssh exited"
+            if not self._supervise or isinstance(error, _FINAL):
+                self._fail_ssh(reason)
+                return
+            if not self._relaunch(reason):
+                return
+
+    def _current(self) -> _SSHProcess | None:
+        with self._lock:
+            return self._ssh_proc
+
+    def _relaunch(self, reason: str) -> bool:
+        """ssh died: start it again on the same port with backoff (True once it is back)."""
+        self._set_state(TunnelState.RECONNECTING, error=reason)
+        delay = BACKOFF_FIRST
+        port = self._port or 0
+        while not self._stopping.is_set():
+            try:
+                self._launch(port, "yes")
+            except _FINAL as exc:
+                self._fail_ssh(str(exc))
+                return False
+            except TunnelmanError as exc:
+                self._log.info("reconnect of %s failed: %s", self.profile.name, exc)
+                self._set_state(TunnelState.RECONNECTING, error=str(exc))
+            else:
+                if self._stopping.is_set():
+                    return False
+                with self._lock:
+                    self._reconnects += 1
+                    self._since = self._wall()
+                self._set_state(TunnelState.UP)
+                self._log.info("tunnel %s reconnected (openssh)", self.profile.name)
+                return True
+            pause = min(delay, BACKOFF_MAX) * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, BACKOFF_MAX)
+            self._stopping.wait(pause)
+        return False
+
+    def _fail_ssh(self, reason: str) -> None:
+        self._log.warning("tunnel %s failed: %s", self.profile.name, reason)
+        self._set_state(TunnelState.FAILED, error=reason)
+        proc = self._current()
+        if proc is not None:
+            proc.stop()
+
+    def _teardown(self) -> None:
+        self._stopping.set()
+        proc = self._current()
+        if proc is not None:
+            proc.stop()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=5.0)
+
+
+class _SSHExited(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+class _HostKeyRefused(HostKeyError):
+    """ssh refused the host key; the paramiko probe then says precisely why."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _forward_message(profile: Profile, line: str) -> str:
+    target = str(profile.endpoint)
+    low = line.lower()
+    if "administratively prohibited" in low:
+        return (
+            f"the bastion refuses to forward to {target}: administratively prohibited (TCP "
+            "forwarding disabled for this user, or PermitOpen does not allow this target)"
+        )
+    return f"the bastion could not reach the database endpoint {target} ({line.strip()})"
+
+
+def _map_stderr(profile: Profile, text: str, port: int, code: int) -> TunnelmanError:
+    """ssh's last words as tunnelman's error classes."""
+    assert profile.bastion is not None
+    bastion = profile.bastion
+    where = f"{bastion.host}:{bastion.port}"
+    low = text.lower()
+    last = _last_line(text) or f"ssh exited with status {code}"
+    if "could not resolve hostname" in low:
+        return BastionUnreachable(
+            f"bastion name {bastion.host} does not resolve ({last.rpartition(':')[2].strip()})",
+            hint="check the bastion's host name in the profile (and Host entries in "
+            "~/.ssh/config); a stopped and restarted EC2 instance gets a new public DNS name",
+        )
+    if "connection refused" in low:
+        return BastionUnreachable(
+            f"bastion {where} refused the connection (nothing listens on port {bastion.port})",
+            hint="check the bastion's address and SSH port in the profile, and that sshd runs there",
+        )
+    if "timed out" in low:
+        return BastionUnreachable(
+            f"bastion {where} did not answer within {profile.connect_timeout} s (connection timed out)",
+            hint="check that the bastion is running and that its security group allows SSH from "
+            "your IP address; raise connect_timeout if the link is slow",
+        )
+    if "no route to host" in low or "network is unreachable" in low:
+        return BastionUnreachable(
+            f"bastion {where} is unreachable ({last})",
+            hint="check your network connection (VPN?) and the bastion's address",
+        )
+    if (
+        "host key verification failed" in low
+        or "remote host identification has changed" in low
+        or "host key is known for" in low
+    ):
+        return _HostKeyRefused(
+            f"ssh refused the host key of bastion {where} ({last})",
+            hint=f"compare it with {profile.known_hosts}; `tunnelman check {profile.name}` shows both keys",
+        )
+    if (
+        "address already in use" in low
+        or "cannot listen to port" in low
+        or ("could not request local forwarding" in low)
+    ):
+        return netcheck.port_busy_error(port)
+    if "permission denied" in low or "too many authentication failures" in low:
+        what = f"key {profile.identity_file}" if profile.identity_file else "the keys in ssh-agent"
+        return AuthenticationFailed(
+            f"bastion {where} refused {what} for user {bastion.login}: authentication failed",
+            hint="check the user name, ec2-user on Amazon Linux or ubuntu on Ubuntu, and that "
+            "the matching public key is in ~/.ssh/authorized_keys on the bastion",
+        )
+    if "administratively prohibited" in low or "open failed" in low:
+        return ForwardingFailed(_forward_message(profile, last))
+    if "bad configuration option" in low or "garbage at end of line" in low or "bad port" in low:
+        return ConfigError(
+            f"ssh rejected its settings: {last}",
+            hint='check ~/.ssh/config (engine = "openssh" reads it)',
+        )
+    if (
+        "connection closed" in low
+        or "connection reset" in low
+        or "kex_exchange_identification" in low
+    ):
+        return BastionUnreachable(
+            f"bastion {where} closed the connection during the SSH handshake ({last})",
+            hint="is it an SSH server on that port? is your IP allowed (fail2ban, security group)?",
+        )
+    return TunnelError(f"ssh to bastion {where} failed: {last}")
