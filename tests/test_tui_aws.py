@@ -78,16 +78,28 @@ async def test_s_stops_and_starts_the_cluster_after_asking(
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "geo" in app.clusters, 30, "cluster status")
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2, "the question")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+            2,
+            "the question",
+        )
         await pilot.press("escape")  # no
         assert aws_status() == "available"
         await pilot.click("#btn-startstop")  # the mouse way
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2, "the question")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+            2,
+            "the question",
+        )
         await pilot.click("#yes")
         await wait_for(pilot, lambda: aws_status() in ("stopping", "stopped"), 30, "the stop")
         await wait_for(pilot, lambda: app.cluster_running("geo") is False, 30, "the new status")
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
+        )
         await pilot.click("#yes")
         await wait_for(pilot, lambda: aws_status() in ("starting", "available"), 30, "the start")
 
@@ -101,7 +113,11 @@ async def test_discover_imports_a_cluster_as_a_profile(aws_env: MotoServer, tmp_
     app = make_app(config)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, DiscoverScreen), 2)
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, DiscoverScreen) and app.screen.query("#d-import"),
+            2,
+        )
         screen = app.screen
         assert isinstance(screen, DiscoverScreen)
         await pilot.press(*REGION, "enter")

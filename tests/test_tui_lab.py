@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -17,9 +17,11 @@ from tests.lab.keys import make_key
 from tests.lab.ports import port_open
 from tests.lab.toml_profile import write_profile
 from tests.tui_support import HangingBastion, main_text, sync, wait_for
+from tunnelman.agent.client import AgentClient
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.tui.app import TunnelmanApp, make_app
+from tunnelman.tui.hosts import AgentHost, InProcessHost, TunnelHost
 from tunnelman.tui.screens.help import HelpScreen
 from tunnelman.tui.screens.modals import (
     ConfirmScreen,
@@ -74,7 +76,26 @@ def lab(lab_profile: LabProfile, tmp_home: Path, hanging: HangingBastion) -> Lab
     return lab_profile
 
 
+@pytest.fixture
+def agent(tmp_home: Path) -> Iterator[AgentHost]:
+    """The real background agent (private to this test's XDG_RUNTIME_DIR), stopped afterwards."""
+    host = AgentHost(AgentClient())
+    try:
+        yield host
+    finally:
+        host.client.shutdown()
+
+
+@pytest.fixture(params=["agent", "in-process"])
+def host(request: pytest.FixtureRequest) -> TunnelHost:
+    """Both ways the TUI holds tunnels: the agent (the default) and this process."""
+    if request.param == "agent":
+        return cast(TunnelHost, request.getfixturevalue("agent"))
+    return InProcessHost()
+
+
 def app_for(lab: LabProfile, name: str = "lab", **kwargs: Any) -> TunnelmanApp:
+    kwargs.setdefault("host", InProcessHost())
     return make_app(lab.config, initial_profile=name, **kwargs)
 
 
@@ -86,8 +107,10 @@ def query_through(port: int, lab: LabProfile) -> str:
 
 
 @sync
-async def test_enter_opens_the_tunnel_shows_the_port_and_a_query_works(lab: LabProfile) -> None:
-    app = app_for(lab)
+async def test_enter_opens_the_tunnel_shows_the_port_and_a_query_works(
+    lab: LabProfile, host: TunnelHost
+) -> None:
+    app = app_for(lab, host=host)
     async with app.run_test(size=SIZE) as pilot:
         assert app.main is not None
         assert app.main.current == "lab"
@@ -114,17 +137,23 @@ async def test_enter_opens_the_tunnel_shows_the_port_and_a_query_works(lab: LabP
 
 
 @sync
-async def test_unknown_host_key_accept_connects_and_records_it(lab: LabProfile) -> None:
-    app = app_for(lab, "lab-new")
+async def test_unknown_host_key_accept_connects_and_records_it(
+    lab: LabProfile, host: TunnelHost
+) -> None:
+    app = app_for(lab, "lab-new", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
         await wait_for(
-            pilot, lambda: isinstance(app.screen, HostKeyScreen), 20, "the host-key modal"
+            pilot,
+            lambda: isinstance(app.screen, HostKeyScreen) and app.screen.query("#reject"),
+            20,
+            "the host-key modal",
         )
         screen = app.screen
         assert isinstance(screen, HostKeyScreen)
         assert screen.question.fingerprint == lab.sshd.host_key_fingerprint()
         assert "connecting" in app.state_of("lab-new")[0]  # the worker waits for the answer
+        await pilot.pause()
         await pilot.click("#accept")
         await wait_for(pilot, lambda: app.state_of("lab-new")[0] == "up", 30, "the tunnel")
         recorded = (lab.config.parent.parent.parent / ".ssh" / "known_hosts_new").read_text()
@@ -132,13 +161,17 @@ async def test_unknown_host_key_accept_connects_and_records_it(lab: LabProfile) 
 
 
 @sync
-async def test_unknown_host_key_reject_refuses(lab: LabProfile) -> None:
-    app = app_for(lab, "lab-new")
+async def test_unknown_host_key_reject_refuses(lab: LabProfile, host: TunnelHost) -> None:
+    app = app_for(lab, "lab-new", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
         await wait_for(
-            pilot, lambda: isinstance(app.screen, HostKeyScreen), 20, "the host-key modal"
+            pilot,
+            lambda: isinstance(app.screen, HostKeyScreen) and app.screen.query("#reject"),
+            20,
+            "the host-key modal",
         )
+        await pilot.pause()
         await pilot.click("#reject")
         await wait_for(pilot, lambda: app.state_of("lab-new")[0] == "failed", 20, "a refusal")
         assert "host key" in app.last_errors["lab-new"].lower()
@@ -146,12 +179,17 @@ async def test_unknown_host_key_reject_refuses(lab: LabProfile) -> None:
 
 
 @sync
-async def test_changed_host_key_is_refused_with_both_fingerprints(lab: LabProfile) -> None:
-    app = app_for(lab, "lab-changed")
+async def test_changed_host_key_is_refused_with_both_fingerprints(
+    lab: LabProfile, host: TunnelHost
+) -> None:
+    app = app_for(lab, "lab-changed", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
         await wait_for(
-            pilot, lambda: isinstance(app.screen, HostKeyChangedScreen), 20, "the changed-key modal"
+            pilot,
+            lambda: isinstance(app.screen, HostKeyChangedScreen) and app.screen.query("#close"),
+            20,
+            "the changed-key modal",
         )
         screen = app.screen
         assert isinstance(screen, HostKeyChangedScreen)
@@ -169,9 +207,9 @@ async def test_changed_host_key_is_refused_with_both_fingerprints(lab: LabProfil
 
 @sync
 async def test_hanging_bastion_never_blocks_and_can_be_cancelled(
-    lab: LabProfile, hanging: HangingBastion
+    lab: LabProfile, hanging: HangingBastion, host: TunnelHost
 ) -> None:
-    app = app_for(lab, "hang")
+    app = app_for(lab, "hang", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
         await wait_for(pilot, lambda: hanging.accepted, 10, "the TCP connection to the bastion")
@@ -248,7 +286,11 @@ async def test_edit_profile_saves_with_comments_kept(lab: LabProfile) -> None:
     app = app_for(lab)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen), 2)
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ProfileFormScreen) and app.screen.query("#save"),
+            2,
+        )
         form = app.screen
         form.query_one("#f-description").value = "new description"  # type: ignore[attr-defined]
         form.query_one("#f-local_port").value = "15433"  # type: ignore[attr-defined]
@@ -271,7 +313,11 @@ async def test_new_profile_validation_names_the_field_then_saves(lab: LabProfile
     app = app_for(lab)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen), 2)
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ProfileFormScreen) and app.screen.query("#save"),
+            2,
+        )
         await pilot.press(*"fresh")
         form = app.screen
         form.query_one("#f-bastion").value = "user@"  # type: ignore[attr-defined]
@@ -304,11 +350,15 @@ async def test_delete_profile_asks_then_removes_it_keeping_comments(lab: LabProf
     app = app_for(lab, "other")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
+        )
         await pilot.click("#no")
         assert "other" in prof.load(lab.config).profiles
         await pilot.click("#btn-delete")  # the mouse way
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
+        )
         await pilot.click("#yes")
         await wait_for(pilot, lambda: "other" not in app.profiles, 2)
         text = lab.config.read_text()
@@ -325,7 +375,11 @@ async def test_password_goes_into_the_keyring(lab: LabProfile, keyring_backend: 
     try:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("p")
-            await wait_for(pilot, lambda: isinstance(app.screen, SecretScreen), 2)
+            await wait_for(
+                pilot,
+                lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
+                2,
+            )
             await pilot.press(*"s3cret-pw", "enter")
             await pilot.press(*"s3cret-pX", "enter")  # a typo: refused
             await pilot.pause()
@@ -397,15 +451,51 @@ async def test_quit_with_an_open_tunnel_asks_and_closes_it(lab: LabProfile) -> N
         port = app.state_of("lab")[1]
         assert port is not None
         await pilot.press("q")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2, "the quit question")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+            2,
+            "the quit question",
+        )
         await pilot.press("escape")  # stay
         assert app.is_running
         assert port_open("127.0.0.1", port)
         await pilot.press("q")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
+        )
         await pilot.click("#yes")
         await wait_for(pilot, lambda: not app.is_running, 10, "the app to exit")
     assert not port_open("127.0.0.1", port)
+
+
+@sync
+async def test_agent_tunnels_survive_quit_and_show_up_in_the_next_session(
+    lab: LabProfile, agent: AgentHost
+) -> None:
+    app = app_for(lab, host=agent)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.state_of("lab")[0] == "up", 30, "the tunnel")
+        port = app.state_of("lab")[1]
+        assert port is not None
+        await pilot.press("q")  # no question: the agent keeps it
+        await wait_for(pilot, lambda: not app.is_running, 5, "the app to exit")
+    assert app.quit_message is not None
+    assert "1 tunnel(s) keep running in the agent: lab" in app.quit_message
+    assert port_open("127.0.0.1", port)
+    assert await asyncio.to_thread(query_through, port, lab)
+    # a new TUI session shows the tunnel the agent holds, and can close it
+    again = app_for(lab, host=AgentHost(AgentClient()))
+    async with again.run_test(size=SIZE) as pilot:
+        await wait_for(
+            pilot, lambda: again.state_of("lab") == ("up", port), 10, "the agent's tunnel"
+        )
+        await pilot.pause()
+        assert f"127.0.0.1:{port}" in main_text(again, "#tunnel-info")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: again.state_of("lab")[0] == "stopped", 10, "closing")
+        await wait_for(pilot, lambda: not port_open("127.0.0.1", port), 10, "the port to close")
 
 
 @sync

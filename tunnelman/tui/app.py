@@ -122,6 +122,8 @@ class TunnelmanApp(App[None]):
         self.clusters: dict[str, Any] = {}
         self.cluster_errors: dict[str, str] = {}
         self.cluster_loading: set[str] = set()
+        self._stop = threading.Event()
+        self.quit_message: str | None = None
         self.load_profiles()
 
     # ------------------------------------------------------------------ state
@@ -174,6 +176,17 @@ class TunnelmanApp(App[None]):
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_interval, self._tick)
+        watch = getattr(self.host, "watch", None)
+        if watch is not None:
+            # Tunnels the agent already holds (from an earlier session, or `up --detach`), and
+            # every change to them while we run.
+            self._work("watch", "agent", partial(watch, self._watched, self._removed, self._stop))
+
+    def _watched(self, view: TunnelView) -> None:
+        self.post_message(TunnelChanged(view.name, view))
+
+    def _removed(self, name: str) -> None:
+        self.post_message(TunnelChanged(name, None))
 
     def _refresh(self, name: str | None = None) -> None:
         main = self.main
@@ -339,13 +352,17 @@ class TunnelmanApp(App[None]):
 
     @on(TunnelChanged)
     def _tunnel_changed(self, message: TunnelChanged) -> None:
-        if message.view is None:
-            self.views.pop(message.name, None)
+        if message.name in self.connecting:
+            return  # the worker opening it has the last word (a watch may see its attempts)
+        if message.view is None or (
+            message.view.state == "failed" and message.view.error == "cancelled"
+        ):
+            self.views.pop(message.name, None)  # a cancel is not a failure worth showing
+        elif message.view.state == "stopped" and message.name not in self.views:
+            return
         elif message.view.state == "starting" and message.name not in self.connecting:
             return  # news from an attempt that was cancelled meanwhile
         else:
-            if message.name in self.connecting and message.view.state == "up":
-                self.connecting.pop(message.name, None)
             self.views[message.name] = message.view
             if message.view.error and message.view.state == "failed":
                 self.last_errors[message.name] = message.view.error
@@ -647,9 +664,11 @@ class TunnelmanApp(App[None]):
             return
         names = ", ".join(open_)
         if self.host.survives_quit:
-            self.exit(
-                message=f"tunnelman: {len(open_)} tunnel(s) keep running in the agent: {names} (`tunnelman status`, `tunnelman down NAME`)"
+            self.quit_message = (
+                f"tunnelman: {len(open_)} tunnel(s) keep running in the agent: {names} "
+                "(`tunnelman status` lists them, `tunnelman down NAME` closes one)"
             )
+            self.exit(message=self.quit_message)
             return
 
         def answered(yes: bool | None) -> None:
@@ -678,6 +697,7 @@ class TunnelmanApp(App[None]):
         self._work("tunnel", "*", close_all)
 
     def on_unmount(self) -> None:
+        self._stop.set()
         for cancel in self.connecting.values():
             cancel.set()
         if not self.host.survives_quit:

@@ -7,14 +7,16 @@ imported lazily here, so the TUI starts fast and tests can swap in another host.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tunnelman.core.errors import TunnelError
+from tunnelman.core.errors import TunnelError, TunnelmanError
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -182,6 +184,98 @@ class InProcessHost:
         return {name: TunnelView.from_status(t.status) for name, t in tunnels.items()}
 
 
+class AgentHost:
+    """Tunnels held by the background agent: they outlive the TUI (the default).
+
+    The agent cannot ask anybody; its client asks `ask_host_key` here when the agent reports an
+    unknown key. `watch` follows the agent's state changes (also of tunnels opened elsewhere,
+    e.g. `tunnelman up NAME --detach`).
+    """
+
+    survives_quit = True
+
+    def __init__(self, client: Any = None) -> None:
+        if client is None:
+            from tunnelman.agent.client import AgentClient
+
+            client = AgentClient()
+        self.client = client
+
+    def open(
+        self,
+        profile: Profile,
+        *,
+        config_path: Path,
+        ask_host_key: AskHostKey,
+        ask_passphrase: AskPassphrase,
+        cancel: threading.Event,
+        on_status: OnStatus,
+    ) -> TunnelView:
+        del ask_passphrase  # the agent cannot ask; it says how to use such a key instead
+        done = threading.Event()
+
+        def abort_on_cancel() -> None:
+            # The agent's `up` cannot be interrupted from here; take the tunnel down instead.
+            while not done.wait(0.1):
+                if cancel.is_set():
+                    with contextlib.suppress(Exception):
+                        self.client.down(profile.name)
+                    return
+
+        watcher = threading.Thread(target=abort_on_cancel, name="tunnelman-tui-cancel", daemon=True)
+        watcher.start()
+        try:
+            status = self.client.up(
+                profile.name,
+                config_path,
+                profile.local_port,
+                host_keys=host_key_policy(ask_host_key),
+            )
+        except TunnelmanError:
+            if cancel.is_set():
+                raise TunnelError("cancelled") from None
+            raise
+        finally:
+            done.set()
+        view = TunnelView.from_status(status)
+        on_status(view)
+        return view
+
+    def close(self, name: str) -> None:
+        self.client.down(name)
+
+    def close_all(self) -> None:
+        self.client.down_all()
+
+    def statuses(self) -> dict[str, TunnelView]:
+        return {s.name: TunnelView.from_status(s) for s in self.client.status()}
+
+    def watch(
+        self, on_status: OnStatus, on_removed: Callable[[str], None], stop: threading.Event
+    ) -> None:
+        """Follow the agent until `stop`: every status change, every removal. Blocks."""
+        while not stop.is_set():
+            try:
+                for event in self.client.subscribe(stop):
+                    if event.kind == "status" and event.status is not None:
+                        on_status(TunnelView.from_status(event.status))
+                    elif event.kind == "removed":
+                        on_removed(event.name)
+            except (TunnelmanError, OSError):
+                pass  # the agent went away; look again shortly
+            stop.wait(1.0)
+
+
+def agent_available() -> bool:
+    """Whether this build has the background agent."""
+    try:
+        return importlib.util.find_spec("tunnelman.agent.client") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def default_host() -> TunnelHost:
-    """The agent when it is part of this build, else this process."""
+    """The agent when it is part of this build (tunnels outlive the TUI), else this process."""
+    if agent_available():
+        return AgentHost()
     return InProcessHost()
