@@ -529,6 +529,10 @@ class Tunnel:
             return
         with contextlib.suppress(Exception):
             for srv in list(server._server_list):
+                # Wake serve_forever's select now rather than at its next 0.1 s poll, which
+                # shutdown() would wait for (50 ms on average, paid by every one-shot command).
+                with contextlib.suppress(OSError):
+                    srv.socket.shutdown(socket.SHUT_RDWR)
                 srv.shutdown()
                 srv.server_close()
             server._server_list = []
