@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus
-from xml.sax.saxutils import quoteattr
 
 from tunnelman.core.errors import ClientError
 
@@ -513,6 +512,10 @@ def qgis_element_xml(profile: Profile, s: ConnSettings) -> str:
         "username": f["username"],
         "savePassword": f["savePassword"],
     }
+    # Imported here: xml.sax.saxutils pulls in urllib.request, http.client, email and ssl (~40 ms),
+    # which every one-shot `tunnelman psql` would otherwise pay for through oneshot → clients.
+    from xml.sax.saxutils import quoteattr
+
     return "<postgis " + " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items()) + "/>"
 
 
