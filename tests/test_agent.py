@@ -458,3 +458,50 @@ def test_one_shot_commands_reuse_the_agents_tunnel(lab_profile: LabProfile) -> N
     psql = ok(run_cli("psql", "lab", "-Atc", "select 40 + 2"))
     assert psql.stdout.strip() == "42"
     assert lab_profile.sshd.log_text().count("Accepted publickey") == logins, "no new SSH login"
+
+
+def test_ctrl_c_during_up_cancels_the_tunnel_in_the_agent(lab_profile: LabProfile) -> None:
+    mute = socket.socket()  # accepts TCP (backlog) but never speaks SSH: `up` hangs
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    try:
+        lab_profile.write(bastion=f"root@127.0.0.1:{mute.getsockname()[1]}", connect_timeout=60)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tunnelman", "up", "lab", "--detach"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(
+                lambda: [str(s.state) for s in AgentClient().status()] == ["starting"],
+                60,
+                "the agent to be opening the tunnel",
+            )
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert proc.returncode == 130
+        assert "Traceback" not in err
+        wait_for(lambda: AgentClient().status() == [], 10, "the agent to drop the tunnel")
+    finally:
+        mute.close()
+
+
+def test_the_agent_listens_again_when_its_directory_is_removed(lab_profile: LabProfile) -> None:
+    port = up_detached("lab")
+    pid = agent_pid()
+    files = agent_files()
+    for path in files.dir.iterdir():  # what a logout's runtime-dir cleanup does
+        path.unlink()
+    files.dir.rmdir()
+    found = wait_for(lambda: AgentClient().find("lab"), 15, "the agent to be reachable again")
+    assert found.local_port == port
+    assert agent_pid() == pid
+    assert up_detached("lab") == port
+    assert agent_processes() == [pid], "no second agent"
+    assert stat.S_IMODE(files.socket.stat().st_mode) == 0o600

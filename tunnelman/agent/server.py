@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from tunnelman import __version__
 from tunnelman.agent import protocol
 from tunnelman.agent.locks import FileLock, read_pid
-from tunnelman.agent.paths import AgentPaths, log_path, paths, use_tcp
+from tunnelman.agent.paths import AgentPaths, ensure_private_dir, log_path, paths, use_tcp
 from tunnelman.core.errors import AgentError, SSHKeyError, TunnelError, TunnelmanError
 from tunnelman.core.logs import get_logger, setup_file_logging
 
@@ -56,6 +56,7 @@ ENV_IDLE = "TUNNELMAN_AGENT_IDLE"
 EXIT_ALREADY_RUNNING = 3
 LOCK_WAIT = 15.0  # a previous agent may still be closing its tunnels
 _ACCEPT_TICK = 0.5
+_ADDRESS_CHECK = 2.0  # seconds between checks that our socket is still there
 _SUBSCRIBER_QUEUE = 1000
 _OPEN_STATES = ("starting", "up", "reconnecting")
 
@@ -151,6 +152,9 @@ class Agent:
         self._listener: socket.socket | None = None
         self._token: str | None = None
         self._port: int | None = None
+        self._socket_ino: int | None = None
+        self._next_check = 0.0
+        self._orphaned = False
 
     # ------------------------------------------------------------------------- life
 
@@ -194,6 +198,7 @@ class Agent:
             os.umask(old)
         os.chmod(path, 0o600)
         sock.listen(64)
+        self._socket_ino = path.stat().st_ino
         return sock
 
     def _bind_tcp(self) -> socket.socket:
@@ -236,6 +241,7 @@ class Agent:
                 if self._idle_expired():
                     _log.info("no tunnels for %g s: exiting", self.idle_timeout)
                     break
+                self._check_address()
                 try:
                     conn, _addr = self._listener.accept()
                 except TimeoutError:
@@ -266,6 +272,48 @@ class Agent:
                 self._last_busy = now
                 return False
             return self.idle_timeout > 0 and now - self._last_busy >= self.idle_timeout
+
+    def _check_address(self) -> None:
+        """Listen again if our files were removed under us (a runtime dir cleaned at logout):
+        otherwise the next client would start a second agent and ours would be unreachable."""
+        now = time.monotonic()
+        if self._orphaned or now < self._next_check:
+            return
+        self._next_check = now + _ADDRESS_CHECK
+        try:
+            if self.tcp:
+                intact = self.files.state.exists() and self.files.lock.exists()
+            else:
+                intact = self.files.socket.stat().st_ino == self._socket_ino
+        except OSError:
+            intact = False
+        if intact:
+            return
+        _log.warning("the agent's files in %s were removed: recreating them", self.files.dir)
+        try:
+            ensure_private_dir(self.files.dir)
+            life = FileLock(self.files.lock)
+            if not life.acquire(timeout=0):
+                self._orphaned = True
+                _log.error(
+                    "another agent took over %s; this one (pid %d) keeps its tunnels but can no "
+                    "longer be reached: stop it with kill %d",
+                    self.files.dir,
+                    os.getpid(),
+                    os.getpid(),
+                )
+                return
+            life.write(str(os.getpid()))
+            self._life.release()
+            self._life = life
+            if not self.tcp:
+                listener = self._bind_unix()
+                listener.settimeout(_ACCEPT_TICK)
+                self._close_listener()
+                self._listener = listener
+            self._write_state()
+        except (OSError, AgentError):
+            _log.exception("cannot recreate the agent's files")
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         """Defence in depth behind the 0600 socket: the peer must be our own user (Linux)."""
