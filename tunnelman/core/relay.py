@@ -92,7 +92,10 @@ def _ack_notifications(transport: Any) -> None:
         ignore = Message()
         ignore.add_byte(bytes([_MSG_IGNORE]))
         ignore.add_string(b"")
-        _send_from_transport_thread(transport, ignore, defer=False)
+        # IGNORE may be sent at any time, key exchange included (RFC 4253 7.1, 11.2), so it
+        # needs no clear-to-send; the packetizer's own lock orders it with other writers.
+        with contextlib.suppress(Exception):
+            transport._send_message(ignore)
 
     table[_MSG_GLOBAL_REQUEST] = on_global_request
 
@@ -151,14 +154,14 @@ def _grant(chan: Any, n: int) -> None:
     msg.add_byte(bytes([_MSG_CHANNEL_WINDOW_ADJUST]))
     msg.add_int(chan.remote_chanid)
     msg.add_int(ack)
-    _send_from_transport_thread(chan.get_transport(), msg, defer=True)
+    _send_from_transport_thread(chan.get_transport(), msg)
 
 
-def _send_from_transport_thread(transport: Any, msg: Any, *, defer: bool) -> None:
-    """Send `msg` without ever blocking the transport thread (it must keep reading).
+def _send_from_transport_thread(transport: Any, msg: Any) -> None:
+    """Send a connection-layer `msg` without ever blocking the transport thread.
 
-    During a key exchange, or while another thread holds the send lock, a helper thread waits
-    for its turn instead (`defer`), or the message is dropped (an optional one).
+    During a key exchange (such messages must wait for it), or while another thread holds the
+    send lock, a helper thread waits for its turn instead.
     """
     if transport.clear_to_send_lock.acquire(blocking=False):
         try:
@@ -167,10 +170,9 @@ def _send_from_transport_thread(transport: Any, msg: Any, *, defer: bool) -> Non
                 return
         finally:
             transport.clear_to_send_lock.release()
-    if defer:
-        threading.Thread(
-            target=_send_later, args=(transport, msg), name="tunnelman-window", daemon=True
-        ).start()
+    threading.Thread(
+        target=_send_later, args=(transport, msg), name="tunnelman-window", daemon=True
+    ).start()
 
 
 def _send_later(transport: Any, msg: Any) -> None:
