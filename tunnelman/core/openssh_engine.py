@@ -15,7 +15,8 @@ The same rules as the paramiko engine:
   ssh-agent when the profile names none (`IdentityFile=none`: never the default ~/.ssh/id_*).
 - Never a prompt: `BatchMode=yes`, stdin is /dev/null and ssh runs in its own session (no
   controlling terminal). A passphrase-protected key must be in ssh-agent.
-- Listens on 127.0.0.1 only. Readiness: the port is polled (the kernel's listening sockets on
+- Listens on 127.0.0.1 only. Readiness: ssh's LocalCommand (run once the -L listener is bound)
+  prints a line on a pipe, and the port is polled as well (the kernel's listening sockets on
   Linux, else a connect) until a deadline; ssh's exit and its stderr become tunnelman's errors.
 
 ssh runs under a small `sh` watchdog reading a pipe from us: if tunnelman dies, even by SIGKILL, the
@@ -62,8 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenSSHMissing", "OpenSSHTunnel", "find_ssh", "ssh_argv"]
 
-POLL_FIRST = 0.005  # readiness poll: starts fine (a loopback tunnel is up in ~50 ms) …
-POLL_MAX = 0.05  # … and backs off
+POLL = 0.05  # readiness poll of the port, in case the LocalCommand signal never comes
+READY = "tunnelman-ready"
 STDERR_LINES = 40
 _FINAL = (HostKeyError, AuthenticationFailed, SSHKeyError, ConfigError)
 
@@ -130,7 +131,10 @@ def ssh_argv(ssh: str, profile: Profile, port: int, *, strict: str = "yes") -> l
         "-o", "ControlPath=none",
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",
-        "-o", "PermitLocalCommand=no",
+        # ssh runs LocalCommand once its -L listener is bound (and, with ExitOnForwardFailure,
+        # only if it could be): the exact moment the tunnel is ready, without polling.
+        "-o", "PermitLocalCommand=yes",
+        "-o", f"LocalCommand=echo {READY}",
         "-o", "PasswordAuthentication=no",
         "-o", "KbdInteractiveAuthentication=no",
     ]  # fmt: skip
@@ -194,13 +198,25 @@ class _SSHProcess:
         self.proc = subprocess.Popen(
             ["sh", "-c", _WATCHDOG, "tunnelman-ssh", *argv],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # no controlling terminal, no Ctrl-C from the shell
             env=env,
         )
+        self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name="tunnelman-ssh-stderr", daemon=True)
         self._reader.start()
+        self._ready_reader = threading.Thread(
+            target=self._read_ready, name="tunnelman-ssh-ready", daemon=True
+        )
+        self._ready_reader.start()
+
+    def _read_ready(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        for raw in stream:
+            if raw.strip() == READY.encode():
+                self.ready.set()
 
     def _read(self) -> None:
         stream = self.proc.stderr
@@ -235,9 +251,11 @@ class _SSHProcess:
             if proc.stdin is not None:
                 proc.stdin.close()
         self._reader.join(timeout=2.0)
-        if proc.stderr is not None:
-            with contextlib.suppress(OSError):
-                proc.stderr.close()
+        self._ready_reader.join(timeout=2.0)
+        for stream in (proc.stderr, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 class OpenSSHTunnel(Tunnel):
@@ -409,11 +427,14 @@ class OpenSSHTunnel(Tunnel):
             raise error
 
     def _wait_ready(self, proc: _SSHProcess, port: int) -> None:
+        """Until ssh says it listens (LocalCommand), or the port answers, or ssh exits."""
         profile = self.profile
         # ConnectTimeout covers TCP only; the handshake and login get as long again.
-        deadline = time.monotonic() + 2 * profile.connect_timeout + 5
-        delay = POLL_FIRST
+        limit = 2 * profile.connect_timeout + 5
+        deadline = time.monotonic() + limit
         while True:
+            if proc.ready.wait(POLL):
+                return
             code = proc.exited()
             if code is not None:
                 raise _SSHExited(code, proc.stderr_text())
@@ -424,21 +445,17 @@ class OpenSSHTunnel(Tunnel):
                 proc.stop()
                 raise TunnelError("stopped")
             up = _listening(port)
-            if up is None:
-                up = _accepts(port)
-            if up:
+            if up or (up is None and _accepts(port)):
                 return
             if time.monotonic() >= deadline:
                 proc.stop()
                 assert profile.bastion is not None
                 raise BastionUnreachable(
                     f"ssh to bastion {profile.bastion.host}:{profile.bastion.port} did not set up "
-                    f"the forward within {2 * profile.connect_timeout + 5} s",
+                    f"the forward within {limit} s",
                     hint="check the bastion with `tunnelman check`; raise connect_timeout if the "
                     "link is slow",
                 )
-            time.sleep(delay)
-            delay = min(delay * 1.5, POLL_MAX)
 
     def _exit_error(self, text: str, port: int, code: int) -> TunnelmanError:
         return _map_stderr(self.profile, text, port, code)
