@@ -94,6 +94,16 @@ def app_with(
     return app
 
 
+async def settle(app: TunnelmanApp, pilot: Pilot[Any]) -> None:
+    """Let the highlighted profile's cluster status (fetched after a short delay) arrive."""
+    await wait_for(pilot, lambda: app.main is not None and bool(app.main.query("#profiles")), 5)
+    name = app.main.current if app.main is not None else None
+    profile = app.profiles.get(name) if name else None
+    if profile is not None and profile.cluster:
+        await wait_for(pilot, lambda: name in app.clusters, 5, "cluster status")
+    await pilot.pause()
+
+
 def test_snapshot_no_profiles_yet(fixed_world: Path, snap_compare: SnapCompare) -> None:
     assert snap_compare(app_with(None), terminal_size=SIZE)
 
@@ -125,8 +135,7 @@ def test_snapshot_cluster_status(fixed_world: Path, snap_compare: SnapCompare) -
     app = app_with(PROFILES, profile="prod")
 
     async def loaded(pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: "prod" in app.clusters, 5)
-        await pilot.pause()
+        await settle(app, pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
 
@@ -167,6 +176,7 @@ def test_snapshot_host_key_modal(fixed_world: Path, snap_compare: SnapCompare) -
     app = app_with(PROFILES, profile="prod")
 
     async def ask(pilot: Pilot[Any]) -> None:
+        await settle(app, pilot)
         await app.push_screen(HostKeyScreen(QUESTION, Path("/home/analyst/.ssh/known_hosts")))
         await pilot.pause()
 
@@ -177,6 +187,7 @@ def test_snapshot_host_key_changed_modal(fixed_world: Path, snap_compare: SnapCo
     app = app_with(PROFILES, profile="prod")
 
     async def refuse(pilot: Pilot[Any]) -> None:
+        await settle(app, pilot)
         await app.push_screen(
             HostKeyChangedScreen(
                 QUESTION,
@@ -191,13 +202,21 @@ def test_snapshot_host_key_changed_modal(fixed_world: Path, snap_compare: SnapCo
 
 
 def test_snapshot_help(fixed_world: Path, snap_compare: SnapCompare) -> None:
-    assert snap_compare(app_with(PROFILES), terminal_size=SIZE, press=["question_mark"])
+    app = app_with(PROFILES)
+
+    async def help_(pilot: Pilot[Any]) -> None:
+        await settle(app, pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=help_)
 
 
 def test_snapshot_edit_form(fixed_world: Path, snap_compare: SnapCompare) -> None:
     app = app_with(PROFILES, profile="staging")
 
     async def edit(pilot: Pilot[Any]) -> None:
+        await settle(app, pilot)
         await pilot.press("e")
         await pilot.pause()
         for field in app.screen.query(Input):

@@ -22,6 +22,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from tunnelman.core import profiles as prof
@@ -96,6 +97,7 @@ class TunnelmanApp(App[None]):
         Binding("ctrl+r", "reload", "Reload profiles", show=False)
     ]
     NOTIFICATION_TIMEOUT = 8
+    CLUSTER_FETCH_DELAY = 0.4
 
     def __init__(
         self,
@@ -124,6 +126,7 @@ class TunnelmanApp(App[None]):
         self.cluster_loading: set[str] = set()
         self._stop = threading.Event()
         self.quit_message: str | None = None
+        self._highlight_timer: Timer | None = None
         self.load_profiles()
 
     # ------------------------------------------------------------------ state
@@ -190,8 +193,8 @@ class TunnelmanApp(App[None]):
 
     def _refresh(self, name: str | None = None) -> None:
         main = self.main
-        if main is None or not main.is_mounted:
-            return
+        if main is None or not main.is_mounted or self._exit:
+            return  # not drawn yet, or being torn down (late messages from workers)
         if name is None:
             main.refresh_all()
         else:
@@ -380,7 +383,7 @@ class TunnelmanApp(App[None]):
 
     def _tick(self) -> None:
         """Once a second: refresh the "up since" line; poll the host for connection counts."""
-        if not self.open_tunnels():
+        if not self.open_tunnels() or self._exit:
             return
         self._work("poll", "all", self._poll_worker)
         main = self.main
@@ -469,7 +472,21 @@ class TunnelmanApp(App[None]):
     # ------------------------------------------------------------------ cluster
 
     def profile_highlighted(self, name: str) -> None:
-        """First look at a profile with a cluster: fetch its status (lazily, in a worker)."""
+        """First look at a profile with a cluster: fetch its status (lazily, in a worker).
+
+        Debounced: scrolling through the list asks AWS only for the row it stops on, and the
+        first screen is drawn before a worker starts importing boto3 (≈0.6 s of CPU).
+        """
+        if self._highlight_timer is not None:
+            self._highlight_timer.stop()
+        self._highlight_timer = self.set_timer(
+            self.CLUSTER_FETCH_DELAY, partial(self._fetch_if_needed, name)
+        )
+
+    def _fetch_if_needed(self, name: str) -> None:
+        main = self.main
+        if main is not None and main.current != name:
+            return
         profile = self.profiles.get(name)
         if (
             profile is not None

@@ -41,14 +41,8 @@ class DetailPane(VerticalScroll):
                 with Horizontal(classes="button-row"):
                     yield _button("Refresh (r)", "btn-refresh")
                     yield _button("Start/stop (s)", "btn-startstop", "warning")
-            with Vertical(id="conn-box", classes="box"):
-                with TabbedContent(id="conn-tabs"):
-                    for fmt, title in CONN_TABS:
-                        with TabPane(title, id=f"tab-{fmt}"):
-                            yield Static(id=f"conn-{fmt}", classes="conn-text", markup=False)
-                with Horizontal(classes="button-row"):
-                    yield _button("Copy (y)", "btn-copy", "primary")
-                    yield _button("Write (w)", "btn-write")
+            # Built on first use (`c`): a third of the pane's widgets, not needed for the first screen.
+            yield Vertical(id="conn-box", classes="box")
 
     def on_mount(self) -> None:
         self.query_one("#conn-box").display = False
@@ -91,20 +85,35 @@ class DetailPane(VerticalScroll):
     def conn_shown(self) -> bool:
         return bool(self.query_one("#conn-box").display)
 
-    def show_conn(self, shown: bool) -> None:
-        self.query_one("#conn-box").display = shown
+    async def show_conn(self, shown: bool) -> None:
+        box = self.query_one("#conn-box", Vertical)
+        if shown and not box.children:
+            tabs = TabbedContent(id="conn-tabs")
+            for fmt, title in CONN_TABS:
+                text = Static(id=f"conn-{fmt}", classes="conn-text", markup=False)
+                tabs.compose_add_child(TabPane(title, text, id=f"tab-{fmt}"))
+            buttons = Horizontal(
+                _button("Copy (y)", "btn-copy", "primary"),
+                _button("Write (w)", "btn-write"),
+                classes="button-row",
+            )
+            await box.mount_all([tabs, buttons])
+        box.display = shown
         if shown:
-            self.call_after_refresh(self.scroll_to_widget, self.query_one("#conn-box"))
+            self.call_after_refresh(self.scroll_to_widget, box)
 
     def set_conn(self, texts: dict[str, str]) -> None:
         for fmt, text in texts.items():
-            self.query_one(f"#conn-{fmt}", Static).update(Text(text))
+            for widget in self.query(f"#conn-{fmt}").results(Static):
+                widget.update(Text(text))
 
     @property
     def conn_format(self) -> str:
-        """The format of the active tab."""
-        active = self.query_one("#conn-tabs", TabbedContent).active
-        return active.removeprefix("tab-") if active else CONN_TABS[0][0]
+        """The format of the active tab (psql before the tabs exist)."""
+        for tabs in self.query("#conn-tabs").results(TabbedContent):
+            if tabs.active:
+                return tabs.active.removeprefix("tab-")
+        return CONN_TABS[0][0]
 
     def focus_conn(self) -> None:
         tabs = self.query_one("#conn-tabs", TabbedContent)
