@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
 from tests.lab.ports import port_open
+from tests.lab.postgres import Postgres
+from tests.lab.sshd import Sshd
 from tests.lab.toml_profile import write_profile
 from tests.tui_support import HangingBastion, main_text, sync, wait_for
 from tunnelman.agent.client import AgentClient
@@ -203,6 +205,62 @@ async def test_changed_host_key_is_refused_with_both_fingerprints(
         assert screen.question.fingerprint in body
         await pilot.press("escape")
         assert app.state_of("lab-changed")[0] == "failed"
+
+
+@sync
+async def test_passphrase_protected_key_is_asked_for_in_a_modal(
+    make_sshd: Callable[..., Sshd], postgres: Postgres, tmp_home: Path, host: TunnelHost
+) -> None:
+    """The agent cannot ask for a passphrase: with it, the TUI holds that tunnel itself."""
+    bastion = make_sshd()
+    key, public = make_key(tmp_home / ".ssh" / "keys", "ed25519", passphrase="correct horse")
+    bastion.authorize(public)
+    known_hosts = tmp_home / ".ssh" / "known_hosts"
+    known_hosts.write_text(bastion.host_key_line() + "\n")
+    config = tmp_home / "profiles.toml"
+    write_profile(
+        config,
+        "locked",
+        bastion=bastion.destination,
+        identity_file=key,
+        known_hosts=known_hosts,
+        endpoint=f"127.0.0.1:{postgres.port}",
+        database=postgres.database,
+    )
+    app = make_app(config, initial_profile="locked", host=host)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
+            30,
+            "the passphrase prompt",
+        )
+        await pilot.pause()
+        await pilot.press(*"wrong pass", "enter")  # paramiko refuses it; asked again
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
+            10,
+            "the second prompt",
+        )
+        await pilot.pause()
+        await pilot.press(*"correct horse", "enter")
+        await wait_for(pilot, lambda: app.state_of("locked")[0] == "up", 30, "the tunnel")
+        port = app.state_of("locked")[1]
+        assert port is not None
+        with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        await pilot.press("q")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+            5,
+            "quit asks: this tunnel is held here, even with the agent",
+        )
+        await pilot.click("#yes")
+        await wait_for(pilot, lambda: not app.is_running, 10, "exit")
+    assert not port_open("127.0.0.1", port)
 
 
 @sync

@@ -679,14 +679,18 @@ class TunnelmanApp(App[None]):
         if not open_:
             self.exit()
             return
-        names = ", ".join(open_)
-        if self.host.survives_quit:
+        local_names = getattr(self.host, "local_names", None)
+        here = [n for n in open_ if n in local_names()] if local_names is not None else []
+        if self.host.survives_quit and not here:
             self.quit_message = (
-                f"tunnelman: {len(open_)} tunnel(s) keep running in the agent: {names} "
+                f"tunnelman: {len(open_)} tunnel(s) keep running in the agent: {', '.join(open_)} "
                 "(`tunnelman status` lists them, `tunnelman down NAME` closes one)"
             )
             self.exit(message=self.quit_message)
             return
+        if self.host.survives_quit:
+            open_ = here  # only these die with the TUI: their keys needed a passphrase
+        names = ", ".join(open_)
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -708,7 +712,11 @@ class TunnelmanApp(App[None]):
             cancel.set()
 
         def close_all() -> None:
-            self.host.close_all()
+            close_local = getattr(self.host, "close_local", None)
+            if self.host.survives_quit and close_local is not None:
+                close_local()  # the agent's tunnels keep running
+            else:
+                self.host.close_all()
             self.call_from_thread(self.exit)
 
         self._work("tunnel", "*", close_all)
@@ -719,6 +727,10 @@ class TunnelmanApp(App[None]):
             cancel.set()
         if not self.host.survives_quit:
             self.host.close_all()
+        else:
+            close_local = getattr(self.host, "close_local", None)
+            if close_local is not None:
+                close_local()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

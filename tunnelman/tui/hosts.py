@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tunnelman.core.errors import TunnelError, TunnelmanError
+from tunnelman.core.errors import SSHKeyError, TunnelError, TunnelmanError
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -178,6 +178,10 @@ class InProcessHost:
         for name in names:
             self.close(name)
 
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._tunnels)
+
     def statuses(self) -> dict[str, TunnelView]:
         with self._lock:
             tunnels = dict(self._tunnels)
@@ -200,6 +204,9 @@ class AgentHost:
 
             client = AgentClient()
         self.client = client
+        # Tunnels whose key needs a passphrase: the agent cannot ask for one, so the TUI holds
+        # them itself (asking in a modal) and they close when it quits.
+        self.local = InProcessHost()
 
     def open(
         self,
@@ -211,7 +218,6 @@ class AgentHost:
         cancel: threading.Event,
         on_status: OnStatus,
     ) -> TunnelView:
-        del ask_passphrase  # the agent cannot ask; it says how to use such a key instead
         done = threading.Event()
 
         def abort_on_cancel() -> None:
@@ -231,6 +237,19 @@ class AgentHost:
                 profile.local_port,
                 host_keys=host_key_policy(ask_host_key),
             )
+        except SSHKeyError as exc:
+            if cancel.is_set():
+                raise TunnelError("cancelled") from None
+            if "passphrase" not in str(exc):
+                raise
+            return self.local.open(
+                profile,
+                config_path=config_path,
+                ask_host_key=ask_host_key,
+                ask_passphrase=ask_passphrase,
+                cancel=cancel,
+                on_status=on_status,
+            )
         except TunnelmanError:
             if cancel.is_set():
                 raise TunnelError("cancelled") from None
@@ -242,13 +261,26 @@ class AgentHost:
         return view
 
     def close(self, name: str) -> None:
-        self.client.down(name)
+        if name in self.local.names():
+            self.local.close(name)
+        else:
+            self.client.down(name)
 
     def close_all(self) -> None:
+        self.local.close_all()
         self.client.down_all()
 
+    def close_local(self) -> None:
+        """Close the tunnels held here (passphrase keys); the agent's keep running."""
+        self.local.close_all()
+
+    def local_names(self) -> list[str]:
+        return self.local.names()
+
     def statuses(self) -> dict[str, TunnelView]:
-        return {s.name: TunnelView.from_status(s) for s in self.client.status()}
+        views = {s.name: TunnelView.from_status(s) for s in self.client.status()}
+        views.update(self.local.statuses())
+        return views
 
     def watch(
         self, on_status: OnStatus, on_removed: Callable[[str], None], stop: threading.Event
