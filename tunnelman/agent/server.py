@@ -142,6 +142,7 @@ class Agent:
         self.tcp = tcp
         self.started = time.time()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._held: dict[str, Held] = {}
         self._subscribers: set[_Subscriber] = set()
         self._conns: set[socket.socket] = set()
@@ -210,6 +211,10 @@ class Agent:
         return sock
 
     def _write_state(self) -> None:
+        with self._state_lock:  # snapshot and write together: the last write is the newest
+            self._write_state_locked()
+
+    def _write_state_locked(self) -> None:
         with self._lock:
             tunnels = {name: h.tunnel.local_port for name, h in self._held.items()}
         state: dict[str, Any] = {
