@@ -52,7 +52,7 @@ def clock_time(epoch: float) -> str:
 
 
 def _row(text: Text, label: str, value: str | Text, style: str = "") -> None:
-    text.append(f"{label:<11}", style="bold")
+    text.append(f"{label:<12}", style="bold")
     if isinstance(value, Text):
         text.append_text(value)
     else:

@@ -62,8 +62,9 @@ class ProfileTable(DataTable[str | Text]):
         if profile.name not in self.rows:
             return
         cells = self._cells(profile, state, port)
-        self.update_cell(profile.name, "state", cells[1])
-        self.update_cell(profile.name, "port", cells[2])
+        # update_width: "◌ connecting…" and a 5-digit port are wider than "○ closed" and "—"
+        self.update_cell(profile.name, "state", cells[1], update_width=True)
+        self.update_cell(profile.name, "port", cells[2], update_width=True)
 
     @property
     def current(self) -> str | None:
