@@ -498,6 +498,19 @@ async def test_write_puts_the_service_entry_in_pg_service_conf(
         text = service.read_text()
         assert "[lab]" in text
         assert "port=15998" in text
+        # the pgAdmin and QGIS tabs write their own import files next to the profiles
+        assert app.main is not None
+        await pilot.click("#--content-tab-tab-pgadmin")
+        await pilot.press("w")
+        servers = lab.config.parent / "pgadmin-servers.json"
+        await wait_for(pilot, servers.exists, 5, "servers.json")
+        assert '"Port": 15998' in servers.read_text()
+        await pilot.click("#--content-tab-tab-qgis")
+        await pilot.click("#btn-write")
+        xml = lab.config.parent / "qgis-connections.xml"
+        await wait_for(pilot, xml.exists, 5, "the QGIS XML")
+        assert "<qgsPgConnections" in xml.read_text()
+        assert 'port="15998"' in xml.read_text()
 
 
 @sync

@@ -101,3 +101,32 @@ async def test_clicking_a_row_twice_opens_its_tunnel(app: TunnelmanApp) -> None:
         assert table.has_focus
         await pilot.click("#btn-toggle")  # and the button closes it
         await wait_for(pilot, lambda: app.state_of("two")[0] == "stopped", 5, "closing")
+
+
+@sync
+async def test_command_palette_offers_every_action(app: TunnelmanApp) -> None:
+    from textual.command import CommandPalette
+
+    async with app.run_test(size=(160, 40)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for wanted in (
+            "Open / close tunnel",
+            "Connection settings",
+            "Copy setting",
+            "Write setting",
+            "Refresh cluster status",
+            "Start / stop cluster",
+            "New profile",
+            "Edit profile",
+            "Delete profile",
+            "Discover clusters",
+            "Set password",
+            "Keys",
+        ):
+            assert wanted in titles
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette), 2, "the palette")
+        await pilot.press(*"discover clusters")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, on_top(app, DiscoverScreen), 3, "discover via the palette")
