@@ -582,6 +582,19 @@ def tm_psql(lab: Lab, profile: str) -> float:
     return elapsed
 
 
+def lean_psql(lab: Lab) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [PY, str(REPO / "bench" / "lean_psql.py"), "bench", "-X", "-q", "-c", "select 1"],
+        env=lab.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=60,
+    )
+    return time.perf_counter() - start
+
+
 def psql_direct(lab: Lab) -> float:
     assert lab.pg is not None
     start = time.perf_counter()
@@ -604,10 +617,12 @@ def oneshot(lab: Lab, results: Results) -> None:
     ]
     if agent_ok:
         runs.append(("warm", "tm", lambda: tm_psql(lab, "bench")))
+        runs.append(("lean", "tm", lambda: lean_psql(lab)))
     for rep in range(lab.s.oneshot_reps):
         say(f"one-shot {rep + 1}/{lab.s.oneshot_reps}")
         order = runs[rep % len(runs) :] + runs[: rep % len(runs)]
         for row, key, run in order:
+            time.sleep(0.3)  # let the previous run's ssh/sshd/postgres processes finish exiting
             value = run()
             results.add(row, key, rep, value)
             if row == "cold" and key == "ssh":
@@ -616,6 +631,12 @@ def oneshot(lab: Lab, results: Results) -> None:
                 results.add("warm", "direct", rep, value)
     if agent_ok:
         lab.tunnelman("down", "bench", check=False)
+        lean, ref = results.median("lean", "tm"), results.median("cold", "ssh")
+        if lean is not None and ref:
+            results.notes.append(
+                f"Warm-path prototype (`bench/lean_psql.py`: profile, agent, exec psql; no click): "
+                f"{lean:.3f} s, {lean / ref:.2f} × `ssh -L` + psql."
+            )
 
 
 def tui_first_screen(lab: Lab, results: Results) -> None:
@@ -670,12 +691,17 @@ _TUI_ENV = (
 def agent_memory(lab: Lab, results: Results) -> None:
     n = lab.s.agent_tunnels
     ports: list[int] = []
+    first = 0.0
     try:
         for i in range(n):
             res = lab.tunnelman("up", f"agent-{i}", "--detach")
             match = re.search(r"127\.0\.0\.1:(\d+)", res.stdout)
             if match:
                 ports.append(int(match.group(1)))
+            if i == 0:
+                lab.psql_run(["-c", "select 1"], port=ports[0])
+                info = json.loads(lab.tunnelman("agent", "status", "--json").stdout)
+                first = rss_mb([int(info["pid"])])
         info = json.loads(lab.tunnelman("agent", "status", "--json").stdout)
         pid = int(info["pid"])
     except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
@@ -683,7 +709,12 @@ def agent_memory(lab: Lab, results: Results) -> None:
         return
     for port in ports:  # traffic through each, so relay buffers and threads exist
         lab.psql_run(["-c", "select 1"], port=port)
-    results.add("rss", "tm", 0, rss_mb([pid]))
+    total = rss_mb([pid])
+    results.add("rss", "tm", 0, total)
+    results.notes.append(
+        f"Agent RSS: {first:.1f} MB with 1 tunnel, {total:.1f} MB with {n} "
+        f"({(total - first) / max(n - 1, 1) * 1024:.0f} KB per extra tunnel)."
+    )
     lab.tunnelman("agent", "stop", check=False)
     sshs: list[subprocess.Popen[Any]] = []
     try:
@@ -782,6 +813,7 @@ def _top_imports(text: str, n: int) -> list[str]:
 class Results:
     values: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
     missing: dict[tuple[str, str], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, row: str, col: str, rnd: int, value: float) -> None:
         self.values.setdefault((row, col), {})[rnd] = value
@@ -931,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for (row, col), why in sorted(results.missing.items()):
         block += f"\n\nMissing {row}/{col}: {why}"
+    if results.notes:
+        block += "\n\n" + "\n".join(results.notes)
     print(block)
     if notes:
         print("\n".join(["", "Profiles:", *notes]))
