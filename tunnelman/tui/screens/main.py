@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Header, Static, TabbedContent
+from textual.widgets import Button, DataTable, Header, Static
 
 from tunnelman.tui.format import cluster_text, profile_text, tunnel_text
 from tunnelman.tui.widgets.detail import DetailPane
@@ -194,10 +194,6 @@ class MainScreen(Screen[None]):
     def _selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_toggle_tunnel()
-
-    @on(TabbedContent.TabActivated)
-    def _tab(self) -> None:
-        pass  # the active tab is read when copying / writing
 
     @on(Button.Pressed)
     async def _button(self, event: Button.Pressed) -> None:

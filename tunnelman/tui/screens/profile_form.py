@@ -121,7 +121,8 @@ class ProfileFormScreen(ModalScreen[str | None]):
 
     def values(self) -> tuple[str, dict[str, Any]]:
         """The name and the raw TOML values the form holds (None: key absent)."""
-        out: dict[str, Any] = {k: v for k, v in self.raw.items() if k not in dict(FIELDS_BY_KEY)}
+        shown = {key for key, _, _ in FIELDS}
+        out: dict[str, Any] = {k: v for k, v in self.raw.items() if k not in shown}
         name = ""
         for key, _, _ in FIELDS:
             widget = self.query_one(f"#f-{key}")
@@ -185,6 +186,3 @@ class ProfileFormScreen(ModalScreen[str | None]):
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         self.dismiss(None)
-
-
-FIELDS_BY_KEY = tuple((key, label) for key, label, _ in FIELDS)
