@@ -515,10 +515,11 @@ class OpenSSHTunnel(Tunnel):
 
     def _fail_ssh(self, reason: str) -> None:
         self._log.warning("tunnel %s failed: %s", self.profile.name, reason)
-        self._set_state(TunnelState.FAILED, error=reason)
+        # ssh ended first: whoever reacts to FAILED finds the port closed (as Tunnel._fail).
         proc = self._current()
         if proc is not None:
             proc.stop()
+        self._set_state(TunnelState.FAILED, error=reason)
 
     def _teardown(self) -> None:
         self._stopping.set()
