@@ -52,6 +52,39 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 CLOCK_JUMP = 5.0  # seconds of wall-clock vs monotonic drift that mean "we were asleep"
 WATCH_INTERVAL = 0.2
+KEEPALIVE_REQUEST = "keepalive@openssh.com"  # what OpenSSH's ServerAliveInterval sends
+
+
+def probe_timing(keepalive: int) -> tuple[float, float]:
+    """(seconds between liveness probes, seconds a probe may go unanswered) for a keepalive.
+
+    paramiko's own keepalive never waits for a reply, so a silently dead link (a cut cable, a
+    laptop that slept) would only be noticed by TCP after minutes. We ask the bastion for a reply
+    instead: with the default keepalive of 15 s a dead link is noticed within 15 s at worst
+    (5 s between probes + 10 s without an answer).
+    """
+    return max(1.0, keepalive / 3), max(3.0, keepalive * 2 / 3)
+
+
+class _Probe:
+    """One SSH global request with want-reply, run on its own short-lived thread."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.transport = transport
+        self.started = time.monotonic()
+        self.answered = threading.Event()
+        self.thread = threading.Thread(target=self._ask, name="tunnelman-probe", daemon=True)
+        self.thread.start()
+
+    def _ask(self) -> None:
+        # Returns on the reply (OpenSSH answers "request failure", which is an answer) or as soon
+        # as the transport closes; errors mean the transport is going away anyway.
+        with contextlib.suppress(Exception):
+            self.transport.global_request(KEEPALIVE_REQUEST, wait=True)
+            if self.transport.is_active():
+                self.answered.set()
+
+
 _FINAL_ERRORS = (HostKeyError, AuthenticationFailed, SSHKeyError, ConfigError)
 
 
@@ -208,6 +241,7 @@ class Tunnel:
         self._retired: list[paramiko.Transport] = []
         self._server: Any = None  # the Forwarder
         self._watcher: threading.Thread | None = None
+        self._probe: _Probe | None = None
         self._handlers: set[threading.Thread] = set()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -408,7 +442,11 @@ class Tunnel:
             transport = self._transport
             alive = transport is not None and transport.is_active()
             if alive and not jumped:
-                continue
+                assert transport is not None
+                if not self._unanswered(transport):
+                    continue
+                transport.close()  # silent link: treat it as lost, reconnect below
+                alive = False
             if not self._supervise:
                 self._fail("the connection to the bastion was lost")
                 return
@@ -418,6 +456,21 @@ class Tunnel:
                     continue
             if not self._reconnect_loop():
                 return
+
+    def _unanswered(self, transport: paramiko.Transport) -> bool:
+        """Keep a liveness probe going; True when the bastion left one unanswered too long."""
+        interval, timeout = probe_timing(self.profile.keepalive)
+        probe, now = self._probe, time.monotonic()
+        if probe is not None and probe.transport is transport and not probe.answered.is_set():
+            if now - probe.started <= timeout:
+                return False
+            self._log.info(
+                "the bastion left a keepalive unanswered for %.0f s: the link is dead", timeout
+            )
+            return True
+        if probe is None or probe.transport is not transport or now - probe.started >= interval:
+            self._probe = _Probe(transport)
+        return False
 
     def _connect_again(self) -> paramiko.Transport:
         assert self._identity is not None
@@ -560,6 +613,9 @@ class Tunnel:
         self._close_server()
         self._close_transports()
         deadline = time.monotonic() + 3.0
+        probe = self._probe
+        if probe is not None:
+            probe.thread.join(timeout=1.0)  # exits within 0.1 s of its transport closing
         with self._lock:
             handlers = list(self._handlers)
         for thread in handlers:
