@@ -119,7 +119,7 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
             if use_tui:
                 from tunnelman.tui.app import run
 
-                run(config, initial_profile=name)
+                run(config, initial_profile=name, in_process=True)
             else:
                 _hold(info, port)
     except KeyboardInterrupt:

@@ -813,9 +813,18 @@ def make_app(
     )
 
 
-def run(config_path: Path | None, *, initial_profile: str | None = None) -> None:
-    """Open the TUI on the terminal; returns when it quits."""
-    app = make_app(config_path, initial_profile=initial_profile)
+def run(
+    config_path: Path | None, *, initial_profile: str | None = None, in_process: bool = False
+) -> None:
+    """Open the TUI on the terminal; returns when it quits.
+
+    `in_process`: hold tunnels in this process instead of the agent (the demo: its bastion ends
+    with it, so its tunnels must too, and quitting asks before closing them).
+    """
+    from tunnelman.tui.hosts import InProcessHost
+
+    host = InProcessHost() if in_process else None
+    app = make_app(config_path, initial_profile=initial_profile, host=host)
     if initial_profile is not None and initial_profile not in app.profiles and not app.load_error:
         prof.ProfileSet(path=app.config_path, profiles=app.profiles).get(initial_profile)
     app.run()
