@@ -275,3 +275,52 @@ def test_closed_channel_ends_the_connection(transport: Any) -> None:
     finally:
         fwd.close()
         backend.close()
+
+
+def test_bulk_upload_does_not_stall_other_connections(transport: Any) -> None:
+    """An upload that fills its SSH window moves off the shared upstream loop."""
+    blob = pattern(16 * MB, seed=4)
+    release = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        first = conn.recv(1)
+        if first == b"B":  # the bulk client: read slowly until told, then drain
+            release.wait(30)
+            rest = recv_all(conn)
+            conn.sendall(b"%d" % (1 + len(rest)))
+            return
+        conn.sendall(first)
+        while data := conn.recv(1024):
+            conn.sendall(data)
+
+    with forward(transport, serve) as port, connect(port) as bulk, connect(port) as small:
+        sender = threading.Thread(target=lambda: (bulk.sendall(b"B" + blob), bulk.shutdown(1)))
+        sender.start()
+        time.sleep(0.5)  # the bulk channel's window is full by now
+        start = time.monotonic()
+        for i in range(20):
+            small.sendall(b"%d" % i)
+            assert small.recv(64) == b"%d" % i
+        assert time.monotonic() - start < 5
+        release.set()
+        sender.join(60)
+        assert recv_all(bulk) == b"%d" % (1 + len(blob))
+
+
+def test_connections_opening_and_closing_quickly(transport: Any) -> None:
+    """The shared upstream loop ends with its last connection and a new one starts cleanly."""
+
+    def serve(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(64))
+
+    with forward(transport, serve) as port:
+        for i in range(40):
+            with connect(port) as sock:
+                sock.sendall(b"n%d" % i)
+                assert sock.recv(64) == b"n%d" % i
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+        t.name == "tunnelman-upstream" for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    assert not any(t.name == "tunnelman-upstream" for t in threading.enumerate())

@@ -14,8 +14,9 @@ So, server → client: the transport thread hands each data packet straight to t
 the bastion (the send would block) does the rest go to the channel's buffer, where the
 connection's own thread writes it out with a blocking `sendall`; while anything is buffered later
 packets queue behind it, so order is kept, and the window is granted only as the client takes the
-data, so a slow client slows the server instead of filling our memory. Client → server: the
-connection's second thread blocks in `recv` and `sendall`s to the channel. Both sockets get
+data, so a slow client slows the server instead of filling our memory. Client → server: one
+thread per transport `select`s over all its client sockets and sends what the SSH window allows;
+a connection that fills its window (a bulk upload) moves to a thread of its own. Both sockets get
 TCP_NODELAY. Without paramiko's handler tables (another paramiko major version) the direct path is
 skipped and the two threads do everything.
 """
@@ -23,8 +24,10 @@ skipped and the two threads do everything.
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -229,9 +232,11 @@ def open_channel(
     )
 
 
-def _upstream(sock: socket.socket, chan: paramiko.Channel) -> None:
-    """Local client → channel until the client closes its side (then EOF on the channel)."""
+def _upstream(sock: socket.socket, chan: paramiko.Channel, pending: bytes, done: Any) -> None:
+    """Client → channel on a thread of its own (a bulk upload that filled the SSH window)."""
     try:
+        if pending:
+            chan.sendall(pending)
         while True:
             data = sock.recv(CHUNK)
             if not data:
@@ -240,6 +245,152 @@ def _upstream(sock: socket.socket, chan: paramiko.Channel) -> None:
             chan.sendall(data)
     except (OSError, EOFError):
         _abort(sock, chan)
+    finally:
+        done.set()
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    chan: paramiko.Channel
+    done: threading.Event
+
+
+class _Upstream:
+    """Client → server for every connection of one transport, in one thread.
+
+    One thread per connection meant, with 16 busy clients, 16 wake-ups and GIL hand-offs where
+    one `select` sees several requests at once: `pgbench -S -c 16` went from 0.40 to 0.59 × of
+    `ssh -L` on the bench. Sends never wait for the SSH window here: a connection whose window is
+    used up (a bulk upload) continues on a thread of its own, so it cannot stall the others.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.lock = threading.Lock()
+        self.incoming: list[_Conn] = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="tunnelman-upstream", daemon=True)
+        self.thread.start()
+
+    def add(self, conn: _Conn) -> bool:
+        """Relay `conn`'s client → server side; False if this loop has ended (use a thread)."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.incoming.append(conn)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        return True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for key, _mask in self.sel.select():
+                    if key.data is None:
+                        self._take_incoming()
+                    else:
+                        self._readable(key.data)
+                if self._idle():
+                    return
+        finally:
+            self._shut()
+
+    def _take_incoming(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        with self.lock:
+            new, self.incoming = self.incoming, []
+        for conn in new:
+            try:
+                self.sel.register(conn.sock, selectors.EVENT_READ, conn)
+            except (ValueError, KeyError, OSError):  # closed meanwhile
+                self._finish(conn, abort=True)
+
+    def _readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(CHUNK)
+        except OSError:
+            self._finish(conn, abort=True)
+            return
+        if not data:
+            with contextlib.suppress(Exception):
+                conn.chan.shutdown_write()
+            self._finish(conn)
+            return
+        try:
+            sent = _send_without_waiting(conn.chan, data)
+        except (OSError, EOFError):
+            self._finish(conn, abort=True)
+            return
+        if sent < len(data):
+            self.sel.unregister(conn.sock)
+            threading.Thread(
+                target=_upstream,
+                args=(conn.sock, conn.chan, data[sent:], conn.done),
+                name="tunnelman-up",
+                daemon=True,
+            ).start()
+
+    def _finish(self, conn: _Conn, *, abort: bool = False) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.sel.unregister(conn.sock)
+        if abort:
+            _abort(conn.sock, conn.chan)
+        conn.done.set()
+
+    def _idle(self) -> bool:
+        """End the loop when its last connection is done: no thread or descriptor outlives the
+        connections (a stopped tunnel leaves nothing behind); the next one starts a new loop."""
+        with self.lock:
+            if self.incoming or len(self.sel.get_map()) > 1:
+                return False
+            self.closed = True
+            return True
+
+    def _shut(self) -> None:
+        with self.lock:
+            self.closed = True
+            left = self.incoming
+            self.incoming = []
+        for key in list(self.sel.get_map().values()):
+            if key.data is not None:
+                self._finish(key.data, abort=True)
+        for conn in left:
+            _abort(conn.sock, conn.chan)
+            conn.done.set()
+        self.sel.close()
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _send_without_waiting(chan: Any, data: bytes) -> int:
+    """Send as much of `data` as the SSH window allows now; how much went."""
+    sent = 0
+    while sent < len(data) and chan.out_window_size > 0:
+        n = chan.send(data[sent:] if sent else data)
+        if n == 0:
+            raise EOFError("channel closed")
+        sent += n
+    return sent
+
+
+_upstream_lock = threading.Lock()
+
+
+def _upstream_for(transport: Any) -> _Upstream:
+    with _upstream_lock:
+        loop: _Upstream | None = transport.__dict__.get("_tunnelman_upstream")
+        if loop is None or loop.closed:
+            loop = _Upstream(transport)
+            transport.__dict__["_tunnelman_upstream"] = loop
+        return loop
 
 
 def _abort(sock: socket.socket, chan: paramiko.Channel) -> None:
@@ -256,8 +407,14 @@ def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) ->
     `direct`: let the transport thread write to `sock` (needs `install()` on the transport).
     """
     tune_socket(sock)
-    up = threading.Thread(target=_upstream, args=(sock, chan), name="tunnelman-up", daemon=True)
-    up.start()
+    done = threading.Event()
+    conn = _Conn(sock, chan, done)
+    transport = chan.get_transport()
+    # A loop may end (its last connection done) just as we arrive: then a new one is made.
+    if not (_upstream_for(transport).add(conn) or _upstream_for(transport).add(conn)):
+        threading.Thread(
+            target=_upstream, args=(sock, chan, b"", done), name="tunnelman-up", daemon=True
+        ).start()
     relay = _relay_of(chan)
     buffer = chan.in_buffer
     with relay.lock:
@@ -282,8 +439,7 @@ def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) ->
             relay.sock = None
     # The server may have only half-closed: let the client finish sending, unless the channel is
     # gone for good (tunnel stopped, bastion lost), where waiting for the client could be forever.
-    while up.is_alive():
-        up.join(0.5)
+    while not done.wait(0.5):
         if chan.closed:
             _abort(sock, chan)
     with contextlib.suppress(Exception):
