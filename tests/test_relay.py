@@ -294,7 +294,12 @@ def test_bulk_upload_does_not_stall_other_connections(transport: Any) -> None:
             conn.sendall(data)
 
     with forward(transport, serve) as port, connect(port) as bulk, connect(port) as small:
-        sender = threading.Thread(target=lambda: (bulk.sendall(b"B" + blob), bulk.shutdown(1)))
+
+        def send_bulk() -> None:
+            bulk.sendall(b"B" + blob)
+            bulk.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_bulk)
         sender.start()
         time.sleep(0.5)  # the bulk channel's window is full by now
         start = time.monotonic()
