@@ -16,38 +16,19 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import err, out, progress
+from tunnelman.cli.signals import interrupt, routed
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelError
 
 _SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
-
-
-@contextmanager
-def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """Route SIGINT, SIGTERM and SIGHUP to `handler`, then restore the old handlers."""
-    old = {sig: signal.getsignal(sig) for sig in _SIGNALS}
-    for sig in old:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-def _interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _tui_available() -> bool:
@@ -113,7 +94,7 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
     )
     name: str | None = None
     try:
-        with _signals(_interrupt):
+        with routed(interrupt, _SIGNALS):
             info = sandbox.start()
             name = info.profile.name
             if use_tui:
@@ -126,7 +107,7 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
         err("")
     finally:
         # Clean-up must not be cut short by a second Ctrl-C.
-        with _signals(lambda _sig, _frame: None):
+        with routed(lambda _sig, _frame: None, _SIGNALS):
             if name is not None:
                 _agent_down(name, config)
             sandbox.close()

@@ -8,10 +8,7 @@ background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agen
 from __future__ import annotations
 
 import queue
-import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -20,6 +17,7 @@ import click
 from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import err, out, progress
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
+from tunnelman.cli.signals import interrupt, routed
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelError
 from tunnelman.core.profiles import Profile
@@ -51,23 +49,6 @@ def _detach(ctx: click.Context, name: str, port: int | None, accept_new: bool) -
     from tunnelman.cli.cmd_agent import detach_up
 
     detach_up(ctx, name, port, accept_new)
-
-
-@contextmanager
-def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to `handler` for the duration, then restore the old handlers."""
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in old:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-def _interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 @click.command("up")
@@ -118,7 +99,7 @@ def up_cmd(
     announce_resume(profile)
     progress(f"Connecting to bastion {profile.bastion} … (database {target})")
     # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
-    with _signals(_interrupt):
+    with routed(interrupt):
         try:
             bound = tunnel.start()
         except KeyboardInterrupt:
@@ -130,7 +111,7 @@ def up_cmd(
         stop.set()
         events.put(None)
 
-    with _signals(request_stop):
+    with routed(request_stop):
         out(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
         out(f"  {psql_command(profile, bound)}")
         err("Press Ctrl-C to close it.")
