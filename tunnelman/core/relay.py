@@ -63,8 +63,9 @@ def tune_transport(transport: paramiko.Transport) -> None:
     """Before the handshake: offer AES-GCM first (one C call per packet, no separate HMAC).
 
     paramiko prefers aes128-ctr + hmac-sha2-256, which costs a Python-driven HMAC and a
-    byte-by-byte MAC comparison per packet: about 45 % more CPU per byte on the bench. Every
-    OpenSSH since 6.2 offers AES-GCM; a server without it still gets the rest of the list.
+    byte-by-byte MAC comparison per packet: a 270 MB COPY cost the tunnel ~1.2 s of CPU with it
+    against ~0.7 s with aes128-gcm (same relay, one run on the lab). Every OpenSSH since 6.2
+    offers AES-GCM; a server without it still gets the rest of the list.
     """
     options = transport.get_security_options()
     current = tuple(options.ciphers)
