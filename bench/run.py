@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tunnelman's benchmark: its tunnel against OpenSSH `ssh -N -L` and a direct connection.
 
-    python3 bench/run.py            # full run (~6 min), writes docs/benchmarks.md
+    python3 bench/run.py            # full run (~10 min), writes docs/benchmarks.md
     python3 bench/run.py --quick    # tiny sizes (~40 s), prints the table only (the smoke test)
 
 Stands up the test lab (tests/lab: a real OpenSSH sshd on loopback as the bastion, a real
