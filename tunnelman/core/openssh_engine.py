@@ -266,16 +266,7 @@ class OpenSSHTunnel(Tunnel):
 
     def _start(self) -> int:
         profile = self.profile
-        if profile.endpoint is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no endpoint",
-                hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
-            )
-        if profile.bastion is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no bastion",
-                hint='add bastion = "user@host" to the profile',
-            )
+        self._require_route()
         if profile.instance_connect:
             raise ConfigError(
                 f"profile '{profile.name}': engine = \"openssh\" cannot use EC2 Instance Connect",

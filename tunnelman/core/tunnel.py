@@ -317,7 +317,8 @@ class Tunnel:
     def _local_port_wanted(self) -> int:
         return self._requested_port or 0
 
-    def _start(self) -> int:
+    def _require_route(self) -> None:
+        """Both ends of the forward must be known before any work (every engine)."""
         profile = self.profile
         if profile.endpoint is None:
             raise ConfigError(
@@ -329,6 +330,10 @@ class Tunnel:
                 f"profile '{profile.name}' has no bastion",
                 hint='add bastion = "user@host" to the profile',
             )
+
+    def _start(self) -> int:
+        profile = self.profile
+        self._require_route()
         port = self._local_port_wanted()
         netcheck.ensure_port_free(port)  # milliseconds, before any SSH work
         identity = ssh.load_identity(profile, self._passphrase)
