@@ -24,6 +24,7 @@ from tunnelman.core.known_hosts import (
     HostKeyChanged,
     HostKeyInfo,
     HostKeyPolicy,
+    HostKeyTypeMismatch,
     HostKeyUnknown,
     add,
     entries_for,
@@ -258,11 +259,53 @@ def test_changed_key_shows_both_fingerprints_file_line_and_fix(
     assert len(kh.read_text().splitlines()) == 2  # accept_new never overwrites
 
 
-def test_other_key_type_known_is_unknown_not_changed(keys: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "policy",
+    [HostKeyPolicy(), HostKeyPolicy(accept_new=True), "ask"],
+    ids=["no-terminal", "accept-new", "ask"],
+)
+def test_other_key_type_known_is_refused_not_a_new_host(
+    keys: dict[str, str], tmp_path: Path, policy: HostKeyPolicy | str
+) -> None:
+    """A key of another type for a known host is refused whatever the policy (OpenSSH's rule):
+    otherwise a man in the middle offering RSA defeats a pinned ED25519 key."""
+    asked: list[HostKeyInfo] = []
+    if policy == "ask":
+
+        def ask(info: HostKeyInfo) -> bool:
+            asked.append(info)
+            return True
+
+        policy = HostKeyPolicy(ask=ask)
+    assert isinstance(policy, HostKeyPolicy)
     kh = tmp_path / "known_hosts"
-    kh.write_text(key_line("[h]:2222", keys["rsa"]))
-    with pytest.raises(HostKeyUnknown, match="RSA keys of it are known"):
-        verify("h", 2222, public_key(keys["ed25519"]), kh, HostKeyPolicy())
+    kh.write_text("# pinned\n" + key_line("[h]:2222", keys["ed25519"]))
+    before = kh.read_bytes()
+    with pytest.raises(HostKeyTypeMismatch) as caught:
+        verify("h", 2222, public_key(keys["rsa"]), kh, policy)
+    exc = caught.value
+    assert isinstance(exc, HostKeyChanged)  # refused, never the "unknown host" question
+    text = str(exc)
+    assert f"ED25519 {fingerprint(public_key(keys['ed25519']))} ({kh} line 2)" in text
+    assert f"RSA host key ({fingerprint(public_key(keys['rsa']))})" in text
+    assert f"ssh-keygen -f {kh} -R '[h]:2222'" in text
+    assert "HostKeyAlgorithms" in text
+    assert [(k.key_type, k.line) for k in exc.known] == [("ssh-ed25519", 2)]
+    assert asked == []
+    assert kh.read_bytes() == before
+
+
+def test_plain_host_entry_is_for_port_22_only(keys: dict[str, str], tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(key_line("h", keys["ed25519"]) + key_line("[g]:2222", keys["ed25519"]))
+    key = public_key(keys["ed25519"])
+    assert verify("h", 22, key, kh, HostKeyPolicy()).target == "h"
+    assert verify("g", 2222, key, kh, HostKeyPolicy()).target == "[g]:2222"
+    for host, port in (("h", 2222), ("g", 22), ("g", 2223)):
+        with pytest.raises(HostKeyUnknown):
+            verify(host, port, key, kh, HostKeyPolicy())
+    assert [e.line for e in entries_for(kh, "h", 22)] == [1]
+    assert entries_for(kh, "h", 2222) == []
 
 
 def test_revoked_key_is_refused_even_with_accept_new(keys: dict[str, str], tmp_path: Path) -> None:
@@ -294,3 +337,27 @@ def test_unreadable_known_hosts_is_a_clear_error(tmp_path: Path) -> None:
     kh.mkdir()
     with pytest.raises(HostKeyError, match="is a directory"):
         read_entries(kh)
+
+
+def test_a_type_mismatch_keeps_its_class_and_keys_across_the_agent(
+    keys: dict[str, str], tmp_path: Path
+) -> None:
+    """The agent sends errors as JSON: the refusal must arrive as the same refusal (not as an
+    "unknown host" the client would offer to accept)."""
+    import json
+
+    from tunnelman.agent import protocol
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(key_line("[h]:2222", keys["ed25519"]) + key_line("[h]:2222", keys["ecdsa"]))
+    with pytest.raises(HostKeyTypeMismatch) as caught:
+        verify("h", 2222, public_key(keys["rsa"]), kh, HostKeyPolicy(accept_new=True))
+    wire = json.loads(protocol.encode(protocol.error_to_wire(caught.value)))
+    back = protocol.error_from_wire(wire)
+    assert type(back) is HostKeyTypeMismatch
+    assert str(back) == str(caught.value)
+    assert back.known == caught.value.known
+    assert [k.display_type for k in back.known] == ["ED25519", "ECDSA"]
+    assert back.info == caught.value.info
+    wire["known"] = [{"key_type": 1}, "junk"]  # a malformed reply still gives the refusal
+    assert type(protocol.error_from_wire(wire)) is HostKeyTypeMismatch

@@ -18,7 +18,8 @@ may carry several requests in turn::
 
     TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections"}
     failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown", "message", "hint",
-               "host_key": {"host", "port", "key_type", "fingerprint"}?, "known_hosts": path?}
+               "host_key": {"host", "port", "key_type", "fingerprint"}?, "known_hosts": path?,
+               "expected": fp?, "line": n?, "known": [{"key_type", "fingerprint", "line"}]?}
 
 Over TCP (no AF_UNIX) every request also carries `"token"`, read from the agent's 0600 state file.
 Importing this module is cheap (json only); `TunnelStatus` and the error classes are imported when a
@@ -163,7 +164,29 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
         value = getattr(exc, key, None)
         if isinstance(value, str | int):
             reply[key] = value
+    known = getattr(exc, "known", None)
+    if isinstance(known, tuple):
+        reply["known"] = [
+            {"key_type": k.key_type, "fingerprint": k.fingerprint, "line": k.line} for k in known
+        ]
     return reply
+
+
+_HOST_KEY_KINDS = ("HostKeyUnknown", "HostKeyChanged", "HostKeyTypeMismatch")
+
+
+def _known_from_wire(value: object) -> tuple[Any, ...]:
+    """The known keys of a HostKeyTypeMismatch reply; entries of the wrong shape are dropped."""
+    from tunnelman.core import known_hosts as kh
+
+    known: list[kh.KnownKey] = []
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, dict):
+            continue
+        key_type, fp, line = item.get("key_type"), item.get("fingerprint"), item.get("line")
+        if isinstance(key_type, str) and isinstance(fp, str) and isinstance(line, int):
+            known.append(kh.KnownKey(key_type, fp, line))
+    return tuple(known)
 
 
 def error_from_wire(reply: dict[str, Any]) -> errors.TunnelmanError:
@@ -173,7 +196,7 @@ def error_from_wire(reply: dict[str, Any]) -> errors.TunnelmanError:
     hint = reply.get("hint")
     hint = str(hint) if hint is not None else None
     host_key = reply.get("host_key")
-    if kind in ("HostKeyUnknown", "HostKeyChanged") and isinstance(host_key, dict):
+    if kind in _HOST_KEY_KINDS and isinstance(host_key, dict):
         from pathlib import Path
 
         from tunnelman.core import known_hosts as kh
@@ -190,6 +213,14 @@ def error_from_wire(reply: dict[str, Any]) -> errors.TunnelmanError:
         path = Path(str(reply.get("known_hosts") or "known_hosts"))
         if kind == "HostKeyUnknown":
             return kh.HostKeyUnknown(message, info=info, known_hosts=path, hint=hint)
+        if kind == "HostKeyTypeMismatch":
+            return kh.HostKeyTypeMismatch(
+                message,
+                info=info,
+                known=_known_from_wire(reply.get("known")),
+                known_hosts=path,
+                hint=hint,
+            )
         line = reply.get("line")
         return kh.HostKeyChanged(
             message,

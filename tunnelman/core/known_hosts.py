@@ -88,6 +88,48 @@ class HostKeyChanged(HostKeyError):
 
 
 @dataclass(frozen=True)
+class KnownKey:
+    """A key known_hosts records for a host: what a refusal shows."""
+
+    key_type: str
+    fingerprint: str
+    line: int
+
+    @property
+    def display_type(self) -> str:
+        return display_key_type(self.key_type)
+
+
+class HostKeyTypeMismatch(HostKeyChanged):
+    """known_hosts holds keys for this bastion, but none of the type it presented.
+
+    OpenSSH treats this as a refusal, not as a new host: a man in the middle who cannot present
+    the pinned ED25519 key would otherwise offer an RSA key and be recorded. `expected` and `line`
+    name the first known key, so code that handles HostKeyChanged shows something true.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        info: HostKeyInfo,
+        known: tuple[KnownKey, ...],
+        known_hosts: Path,
+        hint: str | None = None,
+    ) -> None:
+        first = known[0] if known else KnownKey("", "", 0)
+        super().__init__(
+            message,
+            info=info,
+            expected=first.fingerprint,
+            known_hosts=known_hosts,
+            line=first.line,
+            hint=hint,
+        )
+        self.known = known
+
+
+@dataclass(frozen=True)
 class KnownHostEntry:
     """One key line of a known_hosts file."""
 
@@ -311,7 +353,9 @@ def verify(
     same_type = [e for e in plain if e.key_type == info.key_type]
     if same_type:
         raise _changed(info, same_type[0].fingerprint, path, same_type[0].line)
-    other_types = sorted({display_key_type(e.key_type) for e in plain})
+    if plain:
+        # Keys of other types are known: this is not a new host, whatever the policy says.
+        raise _other_type(info, plain, path)
     if policy.ask is not None:
         if not policy.ask(info):
             raise HostKeyUnknown(
@@ -322,10 +366,9 @@ def verify(
                 hint="nothing was recorded; run again and answer yes once you have checked it",
             )
     elif not policy.accept_new:
-        also = f"; {', '.join(other_types)} keys of it are known" if other_types else ""
         raise HostKeyUnknown(
             f"the host key of bastion {info.target} is not known: {info.display_type} "
-            f"{info.fingerprint} is not in {path}{also}, and there is no terminal to ask",
+            f"{info.fingerprint} is not in {path}, and there is no terminal to ask",
             info=info,
             known_hosts=path,
             hint=(
@@ -351,6 +394,29 @@ def _changed(info: HostKeyInfo, expected: str, path: Path, line: int) -> HostKey
         hint=(
             "if you trust the change, after asking the bastion's administrator, remove the old key with "
             f"`{_keygen_remove(path, info.host, info.port)}` and connect again"
+        ),
+    )
+
+
+def _other_type(
+    info: HostKeyInfo, entries: list[KnownHostEntry], path: Path
+) -> HostKeyTypeMismatch:
+    known = tuple(KnownKey(e.key_type, e.fingerprint, e.line) for e in entries)
+    listed = "; ".join(f"{k.display_type} {k.fingerprint} ({path} line {k.line})" for k in known)
+    types = sorted({k.display_type for k in known})
+    return HostKeyTypeMismatch(
+        f"the bastion {info.target} presented an {info.display_type} host key "
+        f"({info.fingerprint}), but known_hosts holds only {'/'.join(types)} keys for it: "
+        f"{listed}. A key of another type is not a new host: someone may be intercepting the "
+        "connection and offering a key type you have not pinned. Refusing to connect",
+        info=info,
+        known=known,
+        known_hosts=path,
+        hint=(
+            "ask the bastion's administrator whether its host keys changed; if they did, remove "
+            f"the old entries with `{_keygen_remove(path, info.host, info.port)}` and connect "
+            f"again; if the bastion still has its {'/'.join(types)} key, it should offer it "
+            "(sshd's HostKey / HostKeyAlgorithms settings)"
         ),
     )
 

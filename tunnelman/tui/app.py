@@ -240,6 +240,7 @@ class TunnelmanApp(App[None]):
                     expected=str(error.expected),
                     known_hosts=getattr(error, "known_hosts", None),
                     line=getattr(error, "line", None),
+                    known=getattr(error, "known", None),
                 )
             )
             return

@@ -6,6 +6,7 @@ worker thread through `TunnelmanApp.ask_from_thread` (which blocks only that wor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from tunnelman.core.known_hosts import KnownKey
 from tunnelman.tui.hosts import HostKeyQuestion
 
 
@@ -95,7 +97,11 @@ class HostKeyScreen(ModalScreen[bool]):
 
 
 class HostKeyChangedScreen(ModalScreen[None]):
-    """The bastion's host key differs from known_hosts: refuse, show both keys and the line."""
+    """The bastion's host key differs from known_hosts: refuse, show both keys and the line.
+
+    With `known` (a key of a type known_hosts has none of for this host), every recorded key is
+    listed: that is a refusal too, as in OpenSSH, not the "unknown host" question.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Close")]
 
@@ -106,18 +112,40 @@ class HostKeyChangedScreen(ModalScreen[None]):
         expected: str,
         known_hosts: Path | None,
         line: int | None,
+        known: Sequence[KnownKey] | None = None,
     ) -> None:
         super().__init__(classes="modal")
         self.question = question
         self.expected = expected
         self.known_hosts = known_hosts
         self.line = line
+        self.known = tuple(known or ())
 
     def compose(self) -> ComposeResult:
         q = self.question
         where = q.host if q.port == 22 else f"[{q.host}]:{q.port}"
         location = f"{self.known_hosts}:{self.line}" if self.line else str(self.known_hosts)
         with Vertical(classes="dialog error-dialog", id="hostkey-changed-dialog"):
+            if self.known:
+                yield Label("HOST KEY OF ANOTHER TYPE — connection refused", classes="dialog-title")
+                recorded = "\n".join(
+                    f"  recorded  [b]{k.display_type} {k.fingerprint}[/b]  "
+                    f"({self.known_hosts}:{k.line})"
+                    for k in self.known
+                )
+                yield Static(
+                    f"The bastion [b]{where}[/b] presented a {q.key_type} key, but known_hosts "
+                    "holds only keys of another type for it. A new key type is not a new host: "
+                    "someone may be intercepting the connection.\n\n"
+                    f"  received  [b red]{q.key_type} {q.fingerprint}[/b red]\n{recorded}\n\n"
+                    "Ask the bastion's administrator. If its keys really changed, remove the old "
+                    f"entries (`ssh-keygen -R {where} -f {self.known_hosts}`) and connect again.",
+                    classes="dialog-body",
+                    markup=True,
+                )
+                with Horizontal(classes="dialog-buttons"):
+                    yield Button("Close", variant="primary", id="close")
+                return
             yield Label("HOST KEY CHANGED — connection refused", classes="dialog-title")
             yield Static(
                 f"The bastion [b]{where}[/b] presented a different {q.key_type} key than the one "
