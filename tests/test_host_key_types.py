@@ -71,7 +71,7 @@ def assert_refused(result: Any, pinned_fp: str, lab_profile: LabProfile, server:
         ["up", "lab", "--port", "PORT", ACCEPT],
         ["check", "lab"],
         ["check", "lab", ACCEPT],
-        ["psql", "lab", ACCEPT, "-c", "select 1"],
+        ["psql", ACCEPT, "lab", "-c", "select 1"],
         ["exec", ACCEPT, "lab", "--", "true"],
     ],
     ids=["up", "up-accept-new", "check", "check-accept-new", "psql", "exec"],

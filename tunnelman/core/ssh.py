@@ -536,6 +536,14 @@ def start_transport(
             reason = str(exc) if exc is not None else "connection closed"
             if canceller is not None:
                 canceller.check()
+            if _closed_early(exc, deadline - time.monotonic()):
+                # EOF or a reset well before the timeout: the server hung up, it did not stall.
+                raise BastionUnreachable(
+                    f"bastion {where} closed the connection during the SSH handshake"
+                    + (f" ({_reason(exc)})" if _reason(exc) else ""),
+                    hint="check that the port is the bastion's SSH port; sshd may be refusing "
+                    "new connections (MaxStartups, fail2ban) or a firewall resets them",
+                )
             if "banner" in reason.lower():
                 raise BastionUnreachable(
                     f"bastion {where} accepted the connection but did not start SSH within "
@@ -551,6 +559,28 @@ def start_transport(
         transport.close()
         raise
     return transport
+
+
+def _reason(exc: BaseException | None) -> str:
+    """An OS error's words ("Connection reset by peer"); nothing for a bare EOF."""
+    while exc is not None and not isinstance(exc, OSError) and exc.__context__ is not None:
+        exc = exc.__context__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return ""
+
+
+def _closed_early(exc: BaseException | None, remaining: float) -> bool:
+    """Whether a failed handshake is the server closing the connection (not a timeout)."""
+    if exc is None or isinstance(exc, TimeoutError | socket.timeout) or remaining <= 0.5:
+        return False
+    text = str(exc).lower()
+    return (
+        isinstance(exc, EOFError | ConnectionError)
+        or isinstance(exc.__context__, EOFError | ConnectionError)
+        or text in ("", "error reading ssh protocol banner")
+        or "reset by peer" in text
+    )
 
 
 def check_host_key(
@@ -584,6 +614,7 @@ def authenticate(
     where = f"{profile.bastion.host}:{profile.bastion.port}"
     transport.auth_timeout = timeout
     refused_types: list[str] | None = None
+    closed = False
     with identity.keys() as keys:
         for key in keys:
             try:
@@ -594,12 +625,21 @@ def authenticate(
             except paramiko.AuthenticationException:
                 _log.info("bastion %s refused %s key for %s", where, key.get_name(), user)
                 if not transport.is_active():
+                    closed = True
                     break
                 continue
             except paramiko.SSHException as exc:
                 raise AuthenticationFailed(
                     f"bastion {where} closed the connection during login as {user}: {exc}",
                     hint="too many keys offered? the bastion may limit attempts (MaxAuthTries)",
+                ) from None
+            except (EOFError, OSError) as exc:
+                # paramiko re-raises its transport thread's EOFError / ConnectionResetError here.
+                raise AuthenticationFailed(
+                    f"bastion {where} closed the connection during login as {user}"
+                    + (f" ({_reason(exc)})" if _reason(exc) else ""),
+                    hint="try again; if it keeps happening, the bastion may limit logins "
+                    "(MaxStartups, MaxAuthTries) or be restarting",
                 ) from None
             if remaining:
                 raise AuthenticationFailed(
@@ -608,6 +648,12 @@ def authenticate(
                 )
             if transport.is_authenticated():
                 return
+    if closed:
+        raise AuthenticationFailed(
+            f"bastion {where} closed the connection during login as {user}",
+            hint="try again; if it keeps happening, the bastion may limit logins "
+            "(MaxStartups, MaxAuthTries: offer fewer keys, e.g. set identity_file) or be restarting",
+        )
     if refused_types is not None:
         raise AuthenticationFailed(
             f"bastion {where} does not accept key logins for {user} "
@@ -651,6 +697,14 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
             ) from None
         raise ForwardingFailed(
             f"the bastion refused the forward to {target} ({exc.text or exc.code})"
+        ) from None
+    except (EOFError, OSError) as exc:
+        # paramiko re-raises its transport thread's EOFError / ConnectionResetError here.
+        raise ForwardingFailed(
+            f"the bastion closed the connection when asked to forward to {target}"
+            + (f" ({_reason(exc)})" if _reason(exc) else ""),
+            hint="try again; if it keeps happening, check the bastion's sshd log "
+            "(MaxSessions, a ForceCommand, or sshd restarting)",
         ) from None
     except paramiko.SSHException as exc:
         if not transport.is_active():
