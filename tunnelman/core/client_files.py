@@ -260,14 +260,16 @@ def commit(
     if old is not None:
         backup = path.with_name(path.name + ".bak")
         try:
+            files.resolve_target(backup, error=ClientError, follow_links=False)
+        except ClientError as exc:
+            raise ClientError(
+                f"{path}: left as it was: {exc.message}",
+                hint=f"its previous version is kept as {backup.name}: move that away and retry",
+            ) from None
+        try:
             files.atomic_write(backup, old, mode=0o600, error=ClientError, follow_links=False)
         except ClientError as exc:
-            reason = exc.message.removeprefix(f"{backup}: ")
-            raise ClientError(
-                f"{path}: left as it was: its previous version cannot be kept as {backup} "
-                f"({reason})",
-                hint=f"move {backup} away and run it again",
-            ) from None
+            raise ClientError(f"{path}: left as it was: {exc.message}", hint=exc.hint) from None
     files.atomic_write(path, new, mode=mode, error=ClientError)
     return WriteResult(path, "updated" if action == "unchanged" else action, backup, target.link)
 

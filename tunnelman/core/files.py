@@ -46,7 +46,7 @@ _WHY = {
     errno.EPERM: "permission denied",
     errno.EROFS: "read-only file system",
     errno.ENOTDIR: "a parent of it is not a directory",
-    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
+    errno.ELOOP: "a symlink loop, or too many levels of links",
     errno.EISDIR: "is a directory",
     errno.ENAMETOOLONG: "the name is too long",
     errno.EEXIST: "a parent of it is not a directory",  # mkdir(exist_ok) on a file
