@@ -228,7 +228,7 @@ def atomic_write(
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp: str | None = None
     try:
-        real.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_parents(real.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -252,6 +252,16 @@ def atomic_write(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return real
+
+
+def _make_parents(directory: Path) -> None:
+    # Path.mkdir(parents=True) gives only the last directory `mode`; every one made here is 0700.
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
 
 
 def _recheck(target: Target, error: type[TunnelmanError]) -> None:
