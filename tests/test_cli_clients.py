@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -307,6 +308,78 @@ def test_env_reminds_to_start_the_tunnel(tmp_home: Path) -> None:
     assert "export PGPORT=1\n" in res.stdout
     assert "tunnelman up fixed" in res.stderr
     assert "PGPASSWORD=" not in res.stdout
+
+
+# ----------------------------------------------------------------------------- conn --write: bad targets
+
+
+@pytest.fixture
+def writer(tmp_home: Path, keyring_backend: Any) -> Iterator[str]:
+    """A minimal profile (bastion + endpoint) with a keyring password, for `conn --write`."""
+    prof.save_profile(
+        prof.config_path(None),
+        "w",
+        {"bastion": "ec2-user@bastion.example.com", "endpoint": "db.internal", "local_port": 5433},
+    )
+    assert tm("password", "set", "w", "--stdin", input="s3cret\n").returncode == 0
+    yield "w"
+    tm("password", "delete", "w")
+
+
+def test_conn_write_through_a_dotfiles_symlink_says_so(writer: str, tmp_home: Path) -> None:
+    real = tmp_home / "dotfiles" / "pgpass"
+    real.parent.mkdir()
+    real.write_text("other:1:*:u:p\n")
+    link = tmp_home / ".pgpass"
+    link.symlink_to("dotfiles/pgpass")
+    res = tm("conn", writer, "--format", "pgpass", "--write")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == (
+        f"{real}: added the entry (previous version kept as {real}.bak) "
+        f"(through the symlink {link}, left as it is)"
+    )
+    assert link.is_symlink()
+    assert real.read_text() == "other:1:*:u:p\n127.0.0.1:5433:postgres:postgres:s3cret\n"
+    assert real.stat().st_mode & 0o777 == 0o600
+    assert "s3cret" not in res.stdout + res.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file types")
+@pytest.mark.parametrize("fmt", ["pgpass", "pg-service", "pgadmin", "qgis-xml"])
+def test_conn_write_refuses_bad_targets_in_one_line(writer: str, tmp_path: Path, fmt: str) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "loop").symlink_to("loop")
+    plain = tmp_path / "plain"
+    plain.write_text("keep\n")
+    kept = tmp_path / "kept.conf"
+    mine = {
+        "pgpass": "# mine\n",
+        "pg-service": "# mine\n",
+        "pgadmin": '{"Servers": {}}\n',
+        "qgis-xml": "<qgsPgConnections/>\n",
+    }[fmt]
+    kept.write_text(mine)
+    (tmp_path / "kept.conf.bak").mkdir()
+    cases = {
+        os.devnull: "is a character device, not a regular file",
+        str(fifo): "is a FIFO (named pipe), not a regular file",
+        str(tmp_path / "loop"): "a symlink loop",
+        str(plain / "servers.json"): "a parent of it is not a directory",
+        str(kept): f"{kept}: left as it was: {kept}.bak: is a directory",
+    }
+    for target, reason in cases.items():
+        res = tm("conn", writer, "--format", fmt, "--write", "--file", target, timeout=20)
+        assert res.returncode == 1, (target, res.stdout, res.stderr)
+        assert res.stdout == ""
+        assert res.stderr.startswith("tunnelman: error: "), res.stderr
+        assert res.stderr.count("\n") == 1, res.stderr
+        assert reason in res.stderr, res.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert plain.read_text() == "keep\n"
+    assert kept.read_text() == mine
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 # ----------------------------------------------------------------------------- conn: real clients

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -110,11 +113,109 @@ def test_write_through_a_symlink(tmp_path: Path) -> None:
     real = tmp_path / "dotfiles" / "pg_service.conf"
     real.parent.mkdir()
     real.write_text("[other]\nhost=x\n")
+    real.chmod(0o644)
     link = tmp_path / ".pg_service.conf"
     link.symlink_to(real)
-    cf.write_service(PROD, 5433, path=link)
+    result = cf.write_service(PROD, 5433, path=link)
     assert link.is_symlink()
     assert "[prod]" in real.read_text()
+    # the documented policy: the target is rewritten in place, its mode kept, .bak beside it
+    assert result.path == real
+    assert result.link == link
+    assert result.backup == real.with_name("pg_service.conf.bak")
+    assert result.backup.read_text() == "[other]\nhost=x\n"
+    assert _mode(real) == 0o644
+    assert not (tmp_path / ".pg_service.conf.bak").exists()
+    line = result.describe()
+    assert f"{real}: added the entry" in line
+    assert f"through the symlink {link}" in line
+    again = cf.write_service(PROD, 5433, path=link)
+    assert again.action == "unchanged"
+    assert f"through the symlink {link}" in again.describe()
+
+
+def test_write_pgpass_through_a_symlink_is_0600(tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles" / "pgpass"
+    real.parent.mkdir()
+    real.write_text("other:1:*:u:p\n")
+    real.chmod(0o644)
+    link = tmp_path / ".pgpass"
+    link.symlink_to("dotfiles/pgpass")
+    result = cf.write_pgpass(PROD, 5433, "pw", path=link)
+    assert link.is_symlink()
+    assert _mode(real) == 0o600  # libpq ignores a passfile others can read
+    assert result.backup == real.with_name("pgpass.bak")
+    assert _mode(result.backup) == 0o600
+
+
+# ----------------------------------------------------------------------------- refused targets
+
+
+def _writers(path: Path) -> dict[str, Callable[[], object]]:
+    return {
+        "pg-service": lambda: cf.write_service(PROD, 5433, path=path),
+        "pgpass": lambda: cf.write_pgpass(PROD, 5433, "pw", path=path),
+        "pgadmin": lambda: cf.write_pgadmin(PROD, 5433, path),
+        "qgis-xml": lambda: cf.write_qgis_xml(PROD, 5433, path),
+    }
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file types")
+def test_every_writer_refuses_non_regular_targets(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # reading it would block until a writer comes: it must not be opened
+    to_null = tmp_path / "to-null"
+    to_null.symlink_to(os.devnull)
+    (tmp_path / "loop").symlink_to("loop")
+    plain = tmp_path / "plain"
+    plain.write_text("keep")
+    cases = {
+        Path(os.devnull): "is a character device, not a regular file",
+        fifo: "is a FIFO (named pipe), not a regular file",
+        to_null: f"a symlink to {os.devnull}, which is a character device",
+        tmp_path / "loop": "a symlink loop",
+        plain / "servers.json": "a parent of it is not a directory",
+        tmp_path: "is a directory, not a regular file",
+    }
+    for path, reason in cases.items():
+        for fmt, write in _writers(path).items():
+            with pytest.raises(ClientError) as info:
+                write()
+            assert reason in str(info.value), (fmt, str(info.value))
+            assert "\n" not in str(info.value)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert plain.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "loop", "plain", "to-null"]
+
+
+@pytest.mark.parametrize("fmt", ["pg-service", "pgpass", "pgadmin", "qgis-xml"])
+def test_a_bak_that_is_a_directory_or_a_link_stops_the_write(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "target"
+    original = {
+        "pg-service": SERVICE_FILE,
+        "pgpass": "other:1:*:u:p\n",
+        "pgadmin": '{"Servers": {}}\n',
+        "qgis-xml": QGIS_EXPORT,
+    }[fmt]
+    path.write_text(original)
+    bak = tmp_path / "target.bak"
+    bak.mkdir()
+    with pytest.raises(ClientError) as info:
+        _writers(path)[fmt]()
+    message = str(info.value)
+    assert message.startswith(f"{path}: left as it was: {bak}: is a directory"), message
+    assert "move that away" in message
+    assert path.read_text() == original
+    bak.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not yours to overwrite")
+    bak.symlink_to(elsewhere)
+    with pytest.raises(ClientError, match="is a symlink; tunnelman does not write through it"):
+        _writers(path)[fmt]()
+    assert path.read_text() == original
+    assert elsewhere.read_text() == "not yours to overwrite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "target", "target.bak"]
 
 
 # ----------------------------------------------------------------------------- .pgpass

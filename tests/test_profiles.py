@@ -165,10 +165,12 @@ def test_add_then_delete_restores_the_file(tmp_path: Path) -> None:
 
 
 def test_atomic_write_keeps_mode(tmp_path: Path) -> None:
+    from tunnelman.core.files import atomic_write  # moved out of profiles; tests/test_files.py
+
     path = tmp_path / "f"
     path.write_text("x")
     path.chmod(0o640)
-    prof.atomic_write(path, "y")
+    atomic_write(path, "y")
     assert path.read_text() == "y"
     assert path.stat().st_mode & 0o777 == 0o640
 

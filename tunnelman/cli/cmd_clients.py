@@ -179,7 +179,11 @@ def _conn_help() -> str:
         "--write merges NAME's entry into a file instead (idempotent; the previous version is "
         "kept as FILE.bak): pg-service → $PGSERVICEFILE or ~/.pg_service.conf; pgpass → "
         "$PGPASSFILE or ~/.pgpass (0600, with the password from the keyring/prompt/AWS); "
-        "pgadmin and qgis-xml → the file given with --file."
+        "pgadmin and qgis-xml → the file given with --file. Only regular files are written: "
+        "a device, FIFO, socket or directory is refused untouched. A symlink you own (say a "
+        "dotfiles-managed ~/.pgpass) is written through: the file it points to is rewritten in "
+        "place, keeping its mode (a .pgpass: 0600), with FILE.bak beside it, and the link stays; the "
+        "output names both. On any failure the file is left as it was."
     )
 
 

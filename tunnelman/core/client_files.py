@@ -2,9 +2,15 @@
 
 Called by the CLI's `conn --write` and the TUI. Each writer is an idempotent upsert keyed by the
 profile name (pgpass: by host, port, database and user): other entries, comments and layout stay
-as they were, the write is atomic (`profiles.atomic_write`), the previous file is kept next to it
+as they were, the write is atomic (`core.files.atomic_write`), the previous file is kept next to it
 as `FILE.bak` (owner-only, since a .pgpass holds passwords), and an unchanged file is not touched.
 The merge functions are pure (text in, text out) so they are tested without files.
+
+Which targets are written follows `core.files`: only regular files (a device, FIFO, socket or
+directory is refused unopened); a symlink (a dotfiles-managed ~/.pgpass) is written through, so
+the file it points to is rewritten in place, keeping its mode (a .pgpass: 0600), with the `.bak`
+beside that file, the link kept, and `WriteResult.describe` saying so; a `.bak` that is not a
+regular file is refused. Every failure is a `ClientError` and leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunnelman.core import clients
+from tunnelman.core import clients, files
 from tunnelman.core.errors import ClientError
-from tunnelman.core.profiles import atomic_write
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -31,16 +36,18 @@ _SECTION_RE = re.compile(r"^\s*\[(?P<name>[^\]]*)\]\s*$")
 class WriteResult:
     """What a writer did to which file."""
 
-    path: Path
+    path: Path  # the file written (the symlink's target when `link` is set)
     action: Action
     backup: Path | None = None
+    link: Path | None = None  # the symlink named, when the write went through one
 
     def describe(self) -> str:
         """One line for a person."""
+        via = f" (through the symlink {self.link}, left as it is)" if self.link else ""
         if self.action == "unchanged":
-            return f"{self.path}: already up to date"
+            return f"{self.path}: already up to date{via}"
         saved = f" (previous version kept as {self.backup})" if self.backup else ""
-        return f"{self.path}: {self.action} the entry{saved}"
+        return f"{self.path}: {self.action} the entry{saved}{via}"
 
 
 # ----------------------------------------------------------------------------- where files live
@@ -228,47 +235,48 @@ def merge_qgis_xml(
 # ----------------------------------------------------------------------------- writers
 
 
-def _real(path: Path) -> Path:
-    """Write through a symlink (dotfile managers link ~/.pgpass) instead of replacing it."""
-    path = path.expanduser()
-    return path.resolve() if path.is_symlink() else path
+def _target(path: Path) -> files.Target:
+    return files.resolve_target(path, error=ClientError)
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text("utf-8")
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise ClientError(f"{path}: is a directory, not a file") from None
-    except PermissionError:
-        raise ClientError(f"{path}: cannot read it (permission denied)") from None
-    except UnicodeDecodeError:
-        raise ClientError(f"{path}: not UTF-8 text; refusing to rewrite it") from None
+def _read(target: files.Target) -> str | None:
+    return files.read_text(target, error=ClientError)
 
 
 def commit(
-    path: Path, old: str | None, new: str, action: Action, *, mode: int | None = None
+    target: files.Target, old: str | None, new: str, action: Action, *, mode: int | None = None
 ) -> WriteResult:
-    """Write `new` atomically, keeping `old` as `PATH.bak` (0600); nothing when unchanged."""
+    """Write `new` atomically, keeping `old` as `PATH.bak` (0600); nothing when unchanged.
+
+    `target` comes from `core.files.resolve_target`; the .bak goes beside the file written (the
+    symlink's target) and is never written through a link itself.
+    """
+    path = target.real
     if old is not None and old == new:
-        if mode is not None and path.stat().st_mode & 0o777 != mode:
-            os.chmod(path, mode)
-        return WriteResult(path, "unchanged")
+        if mode is not None:
+            files.chmod(target, mode, error=ClientError)
+        return WriteResult(path, "unchanged", link=target.link)
     backup = None
-    try:
-        if old is not None:
-            backup = path.with_name(path.name + ".bak")
-            atomic_write(backup, old, mode=0o600)
-        atomic_write(path, new, mode=mode)
-    except PermissionError:
-        raise ClientError(f"{path}: cannot write it (permission denied)") from None
-    return WriteResult(path, "updated" if action == "unchanged" else action, backup)
+    if old is not None:
+        backup = path.with_name(path.name + ".bak")
+        try:
+            files.resolve_target(backup, error=ClientError, follow_links=False)
+        except ClientError as exc:
+            raise ClientError(
+                f"{path}: left as it was: {exc.message}",
+                hint=f"its previous version is kept as {backup.name}: move that away and retry",
+            ) from None
+        try:
+            files.atomic_write(backup, old, mode=0o600, error=ClientError, follow_links=False)
+        except ClientError as exc:
+            raise ClientError(f"{path}: left as it was: {exc.message}", hint=exc.hint) from None
+    files.atomic_write(path, new, mode=mode, error=ClientError)
+    return WriteResult(path, "updated" if action == "unchanged" else action, backup, target.link)
 
 
 def write_service(profile: Profile, port: int, *, path: Path | None = None) -> WriteResult:
     """Upsert `[profile.name]` into the user's pg_service.conf."""
-    target = _real(path or default_service_file())
+    target = _target(path or default_service_file())
     old = _read(target)
     section = clients.service_section(profile, clients.conn_settings(profile, port))
     new, action = merge_service(old or "", profile.name, section)
@@ -279,7 +287,7 @@ def write_pgpass(
     profile: Profile, port: int, password: str, *, user: str | None = None, path: Path | None = None
 ) -> WriteResult:
     """Upsert this profile's line (host, port, database, user) into the user's .pgpass (0600)."""
-    target = _real(path or default_pgpass_file())
+    target = _target(path or default_pgpass_file())
     old = _read(target)
     s = clients.conn_settings(profile, port, user=user)
     line = clients.pgpass_line(s.host, s.port, s.dbname, s.user, password)
@@ -297,19 +305,19 @@ def write_pgadmin(
     password_file: str | Path | None = None,
 ) -> WriteResult:
     """Upsert this profile's server into a pgAdmin servers.json (then import it in pgAdmin)."""
-    target = _real(path)
+    target = _target(path)
     old = _read(target)
     s = clients.conn_settings(profile, port, password_file=password_file)
     server = clients.pgadmin_server(profile, s, pgadmin_ssh=pgadmin_ssh)
-    new, action = merge_pgadmin(old or "", server, where=str(target))
+    new, action = merge_pgadmin(old or "", server, where=str(target.real))
     return commit(target, old, new, action)
 
 
 def write_qgis_xml(profile: Profile, port: int, path: Path) -> WriteResult:
     """Upsert this profile's `<postgis>` element into a QGIS connections XML file."""
-    target = _real(path)
+    target = _target(path)
     old = _read(target)
     s = clients.conn_settings(profile, port)
     element = clients.qgis_element_xml(profile, s)
-    new, action = merge_qgis_xml(old or "", profile.name, element, where=str(target))
+    new, action = merge_qgis_xml(old or "", profile.name, element, where=str(target.real))
     return commit(target, old, new, action)

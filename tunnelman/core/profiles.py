@@ -8,11 +8,9 @@ file in the same directory, fsync, rename), so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from tunnelman.core.errors import ConfigError, ProfileNotFound
+from tunnelman.core.files import atomic_write
 
 PasswordSource = Literal["keyring", "prompt", "none", "iam", "secretsmanager"]
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -433,33 +432,6 @@ def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
 
 
 # ----------------------------------------------------------------------------- saving
-
-
-def atomic_write(path: Path, data: str | bytes, *, mode: int | None = None) -> None:
-    """Write `data` to `path` atomically (temp file in the same dir, fsync, rename).
-
-    The new file keeps the old file's permission bits unless `mode` is given. Parent directories are
-    created (0700) when missing.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o600
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _to_toml_value(key: str, value: Any) -> Any:

@@ -38,7 +38,7 @@ from typing import Self
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError
-from tunnelman.core.profiles import atomic_write
+from tunnelman.core.files import atomic_write
 from tunnelman.demo import DemoError
 from tunnelman.demo.bastion import InprocBastion, generate_key
 from tunnelman.demo.database import Binaries, SandboxDatabase, find_binaries
