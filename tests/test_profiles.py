@@ -223,3 +223,240 @@ def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
     again = run_cli("--config", str(path), "profile", "add", "geo", "--endpoint", "x")
     assert again.returncode != 0
     assert "--force" in again.stderr
+
+
+# ------------------------------------------------------------------ every value checked at load
+
+
+def one_problem(path: Path) -> str:
+    """The message of the one ConfigError loading `path` raises (not a ConfigProblems)."""
+    with pytest.raises(ConfigError) as info:
+        prof.load(path)
+    assert not isinstance(info.value, prof.ConfigProblems), str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+LONG_NAME = "k" * 300
+
+
+VALUE_CASES = [
+    ("keepalive = 1000000", "keepalive", "must be 1-3600 seconds, not 1000000"),
+    ("keepalive = 0", "keepalive", "must be 1-3600 seconds, not 0"),
+    ("keepalive = 1.5", "keepalive", "whole number of seconds 1-3600, not 1.5"),
+    ("keepalive = 1e999", "keepalive", "not inf"),
+    ("connect_timeout = 1000000000000", "connect_timeout", "must be 1-3600 seconds"),
+    ("connect_timeout = -1", "connect_timeout", "must be 1-3600 seconds, not -1"),
+    ("connect_timeout = true", "connect_timeout", "not true"),
+    (f"connect_timeout = {2**70}", "connect_timeout", "an integer of 71 bits"),
+    ("local_port = 0", "local_port", "must be a port number 1-65535, not 0"),
+    ("local_port = 70000", "local_port", "must be a port number 1-65535, not 70000"),
+    ('identity_file = "/k\\u0000ey"', "identity_file", "holds a NUL character (\\x00)"),
+    ('known_hosts = "a\\u0000"', "known_hosts", "NUL"),
+    ('sslrootcert = "x\\u0000"', "sslrootcert", "NUL"),
+    ('identity_file = "~nosuchuser-tm/key"', "identity_file", "no user 'nosuchuser-tm'"),
+    (f'identity_file = "/tmp/{LONG_NAME}"', "identity_file", "a name of 300 bytes"),
+    (f'known_hosts = "{"/é" * 1400}"', "known_hosts", "is 4200 bytes long"),
+    ('identity_file = "/a\\nb"', "identity_file", "control character (\\x0a)"),
+    ("identity_file = ['a']", "identity_file", "must be a string, not a list"),
+    ("database = {a = 1}", "database", "must be a string, not a table"),
+    ("user = 1979-05-27", "user", "must be a string, not a date"),
+    ('user = "pg\\nx"', "user", "control character (\\x0a)"),
+    ('database = "geo\\u001b[2J"', "database", "control character (\\x1b)"),
+    (f'database = "{"d" * 5000}"', "database", "5000 characters long; at most 4096"),
+    ('bastion = "u@' + "a" * 64 + '.example"', "bastion", "1-63 characters"),
+    ('bastion = "u@a..b"', "bastion", "bad host name 'a..b'"),
+    ('bastion = "u@' + "a." * 150 + 'com"', "bastion", "DNS allows 253"),
+    ('bastion = "u@host:\u00b2"', "bastion", "bad port"),
+    ('bastion = "u@host:' + "9" * 100 + '"', "bastion", "bad port"),
+    ('bastion = "a b@host"', "bastion", "bad user name"),
+    ('endpoint = "db:0"', "endpoint", "bad port '0'"),
+    ('endpoint = "db\\u0000x"', "endpoint", "NUL"),
+    ("endpoint = 5432", "endpoint", "must be a string, not an integer"),
+    ('region = "us east 2"', "region", "AWS region name such as 'us-east-2'"),
+    ('cluster = "my cluster"', "cluster", "must not hold spaces"),
+    ('bastion_instance_id = ""', "bastion_instance_id", "must not be empty"),
+    ("password = 1", "password", "must be one of keyring, prompt"),
+    ('engine = "opnessh"', "engine", "did you mean 'openssh'"),
+    ('sslmode = "verify_full"', "sslmode", "did you mean 'verify-full'"),
+    ('instance_connect = "yes"', "instance_connect", "must be true or false, not 'yes'"),
+    ("description = 1", "description", "must be a string, not an integer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    VALUE_CASES,
+    ids=[f"{key}-{i}" for i, (_, key, _) in enumerate(VALUE_CASES)],
+)
+def test_every_value_is_checked_at_load(tmp_path: Path, line: str, key: str, expected: str) -> None:
+    path = write(tmp_path, f"[profiles.a]\n{line}\n")
+    message = one_problem(path)
+    assert message.startswith(f"{path}: profiles.a.{key}: "), message
+    assert expected in message, message
+    assert "\x00" not in message
+    assert "\x1b" not in message
+
+
+def test_the_ranges_in_the_messages_are_the_ranges_enforced(tmp_path: Path) -> None:
+    for key, (low, high) in (
+        ("keepalive", prof.KEEPALIVE_RANGE),
+        ("connect_timeout", prof.CONNECT_TIMEOUT_RANGE),
+    ):
+        for good in (low, high):
+            path = write(tmp_path, f'[profiles.a]\nendpoint = "db"\n{key} = {good}\n')
+            assert getattr(prof.load(path).get("a"), key) == good
+        for bad in (low - 1, high + 1):
+            path = write(tmp_path, f'[profiles.a]\nendpoint = "db"\n{key} = {bad}\n')
+            assert f"must be {low}-{high} seconds, not {bad}" in one_problem(path)
+
+
+def test_values_that_are_fine_still_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[profiles.a]\n"
+        'description = "geo \\u001b[31m — ünïcode 🗺"\n'
+        'bastion = "ec2-user@bücher.example:2222"\n'
+        'endpoint = "[fe80::1%eth0]:6432"\n'
+        'database = "my db"\n'
+        'identity_file = "~/.ssh/k e y.pem"\n'
+        'aws_profile = "geo admin"\n'
+        'region = "eu-central-1"\n'
+        "keepalive = 3600\n",
+    )
+    a = prof.load(path).get("a")
+    assert a.bastion == prof.Bastion("bücher.example", "ec2-user", 2222)
+    assert a.endpoint == prof.Endpoint("fe80::1%eth0", 6432)
+    assert a.description.startswith("geo \x1b[31m")  # kept as written; escaped where shown
+    assert a.identity_file == Path("~/.ssh/k e y.pem").expanduser()
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[defaults]\nsslmode = "requre"\n'
+        '[profiles.a]\nendpoint = "db"\nkeepalive = 1000000\nconnect_timeout = 0\n'
+        '[profiles.b]\nendpoint = "db"\nlocal_prot = 5433\n'
+        '[profiles.c]\nendpoint = "db"\n',
+    )
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(path)
+    lines = str(info.value).splitlines()
+    assert lines == [str(p) for p in info.value.problems]
+    assert [line.split(": ")[1] for line in lines] == [
+        "defaults.sslmode",
+        "profiles.a.keepalive",
+        "profiles.a.connect_timeout",
+        "profiles.b.local_prot",
+    ]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert "did you mean 'require'" in lines[0]
+    assert "did you mean 'local_port'" in lines[3]
+    assert isinstance(info.value, ConfigError)
+    assert info.value.exit_code == 2
+
+
+def test_a_flood_of_problems_is_capped(tmp_path: Path) -> None:
+    body = "".join(f'[profiles.p{i}]\nendpont = "db"\n' for i in range(50))
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(write(tmp_path, body))
+    assert len(info.value.problems) == 50
+    lines = str(info.value).splitlines()
+    assert len(lines) == prof.MAX_PROBLEMS_SHOWN + 1
+    assert lines[-1] == f"… and {50 - prof.MAX_PROBLEMS_SHOWN} more problems"
+
+
+def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles."prod\\n"]\nendpoint = "db"\n')
+    message = one_problem(path)
+    assert message.startswith(f'{path}: profiles."prod\\x0a": bad profile name')
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="bad profile name"):
+        prof.save_profile(path, "prod\n", {"endpoint": "db"})
+    assert path.read_bytes() == before
+    assert not prof.valid_name("prod\n")
+    assert prof.valid_name("prod-2.x_y")
+
+
+def test_keys_and_names_are_shown_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles."\\u001b[31m"]\n"a\\u001b]0;x\\u0007" = 1\n')
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(path)
+    text = str(info.value)
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert 'profiles."\\x1b[31m": bad profile name' in text
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.a]\ndescription = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in one_problem(path)
+    path = write(tmp_path, "[profiles.a]\ndescription = " + "{a = " * 3000 + "1" + "}" * 3000)
+    assert "nested too deeply" in one_problem(path)
+
+
+def test_an_integer_of_thousands_of_digits_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.a]\nkeepalive = " + "9" * 5000 + "\n")
+    assert f"{path}: invalid TOML" in one_problem(path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"profiles": [1, 2]},
+        {"defaults": "x"},
+        {"profiles": {"a": "x"}},
+        {"profiles": {"a": {"description": "\ud800"}}},  # not from TOML; from a caller
+        {"profiles": {"a": {"identity_file": "\udcff"}}},
+        {"profiles": {"a": {"keepalive": float("nan")}}},
+        {"profiles": {"a": {"database": [[[[[]]]]]}}},
+        {"profiles": {"\ud800": {}}},
+        {"x" * 10_000: 1},
+    ],
+)
+def test_odd_documents_raise_config_errors(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        prof.parse_profiles(data, Path("f.toml"))
+    str(info.value).encode("utf-8")  # printable: no lone surrogate reaches the terminal
+
+
+# ------------------------------------------------------------------ the paths themselves
+
+
+def test_config_path_refuses_bad_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"--config.*'~nosuchuser-tm/p.toml'.*no user"):
+        prof.config_path("~nosuchuser-tm/p.toml")
+    with pytest.raises(ConfigError, match="NUL"):
+        prof.config_path("a\0b")
+    with pytest.raises(ConfigError, match="a name of 300 bytes"):
+        prof.config_path("/tmp/" + LONG_NAME)
+    monkeypatch.setenv("TUNNELMAN_CONFIG", "~nosuchuser-tm/x")
+    with pytest.raises(ConfigError, match=r"\$TUNNELMAN_CONFIG"):
+        prof.config_path(None)
+
+
+def test_load_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        prof.load(tmp_path)
+    with pytest.raises(ConfigError, match="a part of the path is a file"):
+        prof.load(write(tmp_path, "") / "x")
+    if os.name == "posix":
+        with pytest.raises(ConfigError, match="is a character device"):
+            prof.load("/dev/null")
+
+
+def test_a_huge_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    with path.open("wb") as fh:
+        fh.truncate(prof.MAX_FILE_BYTES + 1)
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        prof.load(path)
+
+
+def test_printable_escapes_what_a_terminal_would_obey() -> None:
+    assert prof.printable("plain — ünï 🗺 text") == "plain — ünï 🗺 text"
+    assert prof.printable("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert prof.printable("a\nb\tc\rd\x00\x7f\x9b") == "a\\x0ab\\x09c\\x0dd\\x00\\x7f\\x9b"
+    assert prof.printable("abc\u202edef") == "abc\\u202edef"  # bidi override
+    assert prof.printable("x\ud800") == "x\\ud800"

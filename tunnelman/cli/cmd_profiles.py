@@ -22,11 +22,11 @@ def ls_cmd(ctx: click.Context, as_json: bool) -> None:
         json_out([p.to_public_dict() for p in sets])
         return
     if not sets.exists:
-        out(f"No profile file yet ({sets.path}).")
+        out(f"No profile file yet ({prof.printable(str(sets.path))}).")
         out("Add one: tunnelman profile add NAME --endpoint HOST --bastion USER@HOST")
         return
     if not len(sets):
-        out(f"No profiles in {sets.path}.")
+        out(f"No profiles in {prof.printable(str(sets.path))}.")
         return
     # Every cell through printable: an escape sequence in a description must not reach the terminal.
     rows = [

@@ -138,9 +138,28 @@ def _text_problem(text: str, *, controls: bool = False) -> str | None:
     return None
 
 
-def _path_problem(text: str) -> tuple[Path | None, str | None]:
-    """(the `~`-expanded path, None) or (None, why it cannot be a path here)."""
-    problem = _text_problem(text)
+def _fs_encodable(text: str) -> bool:
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _path_problem(text: str, *, from_os: bool = False) -> tuple[Path | None, str | None]:
+    """(the `~`-expanded path, None) or (None, why it cannot be a path here).
+
+    `from_os`: the text came from argv or the environment, where a file name that is not UTF-8
+    arrives as surrogate escapes and a newline is merely odd; only NUL is impossible there.
+    """
+    if from_os:
+        problem = None
+        if "\0" in text:
+            problem = "holds a NUL character (\\x00); remove it"
+        elif not _fs_encodable(text):
+            problem = "holds characters that cannot be in a file name here"
+    else:
+        problem = _text_problem(text)
     if problem:
         return None, problem
     try:
@@ -172,7 +191,7 @@ def user_path(text: str | os.PathLike[str], what: str) -> Path:
     allows, so that the problem is one line here instead of a traceback wherever the path is opened.
     """
     raw = os.fspath(text)
-    path, problem = _path_problem(raw)
+    path, problem = _path_problem(raw, from_os=True)
     if path is None:
         raise ConfigError(f"{what} {_show(raw, 80)}: {problem}")
     return path
