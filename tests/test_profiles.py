@@ -460,3 +460,160 @@ def test_printable_escapes_what_a_terminal_would_obey() -> None:
     assert prof.printable("a\nb\tc\rd\x00\x7f\x9b") == "a\\x0ab\\x09c\\x0dd\\x00\\x7f\\x9b"
     assert prof.printable("abc\u202edef") == "abc\\u202edef"  # bidi override
     assert prof.printable("x\ud800") == "x\\ud800"
+
+
+# ------------------------------------------------------------------ bad input through the real CLI
+
+
+def assert_error_lines(result: subprocess.CompletedProcess[str], code: int, count: int = 1) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip("\n").split("\n")
+    assert len(lines) == count, result.stderr
+    assert all(line.startswith("tunnelman: error: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["ls"], ["check", "a"], ["up", "a"], ["psql", "a"]])
+def test_cli_reports_every_problem_each_on_its_line(tmp_home: Path, command: list[str]) -> None:
+    path = write(
+        tmp_home,
+        '[profiles.a]\nbastion = "u@b"\nendpoint = "db"\nkeepalive = 1000000\n'
+        "connect_timeout = 1000000000000\n",
+    )
+    result = run_cli("--config", str(path), *command)
+    wanted = [
+        f"{path}: profiles.a.keepalive: must be 1-3600 seconds, not 1000000",
+        f"{path}: profiles.a.connect_timeout: must be 1-3600 seconds, not 1000000000000",
+    ]
+    if command[0] == "check":  # the doctor's report: the config step fails, with both lines
+        assert result.returncode == 1
+        assert f"✗ config              {wanted[0]}" in result.stdout
+        assert f"                      {wanted[1]}" in result.stdout
+        return
+    assert_error_lines(result, 2, count=2)
+    assert result.stderr.splitlines() == [f"tunnelman: error: {w}" for w in wanted]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_cli_a_fifo_as_config_is_refused_at_once(tmp_home: Path) -> None:
+    fifo = tmp_home / "profiles.fifo"
+    os.mkfifo(fifo)
+    for command in (["ls"], ["up", "a"]):
+        result = run_cli("--config", str(fifo), *command)  # run_cli's timeout: a hang fails
+        assert_error_lines(result, 2)
+        assert f"{fifo}: is a named pipe (FIFO), not a profile file" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_cli_a_fifo_as_log_is_refused_at_once(tmp_home: Path) -> None:
+    fifo = tmp_home / "log.fifo"
+    os.mkfifo(fifo)
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = run_cli("--config", str(path), "ls", env={"TUNNELMAN_LOG": str(fifo)})
+    assert_error_lines(result, 2)
+    assert "$TUNNELMAN_LOG" in result.stderr
+
+
+def test_cli_tilde_of_nobody_is_one_line(tmp_home: Path) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = run_cli("--config", "~nosuchuser-tm/profiles.toml", "ls")
+    assert_error_lines(result, 2)
+    assert "'~nosuchuser-tm/profiles.toml': starts with '~nosuchuser-tm'" in result.stderr
+    result = run_cli("ls", env={"TUNNELMAN_CONFIG": "~nosuchuser-tm/p.toml"})
+    assert_error_lines(result, 2)
+    result = run_cli(
+        "--config", str(path), "ls", env={"TUNNELMAN_LOG": "~nosuchuser-tm/tunnelman.log"}
+    )
+    assert_error_lines(result, 2)
+    assert "log file ($TUNNELMAN_LOG) '~nosuchuser-tm/tunnelman.log'" in result.stderr
+
+
+def test_cli_a_too_long_config_name_is_one_line(tmp_home: Path) -> None:
+    result = run_cli("--config", str(tmp_home / LONG_NAME), "ls")
+    assert_error_lines(result, 2)
+    assert "the system allows 255" in result.stderr
+
+
+ESCAPES = '"\\u001b[31mRED\\u001b[0m \\u001b]0;pwned\\u0007 [/] [b]x"'
+
+
+def test_cli_ls_and_show_escape_the_description(tmp_home: Path) -> None:
+    path = write(tmp_home, f'[profiles.a]\nendpoint = "db"\ndescription = {ESCAPES}\n')
+    for command in (["ls"], ["profile", "show", "a"]):
+        result = run_cli("--config", str(path), *command)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "\x07" not in result.stdout
+        assert "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned\\x07 [/] [b]x" in result.stdout
+    listed = run_cli("--config", str(path), "ls", "--json")
+    import json
+
+    assert json.loads(listed.stdout)[0]["description"].startswith("\x1b[31mRED")  # data, as it is
+
+
+def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n[profiles.b]\nendpoint = "e"\n')
+    before = path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "tunnelman", "--config", str(path), "profile", "rm", "a"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_error_lines(result, 1)
+    assert "no terminal to confirm on" in result.stderr
+    assert "--yes" in result.stderr
+    assert path.read_bytes() == before
+    done = run_cli("--config", str(path), "profile", "rm", "a", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert list(prof.load(path).profiles) == ["b"]
+
+
+@pytest.mark.parametrize("command", [[], ["tui"]])
+def test_cli_tui_without_a_terminal_refuses(tmp_home: Path, command: list[str]) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tunnelman", "--config", str(path), *command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,  # it used to run until killed
+        check=False,
+    )
+    assert_error_lines(result, 1)
+    assert "the terminal UI needs a terminal (stdin and stdout are not one here)" in result.stderr
+
+
+# ------------------------------------------------------------------ the TUI shows text escaped
+
+
+def test_tui_shows_the_description_escaped(tmp_home: Path) -> None:
+    import asyncio
+
+    from rich.text import Text
+
+    from tunnelman.tui.app import make_app
+    from tunnelman.tui.format import profile_text
+    from tunnelman.tui.hosts import InProcessHost
+
+    path = write(tmp_home, f'[profiles.a]\nendpoint = "db"\ndescription = {ESCAPES}\n')
+    app = make_app(path, host=InProcessHost())
+    shown: list[str] = []
+
+    async def main() -> None:
+        async with app.run_test(headless=True, size=(120, 30)) as pilot:
+            await pilot.pause()
+            assert app.main is not None
+            cell = app.main.table.get_cell("a", "description")
+            assert isinstance(cell, Text)  # not a str: a str cell is parsed as markup
+            shown.append(cell.plain)
+            shown.append(app.export_screenshot())
+
+    asyncio.run(main())
+    assert shown[0] == "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned…"  # escaped, then cut to 32
+    assert "\x1b" not in shown[1]
+    detail = profile_text(prof.load(path).get("a")).plain
+    assert "\x1b" not in detail
+    assert "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned\\x07 [/] [b]x" in detail
