@@ -225,3 +225,397 @@ def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
     again = run_cli("--config", str(path), "profile", "add", "geo", "--endpoint", "x")
     assert again.returncode != 0
     assert "--force" in again.stderr
+
+
+# ------------------------------------------------------------------ every value checked at load
+
+
+def one_problem(path: Path) -> str:
+    """The message of the one ConfigError loading `path` raises (not a ConfigProblems)."""
+    with pytest.raises(ConfigError) as info:
+        prof.load(path)
+    assert not isinstance(info.value, prof.ConfigProblems), str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+LONG_NAME = "k" * 300
+
+
+VALUE_CASES = [
+    ("keepalive = 1000000", "keepalive", "must be 1-3600 seconds, not 1000000"),
+    ("keepalive = 0", "keepalive", "must be 1-3600 seconds, not 0"),
+    ("keepalive = 1.5", "keepalive", "whole number of seconds 1-3600, not 1.5"),
+    ("keepalive = 1e999", "keepalive", "not inf"),
+    ("connect_timeout = 1000000000000", "connect_timeout", "must be 1-3600 seconds"),
+    ("connect_timeout = -1", "connect_timeout", "must be 1-3600 seconds, not -1"),
+    ("connect_timeout = true", "connect_timeout", "not true"),
+    (f"connect_timeout = {2**70}", "connect_timeout", "an integer of 71 bits"),
+    ("local_port = 0", "local_port", "must be a port number 1-65535, not 0"),
+    ("local_port = 70000", "local_port", "must be a port number 1-65535, not 70000"),
+    ('identity_file = "/k\\u0000ey"', "identity_file", "holds a NUL character (\\x00)"),
+    ('known_hosts = "a\\u0000"', "known_hosts", "NUL"),
+    ('sslrootcert = "x\\u0000"', "sslrootcert", "NUL"),
+    ('identity_file = "~nosuchuser-tm/key"', "identity_file", "no user 'nosuchuser-tm'"),
+    (f'identity_file = "/tmp/{LONG_NAME}"', "identity_file", "a name of 300 bytes"),
+    (f'known_hosts = "{"/é" * 1400}"', "known_hosts", "is 4200 bytes long"),
+    ('identity_file = "/a\\nb"', "identity_file", "control character (\\x0a)"),
+    ("identity_file = ['a']", "identity_file", "must be a string, not a list"),
+    ("database = {a = 1}", "database", "must be a string, not a table"),
+    ("user = 1979-05-27", "user", "must be a string, not a date"),
+    ('user = "pg\\nx"', "user", "control character (\\x0a)"),
+    ('database = "geo\\u001b[2J"', "database", "control character (\\x1b)"),
+    (f'database = "{"d" * 5000}"', "database", "5000 characters long; at most 4096"),
+    ('bastion = "u@' + "a" * 64 + '.example"', "bastion", "1-63 characters"),
+    ('bastion = "u@a..b"', "bastion", "bad host name 'a..b'"),
+    ('bastion = "u@' + "a." * 150 + 'com"', "bastion", "DNS allows 253"),
+    ('bastion = "u@host:\u00b2"', "bastion", "bad port"),
+    ('bastion = "u@host:' + "9" * 100 + '"', "bastion", "bad port"),
+    ('bastion = "a b@host"', "bastion", "bad user name"),
+    ('endpoint = "db:0"', "endpoint", "bad port '0'"),
+    ('endpoint = "db\\u0000x"', "endpoint", "NUL"),
+    ("endpoint = 5432", "endpoint", "must be a string, not an integer"),
+    ('region = "us east 2"', "region", "AWS region name such as 'us-east-2'"),
+    ('cluster = "my cluster"', "cluster", "must not hold spaces"),
+    ('bastion_instance_id = ""', "bastion_instance_id", "must not be empty"),
+    ("password = 1", "password", "must be one of keyring, prompt"),
+    ('engine = "opnessh"', "engine", "did you mean 'openssh'"),
+    ('sslmode = "verify_full"', "sslmode", "did you mean 'verify-full'"),
+    ('instance_connect = "yes"', "instance_connect", "must be true or false, not 'yes'"),
+    ("description = 1", "description", "must be a string, not an integer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    VALUE_CASES,
+    ids=[f"{key}-{i}" for i, (_, key, _) in enumerate(VALUE_CASES)],
+)
+def test_every_value_is_checked_at_load(tmp_path: Path, line: str, key: str, expected: str) -> None:
+    path = write(tmp_path, f"[profiles.a]\n{line}\n")
+    message = one_problem(path)
+    assert message.startswith(f"{path}: profiles.a.{key}: "), message
+    assert expected in message, message
+    assert "\x00" not in message
+    assert "\x1b" not in message
+
+
+def test_the_ranges_in_the_messages_are_the_ranges_enforced(tmp_path: Path) -> None:
+    for key, (low, high) in (
+        ("keepalive", prof.KEEPALIVE_RANGE),
+        ("connect_timeout", prof.CONNECT_TIMEOUT_RANGE),
+    ):
+        for good in (low, high):
+            path = write(tmp_path, f'[profiles.a]\nendpoint = "db"\n{key} = {good}\n')
+            assert getattr(prof.load(path).get("a"), key) == good
+        for bad in (low - 1, high + 1):
+            path = write(tmp_path, f'[profiles.a]\nendpoint = "db"\n{key} = {bad}\n')
+            assert f"must be {low}-{high} seconds, not {bad}" in one_problem(path)
+
+
+def test_values_that_are_fine_still_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[profiles.a]\n"
+        'description = "geo \\u001b[31m — ünïcode 🗺"\n'
+        'bastion = "ec2-user@bücher.example:2222"\n'
+        'endpoint = "[fe80::1%eth0]:6432"\n'
+        'database = "my db"\n'
+        'identity_file = "~/.ssh/k e y.pem"\n'
+        'aws_profile = "geo admin"\n'
+        'region = "eu-central-1"\n'
+        "keepalive = 3600\n",
+    )
+    a = prof.load(path).get("a")
+    assert a.bastion == prof.Bastion("bücher.example", "ec2-user", 2222)
+    assert a.endpoint == prof.Endpoint("fe80::1%eth0", 6432)
+    assert a.description.startswith("geo \x1b[31m")  # kept as written; escaped where shown
+    assert a.identity_file == Path("~/.ssh/k e y.pem").expanduser()
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[defaults]\nsslmode = "requre"\n'
+        '[profiles.a]\nendpoint = "db"\nkeepalive = 1000000\nconnect_timeout = 0\n'
+        '[profiles.b]\nendpoint = "db"\nlocal_prot = 5433\n'
+        '[profiles.c]\nendpoint = "db"\n',
+    )
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(path)
+    lines = str(info.value).splitlines()
+    assert lines == [str(p) for p in info.value.problems]
+    assert [line.split(": ")[1] for line in lines] == [
+        "defaults.sslmode",
+        "profiles.a.keepalive",
+        "profiles.a.connect_timeout",
+        "profiles.b.local_prot",
+    ]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert "did you mean 'require'" in lines[0]
+    assert "did you mean 'local_port'" in lines[3]
+    assert isinstance(info.value, ConfigError)
+    assert info.value.exit_code == 2
+
+
+def test_a_flood_of_problems_is_capped(tmp_path: Path) -> None:
+    body = "".join(f'[profiles.p{i}]\nendpont = "db"\n' for i in range(50))
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(write(tmp_path, body))
+    assert len(info.value.problems) == 50
+    lines = str(info.value).splitlines()
+    assert len(lines) == prof.MAX_PROBLEMS_SHOWN + 1
+    assert lines[-1] == f"… and {50 - prof.MAX_PROBLEMS_SHOWN} more problems"
+
+
+def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles."prod\\n"]\nendpoint = "db"\n')
+    message = one_problem(path)
+    assert message.startswith(f'{path}: profiles."prod\\x0a": bad profile name')
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="bad profile name"):
+        prof.save_profile(path, "prod\n", {"endpoint": "db"})
+    assert path.read_bytes() == before
+    assert not prof.valid_name("prod\n")
+    assert prof.valid_name("prod-2.x_y")
+
+
+def test_keys_and_names_are_shown_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles."\\u001b[31m"]\n"a\\u001b]0;x\\u0007" = 1\n')
+    with pytest.raises(prof.ConfigProblems) as info:
+        prof.load(path)
+    text = str(info.value)
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert 'profiles."\\x1b[31m": bad profile name' in text
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.a]\ndescription = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in one_problem(path)
+    path = write(tmp_path, "[profiles.a]\ndescription = " + "{a = " * 3000 + "1" + "}" * 3000)
+    assert "nested too deeply" in one_problem(path)
+
+
+def test_an_integer_of_thousands_of_digits_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[profiles.a]\nkeepalive = " + "9" * 5000 + "\n")
+    assert f"{path}: invalid TOML" in one_problem(path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"profiles": [1, 2]},
+        {"defaults": "x"},
+        {"profiles": {"a": "x"}},
+        {"profiles": {"a": {"description": "\ud800"}}},  # not from TOML; from a caller
+        {"profiles": {"a": {"identity_file": "\udcff"}}},
+        {"profiles": {"a": {"keepalive": float("nan")}}},
+        {"profiles": {"a": {"database": [[[[[]]]]]}}},
+        {"profiles": {"\ud800": {}}},
+        {"x" * 10_000: 1},
+    ],
+)
+def test_odd_documents_raise_config_errors(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        prof.parse_profiles(data, Path("f.toml"))
+    str(info.value).encode("utf-8")  # printable: no lone surrogate reaches the terminal
+
+
+# ------------------------------------------------------------------ the paths themselves
+
+
+def test_config_path_refuses_bad_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"--config.*'~nosuchuser-tm/p.toml'.*no user"):
+        prof.config_path("~nosuchuser-tm/p.toml")
+    with pytest.raises(ConfigError, match="NUL"):
+        prof.config_path("a\0b")
+    with pytest.raises(ConfigError, match="a name of 300 bytes"):
+        prof.config_path("/tmp/" + LONG_NAME)
+    monkeypatch.setenv("TUNNELMAN_CONFIG", "~nosuchuser-tm/x")
+    with pytest.raises(ConfigError, match=r"\$TUNNELMAN_CONFIG"):
+        prof.config_path(None)
+
+
+def test_load_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        prof.load(tmp_path)
+    with pytest.raises(ConfigError, match="a part of the path is a file"):
+        prof.load(write(tmp_path, "") / "x")
+    if os.name == "posix":
+        with pytest.raises(ConfigError, match="is a character device"):
+            prof.load("/dev/null")
+
+
+def test_a_huge_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    with path.open("wb") as fh:
+        fh.truncate(prof.MAX_FILE_BYTES + 1)
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        prof.load(path)
+
+
+def test_printable_escapes_what_a_terminal_would_obey() -> None:
+    assert prof.printable("plain — ünï 🗺 text") == "plain — ünï 🗺 text"
+    assert prof.printable("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert prof.printable("a\nb\tc\rd\x00\x7f\x9b") == "a\\x0ab\\x09c\\x0dd\\x00\\x7f\\x9b"
+    assert prof.printable("abc\u202edef") == "abc\\u202edef"  # bidi override
+    assert prof.printable("x\ud800") == "x\\ud800"
+
+
+# ------------------------------------------------------------------ bad input through the real CLI
+
+
+def assert_error_lines(result: subprocess.CompletedProcess[str], code: int, count: int = 1) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip("\n").split("\n")
+    assert len(lines) == count, result.stderr
+    assert all(line.startswith("tunnelman: error: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["ls"], ["check", "a"], ["up", "a"], ["psql", "a"]])
+def test_cli_reports_every_problem_each_on_its_line(tmp_home: Path, command: list[str]) -> None:
+    path = write(
+        tmp_home,
+        '[profiles.a]\nbastion = "u@b"\nendpoint = "db"\nkeepalive = 1000000\n'
+        "connect_timeout = 1000000000000\n",
+    )
+    result = run_cli("--config", str(path), *command)
+    wanted = [
+        f"{path}: profiles.a.keepalive: must be 1-3600 seconds, not 1000000",
+        f"{path}: profiles.a.connect_timeout: must be 1-3600 seconds, not 1000000000000",
+    ]
+    if command[0] == "check":  # the doctor's report: the config step fails, with both lines
+        assert result.returncode == 1
+        assert f"✗ config              {wanted[0]}" in result.stdout
+        assert f"                      {wanted[1]}" in result.stdout
+        return
+    assert_error_lines(result, 2, count=2)
+    assert result.stderr.splitlines() == [f"tunnelman: error: {w}" for w in wanted]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_cli_a_fifo_as_config_is_refused_at_once(tmp_home: Path) -> None:
+    fifo = tmp_home / "profiles.fifo"
+    os.mkfifo(fifo)
+    for command in (["ls"], ["up", "a"]):
+        result = run_cli("--config", str(fifo), *command)  # run_cli's timeout: a hang fails
+        assert_error_lines(result, 2)
+        assert f"{fifo}: is a named pipe (FIFO), not a profile file" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_cli_a_fifo_as_log_is_refused_at_once(tmp_home: Path) -> None:
+    fifo = tmp_home / "log.fifo"
+    os.mkfifo(fifo)
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = run_cli("--config", str(path), "ls", env={"TUNNELMAN_LOG": str(fifo)})
+    assert_error_lines(result, 2)
+    assert "$TUNNELMAN_LOG" in result.stderr
+
+
+def test_cli_tilde_of_nobody_is_one_line(tmp_home: Path) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = run_cli("--config", "~nosuchuser-tm/profiles.toml", "ls")
+    assert_error_lines(result, 2)
+    assert "'~nosuchuser-tm/profiles.toml': starts with '~nosuchuser-tm'" in result.stderr
+    result = run_cli("ls", env={"TUNNELMAN_CONFIG": "~nosuchuser-tm/p.toml"})
+    assert_error_lines(result, 2)
+    result = run_cli(
+        "--config", str(path), "ls", env={"TUNNELMAN_LOG": "~nosuchuser-tm/tunnelman.log"}
+    )
+    assert_error_lines(result, 2)
+    assert "log file ($TUNNELMAN_LOG) '~nosuchuser-tm/tunnelman.log'" in result.stderr
+
+
+def test_cli_a_too_long_config_name_is_one_line(tmp_home: Path) -> None:
+    result = run_cli("--config", str(tmp_home / LONG_NAME), "ls")
+    assert_error_lines(result, 2)
+    assert "the system allows 255" in result.stderr
+
+
+ESCAPES = '"\\u001b[31mRED\\u001b[0m \\u001b]0;pwned\\u0007 [/] [b]x"'
+
+
+def test_cli_ls_and_show_escape_the_description(tmp_home: Path) -> None:
+    path = write(tmp_home, f'[profiles.a]\nendpoint = "db"\ndescription = {ESCAPES}\n')
+    for command in (["ls"], ["profile", "show", "a"]):
+        result = run_cli("--config", str(path), *command)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "\x07" not in result.stdout
+        assert "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned\\x07 [/] [b]x" in result.stdout
+    listed = run_cli("--config", str(path), "ls", "--json")
+    import json
+
+    assert json.loads(listed.stdout)[0]["description"].startswith("\x1b[31mRED")  # data, as it is
+
+
+def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n[profiles.b]\nendpoint = "e"\n')
+    before = path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "tunnelman", "--config", str(path), "profile", "rm", "a"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_error_lines(result, 1)
+    assert "no terminal to confirm on" in result.stderr
+    assert "--yes" in result.stderr
+    assert path.read_bytes() == before
+    done = run_cli("--config", str(path), "profile", "rm", "a", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert list(prof.load(path).profiles) == ["b"]
+
+
+@pytest.mark.parametrize("command", [[], ["tui"]])
+def test_cli_tui_without_a_terminal_refuses(tmp_home: Path, command: list[str]) -> None:
+    path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tunnelman", "--config", str(path), *command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,  # it used to run until killed
+        check=False,
+    )
+    assert_error_lines(result, 1)
+    assert "the terminal UI needs a terminal (stdin and stdout are not one here)" in result.stderr
+
+
+# ------------------------------------------------------------------ the TUI shows text escaped
+
+
+def test_tui_shows_the_description_escaped(tmp_home: Path) -> None:
+    import asyncio
+
+    from rich.text import Text
+
+    from tunnelman.tui.app import make_app
+    from tunnelman.tui.format import profile_text
+    from tunnelman.tui.hosts import InProcessHost
+
+    path = write(tmp_home, f'[profiles.a]\nendpoint = "db"\ndescription = {ESCAPES}\n')
+    app = make_app(path, host=InProcessHost())
+    shown: list[str] = []
+
+    async def main() -> None:
+        async with app.run_test(headless=True, size=(120, 30)) as pilot:
+            await pilot.pause()
+            assert app.main is not None
+            cell = app.main.table.get_cell("a", "description")
+            assert isinstance(cell, Text)  # not a str: a str cell is parsed as markup
+            shown.append(cell.plain)
+            shown.append(app.export_screenshot())
+
+    asyncio.run(main())
+    assert shown[0] == "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned…"  # escaped, then cut to 32
+    assert "\x1b" not in shown[1]
+    detail = profile_text(prof.load(path).get("a")).plain
+    assert "\x1b" not in detail
+    assert "\\x1b[31mRED\\x1b[0m \\x1b]0;pwned\\x07 [/] [b]x" in detail

@@ -248,7 +248,9 @@ class Doctor:
             self.close()
 
     def _failed(self, label: str, exc: StepFailed, skipped: list[str]) -> None:
-        out(f"✗ {label.ljust(_WIDTH)}{exc.detail}")
+        # Several problems in the profile file come as several lines: keep them under the first.
+        detail = f"\n  {''.ljust(_WIDTH)}".join(prof.printable(x) for x in exc.detail.split("\n"))
+        out(f"✗ {label.ljust(_WIDTH)}{detail}")
         if exc.fix:
             out(f"  {''.ljust(_WIDTH)}fix: {exc.fix}")
         for name in skipped:

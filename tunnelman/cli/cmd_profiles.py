@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import json_out, out, table
 from tunnelman.core import profiles as prof
-from tunnelman.core.errors import ConfigError
+from tunnelman.core.errors import ConfigError, TunnelmanError
 
 
 @click.command("ls")
@@ -20,20 +22,24 @@ def ls_cmd(ctx: click.Context, as_json: bool) -> None:
         json_out([p.to_public_dict() for p in sets])
         return
     if not sets.exists:
-        out(f"No profile file yet ({sets.path}).")
+        out(f"No profile file yet ({prof.printable(str(sets.path))}).")
         out("Add one: tunnelman profile add NAME --endpoint HOST --bastion USER@HOST")
         return
     if not len(sets):
-        out(f"No profiles in {sets.path}.")
+        out(f"No profiles in {prof.printable(str(sets.path))}.")
         return
+    # Every cell through printable: an escape sequence in a description must not reach the terminal.
     rows = [
-        (
-            p.name,
-            str(p.bastion or "-"),
-            str(p.endpoint or (f"cluster {p.cluster}" if p.cluster else "-")),
-            f"{p.user}@{p.database}",
-            p.local_port or "auto",
-            p.description,
+        tuple(
+            prof.printable(str(cell))
+            for cell in (
+                p.name,
+                p.bastion or "-",
+                p.endpoint or (f"cluster {p.cluster}" if p.cluster else "-"),
+                f"{p.user}@{p.database}",
+                p.local_port or "auto",
+                p.description,
+            )
         )
         for p in sets
     ]
@@ -152,7 +158,15 @@ def profile_show(ctx: click.Context, name: str, as_json: bool) -> None:
         return
     width = max(len(k) for k in data)
     for key, value in data.items():
-        out(f"{key.ljust(width)}  {'-' if value in (None, '') else value}")
+        out(f"{key.ljust(width)}  {'-' if value in (None, '') else prof.printable(str(value))}")
+
+
+def _stdin_is_terminal() -> bool:
+    # Not cli.prompts.interactive: that module pulls in paramiko, which `rm` has no use for.
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @profile_group.command("rm")
@@ -163,7 +177,14 @@ def profile_rm(ctx: click.Context, name: str, yes: bool) -> None:
     """Remove profile NAME from the file (the rest of the file is kept as it is)."""
     path = prof.config_path(get_ctx(ctx).config)
     prof.load(path, missing_ok=False).get(name)
-    if not yes and not click.confirm(f"Remove profile '{name}' from {path}?", default=False):
-        raise click.Abort()
+    if not yes:
+        if not _stdin_is_terminal():
+            # click.confirm would read EOF and say only "aborted".
+            raise TunnelmanError(
+                f"not removing profile '{name}': no terminal to confirm on",
+                hint=f"pass --yes to remove it without asking: tunnelman profile rm {name} --yes",
+            )
+        if not click.confirm(f"Remove profile '{name}' from {path}?", default=False):
+            raise click.Abort()
     prof.delete_profile(path, name)
     out(f"Removed profile '{name}' from {path}")

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="tunnelman", standalone_mode=False)
     except TunnelmanError as exc:
-        error_line(str(exc))
+        _error_lines(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         error_line("aborted")
@@ -163,6 +163,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     # With standalone_mode=False click returns `ctx.exit(n)` codes instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_lines(exc: TunnelmanError) -> None:
+    """The error's line(s), each safe for the terminal; one `tunnelman: error:` per problem."""
+    from tunnelman.cli.output import error_line
+    from tunnelman.core.profiles import ConfigProblems, printable
+
+    if isinstance(exc, ConfigProblems):
+        for line in exc.lines:
+            error_line(printable(line))
+        return
+    # A message may span lines on purpose (a changed host key shows both fingerprints): keep them.
+    error_line("\n".join(printable(line) for line in str(exc).split("\n")))
 
 
 def get_ctx(ctx: click.Context) -> Context:

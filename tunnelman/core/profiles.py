@@ -1,17 +1,26 @@
 """Profiles: the TOML file format, where the file lives, strict loading and comment-preserving saves.
 
 Called by every command and by the TUI. Loading uses tomllib and validates every key strictly:
-an unknown key is an error with a did-you-mean, a bad value names the file and the dotted key.
+an unknown key is an error with a did-you-mean, a bad value names the file and the dotted key, and
+every value is range-checked here so that nothing the file says can crash `check`, `up`, a client
+or the agent later. All the problems of a file are reported at once (`ConfigProblems`), as a linter
+does. Paths (in the file, `--config`, `$TUNNELMAN_CONFIG`) are checked by `user_path` before any
+file is touched; the profile file itself is opened without blocking and only read when it is a
+regular file, so a FIFO given as `--config` is refused instead of hanging. `printable` is how any
+text from the file is shown on a terminal (`ls`, the TUI, error lines).
 Saving goes through tomlkit so the user's comments and layout survive, and is atomic (a temporary
 file in the same directory, fsync, rename), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+import stat
 import tomllib
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,7 +36,165 @@ Engine = Literal["sshtunnel", "openssh"]
 ENV_CONFIG = "TUNNELMAN_CONFIG"
 DEFAULT_DB_PORT = 5432
 DEFAULT_SSH_PORT = 22
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# fullmatch only: `$` would also accept a name ending in a newline, which then breaks the
+# `[name]` line of pg_service.conf.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NAME_HINT = "use letters, digits, '-', '_' or '.', starting with a letter or digit, at most 63"
+
+CONNECT_TIMEOUT_RANGE = (1, 3600)
+"""Seconds; past an hour the socket timeout is a hang in all but name (and 10**12 overflows)."""
+KEEPALIVE_RANGE = (1, 3600)
+"""Seconds between keepalives; the dead-link probe and TCP_USER_TIMEOUT are derived from it."""
+MAX_TEXT = 4096
+"""Characters in any string value: far below what argv, libpq or AWS take, far above real use."""
+MAX_HOST = 253
+"""Characters in a DNS name (each dot-separated label at most 63)."""
+MAX_NAME_BYTES = 255
+"""Bytes in one component of a path (NAME_MAX on Linux and macOS, 255 UTF-16 units on NTFS)."""
+MAX_PATH_BYTES = 4095
+"""Bytes in a whole path (PATH_MAX less its NUL on Linux)."""
+MAX_FILE_BYTES = 16 << 20
+"""A profile file is a few KiB; refusing more keeps a wrong `--config` from filling memory."""
+MAX_PROBLEMS_SHOWN = 20
+
+_REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's own rule
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Bidirectional overrides and isolates: they reorder what a terminal shows ("Trojan Source").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+# ----------------------------------------------------------------------------- text and paths
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _unsafe(char: str) -> bool:
+    return char in _BIDI or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (ESC, NUL, CR, newline, tab, DEL, C1),
+    bidirectional overrides, line separators and lone surrogates shown as `\\x1b`-style escapes.
+
+    Everything else (accents, CJK, emoji) is kept. Used for every text from the profile file that
+    reaches a terminal: `ls`, `profile show`, the TUI, error lines.
+    """
+    if text.isprintable():  # the common case: no scan per character
+        return text
+    return "".join(_escape_char(c) if _unsafe(c) else c for c in text)
+
+
+def valid_name(name: object) -> bool:
+    """Whether `name` may name a profile (a `[profiles.NAME]` table, a pg_service section)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
+def _show_key(key: object) -> str:
+    """A key as TOML would spell it: bare when it can be, else quoted with escapes."""
+    text = key if isinstance(key, str) else str(key)
+    if _BARE_KEY_RE.fullmatch(text):
+        return text
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: short, one line, never a container's (deep) repr."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        # Past ~4300 digits str(int) raises ValueError; long before that it is unreadable.
+        return (
+            str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+        )
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        shown = printable(value[:limit]) + ("…" if len(value) > limit else "")
+        return f"'{shown}'"
+    return _tname(value)
+
+
+def _text_problem(text: str, *, controls: bool = False) -> str | None:
+    """Why a string cannot be used, or None. `controls`: allow control characters (descriptions)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate ({_escape_char(text[exc.start])}), which is not text"
+    if len(text) > MAX_TEXT:
+        return f"is {len(text)} characters long; at most {MAX_TEXT} are allowed"
+    if "\0" in text:
+        return "holds a NUL character (\\x00); remove it"
+    if not controls:
+        for char in text:
+            if unicodedata.category(char) == "Cc":
+                return f"holds a control character ({_escape_char(char)}); remove it"
+    return None
+
+
+def _fs_encodable(text: str) -> bool:
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
+
+
+def _path_problem(text: str, *, from_os: bool = False) -> tuple[Path | None, str | None]:
+    """(the `~`-expanded path, None) or (None, why it cannot be a path here).
+
+    `from_os`: the text came from argv or the environment, where a file name that is not UTF-8
+    arrives as surrogate escapes and a newline is merely odd; only NUL is impossible there.
+    """
+    if from_os:
+        problem = None
+        if "\0" in text:
+            problem = "holds a NUL character (\\x00); remove it"
+        elif not _fs_encodable(text):
+            problem = "holds characters that cannot be in a file name here"
+    else:
+        problem = _text_problem(text)
+    if problem:
+        return None, problem
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:
+        user = text[1:].split("/", 1)[0].split("\\", 1)[0]
+        if user:
+            return (
+                None,
+                f"starts with '~{printable(user)}', but there is no user '{printable(user)}'",
+            )
+        return None, "starts with '~', but the home directory is unknown (set HOME)"
+    encoded = os.fsencode(path)
+    for part in encoded.replace(b"\\", b"/").split(b"/"):
+        if len(part) > MAX_NAME_BYTES:
+            name = _show(os.fsdecode(part), 24)
+            return None, (
+                f"has a name of {len(part)} bytes ({name}); the system allows {MAX_NAME_BYTES}"
+            )
+    if len(encoded) > MAX_PATH_BYTES:
+        return None, f"is {len(encoded)} bytes long; the system allows {MAX_PATH_BYTES}"
+    return path, None
+
+
+def user_path(text: str | os.PathLike[str], what: str) -> Path:
+    """A path a person gave (`--config`, an environment variable), `~`-expanded and checked.
+
+    Raises ConfigError naming `what` for a NUL byte, `~nosuchuser`, a name longer than the system
+    allows, so that the problem is one line here instead of a traceback wherever the path is opened.
+    """
+    raw = os.fspath(text)
+    path, problem = _path_problem(raw, from_os=True)
+    if path is None:
+        raise ConfigError(f"{what} {_show(raw, 80)}: {problem}")
+    return path
 
 
 def default_config_path() -> Path:
@@ -40,10 +207,10 @@ def default_config_path() -> Path:
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The profile file: `--config`, else `$TUNNELMAN_CONFIG`, else the platform default."""
     if explicit:
-        return Path(explicit).expanduser()
+        return user_path(explicit, "profile file (--config or $TUNNELMAN_CONFIG)")
     env = os.environ.get(ENV_CONFIG)
     if env:
-        return Path(env).expanduser()
+        return user_path(env, f"profile file (${ENV_CONFIG})")
     return default_config_path()
 
 
@@ -140,6 +307,19 @@ _Converter = Callable[[Any, str], Any]
 def _expect_str(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise _bad(key, f"must be a string, not {_tname(value)}")
+    problem = _text_problem(value)
+    if problem:
+        raise _bad(key, problem)
+    return value
+
+
+def _description(value: Any, key: str) -> str:
+    """Any one-line-ish text: control characters are kept here and escaped where shown."""
+    if not isinstance(value, str):
+        raise _bad(key, f"must be a string, not {_tname(value)}")
+    problem = _text_problem(value, controls=True)
+    if problem:
+        raise _bad(key, problem)
     return value
 
 
@@ -150,27 +330,52 @@ def _nonempty_str(value: Any, key: str) -> str:
     return text
 
 
+def _word(value: Any, key: str) -> str:
+    """An identifier (cluster id, instance id, AWS profile, secret): no spaces inside."""
+    text = _nonempty_str(value, key)
+    if any(c.isspace() for c in text):
+        raise _bad(key, f"must not hold spaces, not {_show(text)}")
+    return text
+
+
+def _region(value: Any, key: str) -> str:
+    text = _nonempty_str(value, key)
+    if not _REGION_RE.fullmatch(text):
+        raise _bad(key, f"must be an AWS region name such as 'us-east-2', not {_show(text)}")
+    return text
+
+
 def _path(value: Any, key: str) -> Path:
-    return Path(_nonempty_str(value, key)).expanduser()
+    path, problem = _path_problem(_nonempty_str(value, key))
+    if path is None:
+        raise _bad(key, str(problem))
+    return path
 
 
 def _port(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(key, f"must be a port number (an integer 1-65535), not {_tname(value)}")
     if not 1 <= value <= 65535:
-        raise _bad(key, f"must be a port number 1-65535, not {value}")
+        raise _bad(key, f"must be a port number 1-65535, not {_show(value)}")
     return value
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _bad(key, f"must be a positive integer (seconds), not {value!r}")
-    return value
+def _seconds(bounds: tuple[int, int]) -> _Converter:
+    low, high = bounds
+
+    def convert(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(key, f"must be a whole number of seconds {low}-{high}, not {_show(value)}")
+        if not low <= value <= high:
+            raise _bad(key, f"must be {low}-{high} seconds, not {_show(value)}")
+        return value
+
+    return convert
 
 
 def _bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise _bad(key, f"must be true or false, not {value!r}")
+        raise _bad(key, f"must be true or false, not {_show(value)}")
     return value
 
 
@@ -178,14 +383,34 @@ def _choice(options: Iterable[str]) -> _Converter:
     allowed = tuple(options)
 
     def convert(value: Any, key: str) -> str:
-        text = _expect_str(value, key)
-        if text not in allowed:
-            guess = difflib.get_close_matches(text, allowed, n=1)
-            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-            raise _bad(key, f"must be one of {', '.join(allowed)}, not '{text}'{hint}")
-        return text
+        if not isinstance(value, str):
+            raise _bad(key, f"must be one of {', '.join(allowed)}, not {_tname(value)}")
+        if value not in allowed:
+            guess = did_you_mean(value, allowed)
+            raise _bad(key, f"must be one of {', '.join(allowed)}, not {_show(value)}{guess}")
+        return value
 
     return convert
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` cannot be resolved, or None. What getaddrinfo would choke on, found now."""
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        return f"has a bad host name {_show(host)}"
+    problem = _text_problem(host)
+    if problem:
+        return f"has a host name that {problem}"
+    if ":" in host:  # an IPv6 literal (maybe with a %zone): no DNS labels to check
+        return None
+    if len(host) > MAX_HOST:
+        return f"has a host name of {len(host)} characters; DNS allows {MAX_HOST}"
+    try:
+        host.encode("idna")  # what the socket module does: it fails on empty or long labels
+    except UnicodeError:
+        return (
+            f"has a bad host name {_show(host)} (each dot-separated part must be 1-63 characters)"
+        )
+    return None
 
 
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -205,11 +430,15 @@ def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
         host, port_text = text.split(":")
     else:
         host, port_text = text, ""
-    if not host or any(c.isspace() for c in host) or "/" in host:
-        raise ValueError(f"has a bad host name '{host}'")
+    problem = _host_problem(host)
+    if problem:
+        raise ValueError(problem)
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"has a bad port '{port_text}' (use 1-65535)")
+        # isascii: str.isdigit() is also true for '²', which int() refuses; the length bound
+        # keeps int() away from huge digit strings.
+        ok = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+        if not ok or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"has a bad port {_show(port_text, 12)} (use 1-65535)")
         return host, int(port_text)
     return host, default_port
 
@@ -221,6 +450,8 @@ def parse_bastion(text: str) -> Bastion:
         user, _, text = text.rpartition("@")
         if not user:
             raise ValueError("has an empty user before '@'")
+        if any(c.isspace() for c in user):
+            raise ValueError(f"has a bad user name {_show(user)} (no spaces)")
     host, port = parse_host_port(text, DEFAULT_SSH_PORT)
     return Bastion(host=host, user=user, port=port)
 
@@ -246,7 +477,7 @@ def _endpoint(value: Any, key: str) -> Endpoint:
 
 
 SCHEMA: dict[str, _Converter] = {
-    "description": _expect_str,
+    "description": _description,
     "bastion": _bastion,
     "identity_file": _path,
     "known_hosts": _path,
@@ -255,17 +486,17 @@ SCHEMA: dict[str, _Converter] = {
     "user": _nonempty_str,
     "local_port": _port,
     "password": _choice(get_args(PasswordSource)),
-    "secret": _nonempty_str,
+    "secret": _word,
     "sslmode": _choice(get_args(SSLMode)),
     "sslrootcert": _path,
-    "cluster": _nonempty_str,
-    "region": _nonempty_str,
+    "cluster": _word,
+    "region": _region,
     "aws_profile": _nonempty_str,
     "engine": _choice(get_args(Engine)),
-    "bastion_instance_id": _nonempty_str,
+    "bastion_instance_id": _word,
     "instance_connect": _bool,
-    "connect_timeout": _positive_int,
-    "keepalive": _positive_int,
+    "connect_timeout": _seconds(CONNECT_TIMEOUT_RANGE),
+    "keepalive": _seconds(KEEPALIVE_RANGE),
 }
 """Every key a profile (or `[defaults]`) may hold, with its converter."""
 
@@ -285,6 +516,8 @@ def _bad(key: str, reason: str) -> _BadValue:
 
 
 def _tname(value: Any) -> str:
+    import datetime
+
     return {
         str: "a string",
         int: "an integer",
@@ -292,16 +525,44 @@ def _tname(value: Any) -> str:
         bool: "a boolean",
         list: "a list",
         dict: "a table",
+        datetime.datetime: "a date-time",
+        datetime.date: "a date",
+        datetime.time: "a time of day",
     }.get(type(value), type(value).__name__)
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' (did you mean 'x'?)' or ''."""
+    if not isinstance(word, str) or len(word) > 200:  # difflib is quadratic: no guess for junk
+        return ""
     guess = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{guess[0]}'?)" if guess else ""
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+class ConfigProblems(ConfigError):
+    """Several problems in one profile file, each a ConfigError of its own (`problems`).
+
+    `str()` is one line per problem, each `FILE: DOTTED.KEY: reason`, so the CLI prints them as a
+    linter would. A file with one problem raises that plain ConfigError instead.
+    """
+
+    def __init__(self, problems: Iterable[ConfigError]) -> None:
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+        lines = [str(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"… and {len(self.problems) - MAX_PROBLEMS_SHOWN} more problems")
+        self.lines: tuple[str, ...] = tuple(lines)
+        super().__init__("\n".join(lines))
+
+
+def _raise_problems(problems: list[ConfigError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems(problems)
 
 
 @dataclass(frozen=True)
@@ -319,7 +580,8 @@ class ProfileSet:
         except KeyError:
             known = ", ".join(self.profiles) or "none"
             raise ProfileNotFound(
-                f"no profile named '{name}' in {self.path}{did_you_mean(name, self.profiles)}",
+                f"no profile named {_show(name, 80)} in {printable(str(self.path))}"
+                f"{did_you_mean(name, self.profiles)}",
                 hint=f"profiles: {known}",
             ) from None
 
@@ -330,105 +592,199 @@ class ProfileSet:
         return len(self.profiles)
 
 
-def _convert_table(
-    table: Mapping[str, Any], where: str, path: Path, *, allow_empty_name: bool = True
-) -> dict[str, Any]:
+_Report = Callable[[str, str, str | None], None]
+
+
+def _convert_table(table: Mapping[str, Any], where: str, report: _Report) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = f"{where}.{key}"
+        dotted = f"{where}.{_show_key(key)}"
         converter = SCHEMA.get(key)
         if converter is None:
             guess = did_you_mean(key, SCHEMA)
-            raise ConfigError(
-                f"{path}: {dotted}: unknown key{guess}",
-                hint=None if guess else f"known keys: {', '.join(SCHEMA)}",
+            report(
+                dotted,
+                f"unknown key{guess}",
+                None if guess else f"known keys: {', '.join(SCHEMA)}",
             )
+            continue
         try:
             out[key] = converter(value, dotted)
         except _BadValue as exc:
-            raise ConfigError(f"{path}: {dotted}: {exc.reason}") from None
+            report(dotted, exc.reason, None)
     return out
 
 
 def parse_profiles(data: Mapping[str, Any], path: Path) -> dict[str, Profile]:
-    """Validate a parsed TOML document into profiles. Raises ConfigError naming the dotted key."""
+    """Validate a parsed TOML document into profiles.
+
+    Raises ConfigError naming the file and the dotted key; with several problems, ConfigProblems
+    holding all of them (in file order).
+    """
+    shown = printable(str(path))
+    problems: list[ConfigError] = []
+
+    def report(dotted: str, reason: str, hint: str | None = None) -> None:
+        problems.append(ConfigError(f"{shown}: {dotted}: {reason}", hint=hint))
+
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(
-                f"{path}: {key}: unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}",
-                hint="profiles go in [profiles.NAME] tables, shared settings in [defaults]",
+            report(
+                _show_key(key),
+                f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}",
+                "profiles go in [profiles.NAME] tables, shared settings in [defaults]",
             )
+    defaults: dict[str, Any] = {}
     defaults_raw = data.get("defaults", {})
-    if not isinstance(defaults_raw, dict):
-        raise ConfigError(f"{path}: defaults: must be a table ([defaults])")
-    defaults = _convert_table(defaults_raw, "defaults", path)
+    if isinstance(defaults_raw, dict):
+        defaults = _convert_table(defaults_raw, "defaults", report)
+    else:
+        report("defaults", "must be a table ([defaults])")
     profiles_raw = data.get("profiles", {})
     if not isinstance(profiles_raw, dict):
-        raise ConfigError(f"{path}: profiles: must be a table of [profiles.NAME] tables")
+        report("profiles", "must be a table of [profiles.NAME] tables")
+        profiles_raw = {}
     out: dict[str, Profile] = {}
     for name, table in profiles_raw.items():
-        where = f"profiles.{name}"
-        if not _NAME_RE.match(name):
-            raise ConfigError(
-                f"{path}: {where}: bad profile name '{name}'",
-                hint="use letters, digits, '-', '_' or '.', starting with a letter or digit",
-            )
+        where = f"profiles.{_show_key(name)}"
+        before = len(problems)
+        if not valid_name(name):
+            report(where, f"bad profile name {_show(name, 80)}", NAME_HINT)
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {where}: must be a table ([{where}])")
-        values = {**defaults, **_convert_table(table, where, path)}
+            report(where, f"must be a table ([{where}])")
+            continue
+        own = _convert_table(table, where, report)
+        if len(problems) > before:
+            continue  # a bad value makes the cross-checks below guess wrong: skip them
+        values = {**defaults, **own}
         if values.get("password") == "secretsmanager" and not (
             values.get("secret") or values.get("cluster")
         ):
-            raise ConfigError(
-                f"{path}: {where}.password: 'secretsmanager' needs a secret or a cluster",
-                hint='add secret = "arn:aws:secretsmanager:…" or cluster = "ID"',
+            report(
+                f"{where}.password",
+                "'secretsmanager' needs a secret or a cluster",
+                'add secret = "arn:aws:secretsmanager:…" or cluster = "ID"',
             )
         if values.get("instance_connect") and not values.get("bastion_instance_id"):
-            raise ConfigError(
-                f"{path}: {where}.instance_connect: needs bastion_instance_id",
-                hint='add bastion_instance_id = "i-…"',
+            report(
+                f"{where}.instance_connect",
+                "needs bastion_instance_id",
+                'add bastion_instance_id = "i-…"',
             )
-        out[name] = Profile(name=name, **values)
+        if len(problems) == before:
+            out[name] = Profile(name=name, **values)
+    _raise_problems(problems)
     return out
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def _read_profile_file(path: Path, shown: str) -> bytes:
+    """The file's bytes; FileNotFoundError when it is missing; ConfigError for anything else.
+
+    A FIFO or a device is refused before it is read: `stat` first, then an O_NONBLOCK open (a
+    FIFO with no writer would block a plain open forever) and `fstat` on what was opened.
+    """
+
+    def refuse(mode: int) -> None:
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{shown}: is a directory, not a profile file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"{shown}: is {_file_kind(mode)}, not a profile file",
+                hint="give --config the path of a TOML file",
+            )
+
+    try:
+        refuse(os.stat(path).st_mode)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        with contextlib.suppress(OSError):
+            if path.is_dir():  # Windows: opening a directory is "permission denied"
+                raise ConfigError(f"{shown}: is a directory, not a profile file") from None
+        raise ConfigError(f"{shown}: cannot read the profile file (permission denied)") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{shown}: a part of the path is a file, not a directory") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{shown}: cannot open the profile file ({reason})") from None
+    try:
+        info = os.fstat(fd)
+        refuse(info.st_mode)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{shown}: is larger than {MAX_FILE_BYTES >> 20} MiB; that is not a profile file"
+            )
+        return b"".join(chunks)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{shown}: cannot read the profile file ({reason})") from None
+    finally:
+        os.close(fd)
 
 
 def load(path: str | os.PathLike[str] | None = None, *, missing_ok: bool = True) -> ProfileSet:
     """Load and validate the profile file. A missing file is an empty set (unless missing_ok=False)."""
     resolved = config_path(path)
+    shown = printable(str(resolved))
     try:
-        raw = resolved.read_bytes()
+        raw = _read_profile_file(resolved, shown)
     except FileNotFoundError:
         if missing_ok:
             return ProfileSet(path=resolved, profiles={}, exists=False)
         raise ConfigError(
-            f"{resolved}: no such profile file",
+            f"{shown}: no such profile file",
             hint="create it with `tunnelman profile add` or copy profiles.example.toml",
         ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{resolved}: is a directory, not a profile file") from None
-    except PermissionError:
-        raise ConfigError(f"{resolved}: cannot read the profile file (permission denied)") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{resolved}:{line}: not valid UTF-8 text") from None
+        raise ConfigError(f"{shown}:{line}: not valid UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_error(resolved, exc)) from None
+        raise ConfigError(_toml_error(shown, exc)) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{shown}: invalid TOML: arrays or inline tables nested too deeply",
+            hint="a profile file needs no nesting beyond [profiles.NAME]",
+        ) from None
+    except ValueError as exc:  # an integer of more than 4300 digits: int() refuses to parse it
+        raise ConfigError(f"{shown}: invalid TOML: {printable(str(exc))[:120]}") from None
     return ProfileSet(path=resolved, profiles=parse_profiles(data, resolved))
 
 
-def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
-    message = str(exc)
+def _toml_error(shown: str, exc: tomllib.TOMLDecodeError) -> str:
+    message = printable(str(exc))
     match = re.search(r"\(at line (\d+), column (\d+)\)", message)
     if match:
         reason = message[: match.start()].strip()
-        return f"{path}:{match.group(1)}: invalid TOML: {reason} (column {match.group(2)})"
+        return f"{shown}:{match.group(1)}: invalid TOML: {reason} (column {match.group(2)})"
     lineno = getattr(exc, "lineno", None)
     where = f":{lineno}" if lineno else ""
-    return f"{path}{where}: invalid TOML: {message}"
+    return f"{shown}{where}: invalid TOML: {message}"
 
 
 # ----------------------------------------------------------------------------- saving
@@ -467,11 +823,8 @@ def save_profile(
     """
     import tomlkit  # deferred: only writes need it
 
-    if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"bad profile name '{name}'",
-            hint="use letters, digits, '-', '_' or '.', starting with a letter or digit",
-        )
+    if not valid_name(name):
+        raise ConfigError(f"bad profile name {_show(name, 80)}", hint=NAME_HINT)
     text = path.read_text("utf-8") if path.exists() else ""
     try:
         doc = tomlkit.parse(text)

@@ -670,7 +670,8 @@ class TunnelmanApp(App[None]):
         self.load_profiles()
         self._refresh()
         if self.load_error:
-            self.notify(self.load_error, severity="error")
+            # markup=False: the message quotes the file ("[defaults]", a stray "[/]" in a value).
+            self.notify(self.load_error, severity="error", markup=False)
         else:
             self.notify(f"Reloaded {len(self.profiles)} profiles.")
 

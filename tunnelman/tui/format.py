@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
+from tunnelman.core.profiles import printable
+
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
     from tunnelman.tui.hosts import TunnelView
@@ -65,7 +67,7 @@ def profile_text(profile: Profile) -> Text:
     text = Text()
     text.append(profile.name, style="bold underline")
     if profile.description:
-        text.append(f" — {profile.description}", style="italic")
+        text.append(f" — {printable(profile.description)}", style="italic")
     text.append("\n")
     _row(text, "bastion", str(profile.bastion) if profile.bastion else "— (none)")
     if profile.identity_file:

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from tunnelman.core.profiles import Profile
+from tunnelman.core.profiles import Profile, printable
 from tunnelman.tui.format import badge
 
 COLUMNS = (
@@ -52,10 +52,12 @@ class ProfileTable(DataTable[str | Text]):
     def _cells(self, profile: Profile, state: str, port: int | None) -> tuple[str | Text, ...]:
         shown = port if port else profile.local_port
         port_text = Text(str(shown) if shown else "—", style="bold" if port else "dim")
-        description = profile.description
+        # Escaped, and a Text rather than a str: a str cell is parsed as markup ("[/]" would raise)
+        # and an escape sequence in the file must not reach the terminal.
+        description = printable(profile.description)
         if len(description) > 32:
             description = description[:31] + "…"
-        return (profile.name, badge(state), port_text, description)
+        return (profile.name, badge(state), port_text, Text(description, end=""))
 
     def update_state(self, profile: Profile, state: str, port: int | None) -> None:
         """Redraw one row's badge and port."""
