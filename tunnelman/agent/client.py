@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tunnelman.agent import protocol
 from tunnelman.agent.paths import AgentPaths, log_path, paths, use_tcp
 from tunnelman.core.errors import AgentError
+from tunnelman.core.platform import net
 
 if TYPE_CHECKING:
     import subprocess
@@ -132,7 +133,7 @@ class AgentClient:
         else:
             if not files.socket.exists():
                 return None
-            family = socket.AF_UNIX
+            family = net.unix_family()
             address = str(files.socket)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(self._connect_timeout)
@@ -439,15 +440,10 @@ class AgentClient:
         # The agent runs the same tunnelman as this process, installed or not.
         root = str(Path(tunnelman.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        kwargs: dict[str, Any] = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = (
-                subprocess.DETACHED_PROCESS
-                | subprocess.CREATE_NEW_PROCESS_GROUP
-                | subprocess.CREATE_NO_WINDOW
-            )
-        else:
-            kwargs["start_new_session"] = True  # no controlling terminal: closing it is harmless
+        from tunnelman.core.platform import process
+
+        # Its own session (POSIX) or a detached, windowless process (Windows).
+        kwargs: dict[str, Any] = process.detached_kwargs()
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunnelman.agent", "--detached"],
             stdin=subprocess.DEVNULL,

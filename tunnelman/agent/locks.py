@@ -1,52 +1,25 @@
 """Advisory file locks: one agent per user, one start at a time.
 
 `flock` on POSIX (released by the kernel when the holder dies, `kill -9` included, so a crashed
-agent never leaves a lock behind), `msvcrt.locking` on Windows. Used by `server` (the agent's
+agent never leaves a lock behind), `msvcrt.locking` on Windows (tunnelman.core.platform.process). Used by `server` (the agent's
 life-long lock) and `client` (the start lock, and probing whether an agent is alive).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tunnelman.core.platform import process
+
 _POLL = 0.05
 
 
-def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _unlock(fd: int) -> None:
-    if sys.platform == "win32":
-        import msvcrt
-
-        with contextlib.suppress(OSError):
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_UN)
+_try_lock = process.try_lock
+_unlock = process.unlock
 
 
 class FileLock:

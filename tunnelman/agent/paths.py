@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import stat
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelman.core.errors import AgentError
+from tunnelman.core.platform import keys
 
 ENV_DIR = "TUNNELMAN_AGENT_DIR"
 ENV_TRANSPORT = "TUNNELMAN_AGENT_TRANSPORT"  # "unix" | "tcp": force one (tests use tcp)
@@ -134,8 +134,8 @@ def ensure_private_dir(directory: Path) -> None:
             f"the agent's directory {directory} is not a directory (a symlink?)",
             hint=f"remove it, or set {ENV_DIR} to a private directory you own",
         )
-    if sys.platform == "win32":
-        return
+    if not keys.POSIX_MODES:
+        return  # a directory under the user's profile: its ACL keeps others out
     if info.st_uid != _uid():
         raise AgentError(
             f"the agent's directory {directory} belongs to another user (uid {info.st_uid}): "

@@ -46,6 +46,7 @@ from tunnelman.agent.locks import FileLock, read_pid
 from tunnelman.agent.paths import AgentPaths, ensure_private_dir, log_path, paths, use_tcp
 from tunnelman.core.errors import AgentError, SSHKeyError, TunnelError, TunnelmanError
 from tunnelman.core.logs import get_logger, setup_file_logging
+from tunnelman.core.platform import net
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -188,7 +189,7 @@ class Agent:
         # We hold the life lock: whatever is there was left by an agent that is gone.
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(net.unix_family(), socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is born 0600: no window where others may connect
         try:
             sock.bind(str(path))
@@ -321,18 +322,14 @@ class Agent:
             _log.exception("cannot recreate the agent's files")
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
-        """Defence in depth behind the 0600 socket: the peer must be our own user (Linux)."""
-        if self.tcp or not hasattr(socket, "SO_PEERCRED"):
+        """Defence in depth behind the 0600 socket: the peer must be our own user (Linux, macOS)."""
+        if self.tcp:
             return True
-        import struct
-
-        try:
-            raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        except OSError:
+        peer = net.peer_credentials(conn)
+        if peer is None:
             return True
-        pid, uid, _gid = struct.unpack("3i", raw)
-        if uid != os.getuid():
-            _log.warning("refused a connection from pid %d of uid %d", pid, uid)
+        if peer.uid != net.my_uid():
+            _log.warning("refused a connection from pid %s of uid %d", peer.pid, peer.uid)
             return False
         return True
 

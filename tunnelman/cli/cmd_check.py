@@ -98,6 +98,8 @@ class Doctor:
     def key_step(self) -> str:
         from tunnelman.core import ssh
         from tunnelman.core.known_hosts import fingerprint
+        from tunnelman.core.platform import agents
+        from tunnelman.core.platform import keys as platform_keys
 
         profile = self._profile()
         identity = ssh.load_identity(profile, passphrase_prompt())
@@ -105,11 +107,12 @@ class Doctor:
         if identity.source == "file" and identity.key is not None:
             key = identity.key
             assert identity.path is not None
-            mode = identity.path.stat().st_mode & 0o777
-            return f"{identity.path} ({key.get_name()} {fingerprint(key)}, mode {mode:04o})"
+            protection = platform_keys.describe_protection(identity.path)
+            return f"{identity.path} ({key.get_name()} {fingerprint(key)}, {protection})"
         if identity.source == "agent":
             with identity.keys() as keys:
-                return f"no identity_file: ssh-agent offers {len(keys)} key(s)"
+                found = agents.find_agent() or "ssh-agent"
+                return f"no identity_file: {found} offers {len(keys)} key(s)"
         return "EC2 Instance Connect: a fresh key is pushed for each connection"
 
     def reach_step(self) -> str:

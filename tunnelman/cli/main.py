@@ -135,8 +135,9 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; one line on stderr and a non-zero exit for any error a person can fix."""
-    from tunnelman.cli.output import error_line
+    from tunnelman.cli.output import ensure_encodable_streams, error_line
 
+    ensure_encodable_streams()
     try:
         code = cli.main(args=argv, prog_name="tunnelman", standalone_mode=False)
     except TunnelmanError as exc:

@@ -7,8 +7,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from tunnelman.core.platform import terminal
+
 Handler = Callable[[int, FrameType | None], None]
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+# SIGINT and SIGTERM; on Windows SIGBREAK too (Ctrl-Break, or the console window closing).
+STOP_SIGNALS: tuple[signal.Signals, ...] = terminal.signals_named(terminal.stop_signals())
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from tunnelman.core.errors import PortBusyError, TunnelError
+from tunnelman.core.platform import net
 
 _LISTEN = "0A"
 
@@ -99,6 +100,13 @@ def bind_error(port: int, exc: OSError, host: str = "127.0.0.1") -> TunnelError:
             f"not allowed to listen on {host}:{port} (permission denied)",
             hint="ports below 1024 need root: use a port such as 5433",
         )
+    if net.port_reserved(exc):
+        return TunnelError(
+            f"not allowed to listen on {host}:{port} (Windows reserves it, or another program "
+            "holds it exclusively)",
+            hint="use another port (--port or local_port); `netsh interface ipv4 show "
+            "excludedportrange protocol=tcp` lists the reserved ones",
+        )
     return TunnelError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
@@ -109,7 +117,7 @@ def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # The same option the forward server uses, so the answer matches what it will see.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        net.prepare_listener(sock)
         sock.bind((host, port))
     except OSError as exc:
         raise bind_error(port, exc, host) from None

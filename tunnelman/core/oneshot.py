@@ -10,7 +10,8 @@ $XDG_RUNTIME_DIR, a per-user tmpfs, when there is one) holding one 0600 file; `P
 `PGPASSWORD` is removed from the child's environment, and the file and directory are removed when
 the child ends, however it ends: normal exit, crash, Ctrl-C (SIGINT reaches psql from the terminal
 and psql cancels the query; we ignore it and forward it only when the terminal could not have
-delivered it) or SIGTERM/SIGHUP (forwarded to the child, then we clean up). Only a SIGKILL of
+delivered it) or SIGTERM/SIGHUP (forwarded to the child, then we clean up; on Windows the
+console's Ctrl-C, Ctrl-Break and close reach the child by themselves). Only a SIGKILL of
 tunnelman itself can leave the file behind, in a directory nobody else can read.
 """
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from tunnelman.core import clients
 from tunnelman.core.errors import ClientError
+from tunnelman.core.platform import terminal
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
@@ -172,27 +174,13 @@ def temp_passfile(profile: Profile, port: int, login: Login) -> Iterator[Path | 
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _terminal_delivers_sigint() -> bool:
-    """Whether a Ctrl-C reaches the child by itself: we are the terminal's foreground group."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _exit_status(returncode: int) -> int:
     """A shell-style status: 128+N for a child killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
 
 
 class Terminated(ClientError):
-    """tunnelman was told to stop (SIGTERM, SIGHUP) before the child started."""
+    """tunnelman was told to stop (SIGTERM, SIGHUP; SIGBREAK on Windows) before the child started."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} before the command started")
@@ -202,15 +190,19 @@ class Terminated(ClientError):
 class ChildRunner:
     """Signal handling around one child; install it before any secret is written.
 
-    Before the child runs, SIGTERM/SIGHUP raise `Terminated` (so `finally` blocks remove the
-    password file and close the tunnel) and Ctrl-C raises KeyboardInterrupt as usual. While the
-    child runs, SIGINT is ignored here (psql handles it: it cancels the query) and forwarded only
-    when the terminal could not have delivered it; SIGTERM and SIGHUP are forwarded. The handlers
+    Before the child runs, SIGTERM/SIGHUP (Windows: SIGTERM/SIGBREAK) raise `Terminated` (so
+    `finally` blocks remove the password file and close the tunnel) and Ctrl-C raises
+    KeyboardInterrupt as usual. While the child runs, SIGINT is ignored here (psql handles it: it
+    cancels the query) and forwarded only when the terminal could not have delivered it; SIGTERM
+    and SIGHUP are forwarded. On Windows the console delivers Ctrl-C and Ctrl-Break/close to the
+    child itself, so they are only ignored here; SIGTERM terminates the child (see
+    `tunnelman.core.platform.terminal`). The handlers
     are Python functions, not SIG_IGN, so the child starts with the default dispositions.
     Outside the main thread (no signal handlers possible) the child simply runs.
     """
 
-    _CAUGHT = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+    _PLAN = terminal.signal_plan()
+    _CAUGHT = terminal.signals_named(_PLAN.stop)
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
@@ -240,14 +232,20 @@ class ChildRunner:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise Terminated(signum)
-        if proc.poll() is None and not (signum == signal.SIGINT and self._tty_sigint):
+        if proc.poll() is not None:
+            return
+        action = self._PLAN.while_child(signal.Signals(signum).name, tty_delivers=self._tty_sigint)
+        if action == "send":
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
+        elif action == "terminate":
+            with contextlib.suppress(OSError):
+                proc.terminate()
 
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         """Run `argv` in the foreground; its exit status (128+N when killed by signal N)."""
         if self._active:
-            self._tty_sigint = _terminal_delivers_sigint()
+            self._tty_sigint = terminal.interrupt_reaches_child()
             self._previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._on_signal))
         self._spawning = True
         try:

@@ -20,7 +20,9 @@ The same rules as the paramiko engine:
   Linux, else a connect) until a deadline; ssh's exit and its stderr become tunnelman's errors.
 
 ssh runs under a small `sh` watchdog reading a pipe from us: if tunnelman dies, even by SIGKILL, the
-pipe closes and the watchdog ends ssh, so no orphan keeps the port. Unlike the paramiko engine, the
+pipe closes and the watchdog ends ssh, so no orphan keeps the port. On Windows (ssh.exe, found in
+%SystemRoot%\\System32\\OpenSSH too) a kill-on-close Job object does that instead, and ssh gets no
+console window (tunnelman/core/platform/process.py). Unlike the paramiko engine, the
 port is not held while ssh reconnects (ssh binds it itself), and a refused forward shows only when a
 client connects (ssh cannot test it at start): it is logged and shown as the tunnel's error.
 """
@@ -32,7 +34,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -53,6 +54,7 @@ from tunnelman.core.errors import (
     TunnelmanError,
 )
 from tunnelman.core.known_hosts import HostKeyPolicy
+from tunnelman.core.platform import process
 from tunnelman.core.tunnel import BACKOFF_FIRST, BACKOFF_MAX, Tunnel, TunnelState
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ class OpenSSHMissing(ConfigError):
 
 def find_ssh(path: str | None = None) -> str:
     """The ssh client on PATH, or OpenSSHMissing saying how to get one or go without."""
-    found = shutil.which("ssh", path=path)
+    found = shutil.which("ssh", path=process.ssh_search_path(path))
     if found:
         return found
     raise OpenSSHMissing(
@@ -121,7 +123,7 @@ def ssh_argv(ssh: str, profile: Profile, port: int, *, strict: str = "yes") -> l
         "-o", "BatchMode=yes",
         "-o", f"StrictHostKeyChecking={strict}",
         "-o", f"UserKnownHostsFile={profile.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", f"GlobalKnownHostsFile={os.devnull}",
         "-o", "UpdateHostKeys=no",
         "-o", "CheckHostIP=no",
         "-o", f"ServerAliveInterval={profile.keepalive}",
@@ -195,14 +197,18 @@ class _SSHProcess:
         env = dict(os.environ)
         env.pop("SSH_ASKPASS", None)  # BatchMode already forbids asking; belt and braces
         env["SSH_ASKPASS_REQUIRE"] = "never"
+        plan = process.ssh_child_plan()
+        self._watchdog = plan.watchdog
         self.proc = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, "tunnelman-ssh", *argv],
-            stdin=subprocess.PIPE,
+            ["sh", "-c", _WATCHDOG, "tunnelman-ssh", *argv] if plan.watchdog else argv,
+            stdin=subprocess.PIPE if plan.watchdog else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,  # no controlling terminal, no Ctrl-C from the shell
             env=env,
+            **plan.popen,
         )
+        if plan.job:
+            process.adopt_child(self.proc)  # ends with us, however we end (Windows)
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, name="tunnelman-ssh-stderr", daemon=True)
         self._reader.start()
@@ -238,13 +244,15 @@ class _SSHProcess:
         proc = self.proc
         if proc.poll() is None:
             with contextlib.suppress(OSError):
-                assert proc.stdin is not None
-                proc.stdin.close()  # the watchdog ends ssh (SIGTERM)
+                if self._watchdog:
+                    assert proc.stdin is not None
+                    proc.stdin.close()  # the watchdog ends ssh (SIGTERM)
+                else:
+                    proc.terminate()
             try:
                 proc.wait(timeout=3.0)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                process.kill_hard(proc)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2.0)
         with contextlib.suppress(OSError):
@@ -311,12 +319,7 @@ class OpenSSHTunnel(Tunnel):
         path = self.profile.identity_file
         if path is None:
             if not ssh.agent_available():
-                raise SSHKeyError(
-                    "the profile names no identity_file and no ssh-agent is running "
-                    "(SSH_AUTH_SOCK unset)",
-                    hint='set identity_file = "~/.ssh/KEY.pem" in the profile, or start '
-                    "ssh-agent and `ssh-add` your key",
-                )
+                raise ssh.no_agent_error()
             return
         ssh.check_key_permissions(path)
         if _key_encrypted(path) and not ssh.agent_available():

@@ -17,8 +17,8 @@ packets queue behind it, so order is kept, and the window is granted only as the
 data, so a slow client slows the server instead of filling our memory. Client → server: one
 thread per transport `select`s over all its client sockets and sends what the SSH window allows;
 a connection that fills its window (a bulk upload) moves to a thread of its own. Both sockets get
-TCP_NODELAY. Without paramiko's handler tables (another paramiko major version) the direct path is
-skipped and the two threads do everything.
+TCP_NODELAY. Without paramiko's handler tables (another paramiko major version), or without
+MSG_DONTWAIT (Windows), the direct path is skipped and the two threads do everything.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from tunnelman.core.platform import net
 
 if TYPE_CHECKING:
     import paramiko
@@ -54,6 +56,10 @@ _MSG_IGNORE = 2
 _MSG_GLOBAL_REQUEST = 80
 _MSG_CHANNEL_WINDOW_ADJUST = 93
 _MSG_CHANNEL_DATA = 94
+# A per-call non-blocking send (MSG_DONTWAIT). Windows has none: there `pump` never turns the
+# direct path on and every packet goes through the channel's buffer and the connection's thread.
+_NOWAIT: int = net.NOWAIT_FLAG or 0
+_DIRECT_POSSIBLE = net.NOWAIT_FLAG is not None
 
 
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
@@ -131,7 +137,7 @@ class _Relay:
             sock = self.sock
             if self.direct and sock is not None:
                 try:
-                    sent = sock.send(data, socket.MSG_DONTWAIT)
+                    sent = sock.send(data, _NOWAIT)
                 except OSError:  # EAGAIN: the client is behind; others: the thread will see it
                     sent = 0
                 if sent < len(data):
@@ -405,8 +411,10 @@ def _abort(sock: socket.socket, chan: paramiko.Channel) -> None:
 def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) -> None:
     """Relay both ways until both sides are done or one fails; closes the channel, not `sock`.
 
-    `direct`: let the transport thread write to `sock` (needs `install()` on the transport).
+    `direct`: let the transport thread write to `sock` (needs `install()` on the transport, and
+    an OS with a per-call non-blocking send).
     """
+    direct = direct and _DIRECT_POSSIBLE
     tune_socket(sock)
     done = threading.Event()
     conn = _Conn(sock, chan, done)

@@ -18,7 +18,6 @@ import base64
 import binascii
 import contextlib
 import errno
-import os
 import socket
 import stat
 import sys
@@ -47,6 +46,7 @@ from tunnelman.core.known_hosts import (
 )
 from tunnelman.core.known_hosts import verify as verify_host_key
 from tunnelman.core.logs import get_logger
+from tunnelman.core.platform import agents, keys, net
 
 if TYPE_CHECKING:
     import paramiko
@@ -94,13 +94,9 @@ def check_key_permissions(path: Path) -> None:
         raise SSHKeyError(f"cannot read identity file {path} (permission denied)") from None
     if not stat.S_ISREG(st.st_mode):
         raise SSHKeyError(f"identity file {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise SSHKeyError(
-            f"private key {path} is readable by others (mode {mode:04o}); "
-            "ssh refuses such keys and so does tunnelman",
-            hint=f"run `chmod 600 {path}`",
-        )
+    problem = keys.key_problem(path, st)
+    if problem is not None:
+        raise SSHKeyError(problem.message, hint=problem.hint)
 
 
 @dataclass(frozen=True)
@@ -253,9 +249,17 @@ def load_private_key(path: Path, passphrase: PassphrasePrompt | None = None) -> 
 
 
 def agent_available() -> bool:
-    """Whether an ssh-agent socket is advertised in this environment."""
-    sock = os.environ.get("SSH_AUTH_SOCK")
-    return bool(sock) and os.path.exists(sock or "")
+    """Whether an ssh-agent is reachable (SSH_AUTH_SOCK; on Windows Pageant or OpenSSH's pipe)."""
+    return agents.find_agent() is not None
+
+
+def no_agent_error() -> SSHKeyError:
+    """The profile names no key and no agent is running: say so as this OS would."""
+    return SSHKeyError(
+        "the profile names no identity_file and no ssh-agent is running "
+        f"({agents.missing_reason()})",
+        hint=f'set identity_file = "~/.ssh/KEY.pem" in the profile, or {agents.start_hint()}',
+    )
 
 
 @contextlib.contextmanager
@@ -264,10 +268,7 @@ def agent_keys() -> Iterator[list[paramiko.PKey]]:
     import paramiko
 
     if not agent_available():
-        raise SSHKeyError(
-            "the profile names no identity_file and no ssh-agent is running (SSH_AUTH_SOCK unset)",
-            hint='set identity_file = "~/.ssh/KEY.pem" in the profile, or start ssh-agent and `ssh-add` your key',
-        )
+        raise no_agent_error()
     agent = paramiko.Agent()
     try:
         keys: list[paramiko.PKey] = list(agent.get_keys())
@@ -422,14 +423,7 @@ def _tune_socket(sock: socket.socket, keepalive: int) -> None:
     """Low latency, and let the kernel notice a dead bastion (TCP keepalive + user timeout)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, keepalive))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, keepalive))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    with contextlib.suppress(OSError, AttributeError):
-        # Unacknowledged data (our SSH keepalives included) for this long kills the connection.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, keepalive) * 3 * 1000)
+    net.set_keepalive(sock, keepalive)
 
 
 def open_socket(

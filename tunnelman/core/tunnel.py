@@ -39,6 +39,7 @@ from tunnelman.core.errors import (
 )
 from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.logs import get_logger
+from tunnelman.core.platform import net
 from tunnelman.core.ssh import PassphrasePrompt
 
 if TYPE_CHECKING:
@@ -172,9 +173,19 @@ def _make_forwarder_class() -> type[Any]:
             # logged and turned into "An error occurred while opening tunnels".
             handler = self._make_ssh_forward_handler_class(remote_address)
             base_class = self._make_ssh_forward_server_class(remote_address)
-            # GIS clients open connections in bursts: socketserver's default backlog is 5.
-            server_class = type("ForwardServer", (base_class,), {"request_queue_size": 128})
-            server = server_class(local_bind_address, handler, logger=self.logger)
+
+            class ForwardServer(base_class):  # type: ignore[misc,valid-type]
+                # GIS clients open connections in bursts: socketserver's default backlog is 5.
+                request_queue_size = 128
+                # Windows: SO_EXCLUSIVEADDRUSE instead of SO_REUSEADDR, so a busy port is refused
+                # rather than silently shared (tunnelman/core/platform/net.py).
+                allow_reuse_address = net.REUSE_ADDRESS
+
+                def server_bind(self) -> None:
+                    net.exclusive_listener(self.socket)
+                    super().server_bind()
+
+            server = ForwardServer(local_bind_address, handler, logger=self.logger)
             server.daemon_threads = self.daemon_forward_servers
             self._server_list.append(server)
             self.tunnel_is_up[server.server_address] = False
