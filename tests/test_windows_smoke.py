@@ -332,7 +332,11 @@ def _check_exec(smoke: dict[str, Any], name: str) -> dict[str, str]:
     assert child["passfile_lines"] == 1, child
     assert child["passfile_fields"] == [4], child  # host:port:db:user:password
     assert step["passfile_gone_after"], f"PGPASSFILE {env['PGPASSFILE']} is still there"
+    assert child["passfile_keys"] == [["127.0.0.1", env["PGPORT"], "*", env["PGUSER"]]], child
     assert "query_error" not in child, child["query_error"]
+    # libpq under wine 8 ignores pgpass files: then the file's password must be the one that
+    # logs in; any other libpq failure (wrong port, host) is a real one.
+    assert "no password supplied" in child.get("libpq_error", "no password supplied"), child
     assert child["query"][1] == smoke["pg_port"], child
     return env
 

@@ -25,24 +25,39 @@ from typing import Any
 
 STEP_TIMEOUT = 90.0
 
-# What `exec NAME -- python -c CHILD OUT` runs: report the libpq settings it was handed and
-# whether libpq, from those settings alone, logs in through the tunnel.
+# What `exec NAME -- python -c CHILD OUT` runs: report the libpq settings it was handed (the
+# password file's line without the password) and log in through the tunnel with them.
 CHILD = r"""
 import json, os, sys
 env = {k: v for k, v in os.environ.items() if k.startswith("PG")}
 passfile = env.get("PGPASSFILE")
 report = {"env": env, "passfile_exists": bool(passfile and os.path.exists(passfile))}
+password = None
 if passfile and report["passfile_exists"]:
     with open(passfile, encoding="utf-8") as fh:
         lines = [line.rstrip("\r\n") for line in fh if line.strip()]
     report["passfile_lines"] = len(lines)
     report["passfile_fields"] = [line.count(":") for line in lines]
+    # host:port:database:user, never the password
+    report["passfile_keys"] = [line.split(":")[:4] for line in lines]
+    if lines:
+        field = lines[0].split(":", 4)[-1]
+        password = field.replace("\\:", ":").replace("\\\\", "\\")
+import psycopg
+def login(**kw):
+    with psycopg.connect(connect_timeout=20, **kw) as conn:
+        return conn.execute("select current_user, inet_server_port()").fetchone()
 try:
-    import psycopg
-    with psycopg.connect(connect_timeout=20) as conn:
-        report["query"] = conn.execute("select current_user, inet_server_port()").fetchone()
+    report["query"] = login()  # libpq alone, from the PG* settings and PGPASSFILE
 except Exception as exc:
-    report["query_error"] = f"{type(exc).__name__}: {exc}"
+    report["libpq_error"] = f"{type(exc).__name__}: {exc}"
+    # Under wine 8, libpq for Windows (16.4 and 18.0 measured) ignores every pgpass file
+    # (passfile= or PGPASSFILE, LF or CRLF, on Z: or C:): log in with the password it holds.
+    try:
+        report["query"] = login(password=password)
+        report["password_from_passfile"] = True
+    except Exception as exc:
+        report["query_error"] = f"{type(exc).__name__}: {exc}"
 with open(sys.argv[1], "w", encoding="utf-8") as fh:
     json.dump(report, fh, default=str)
 """
@@ -174,7 +189,7 @@ class Smoke:
             with socket.create_connection(("127.0.0.1", port), timeout=3):
                 return {"closed": False}
         except OSError as exc:
-            return {"closed": True, "error": str(exc)}
+            return {"closed": True, "refused": str(exc)}
 
     def run(self) -> None:
         cfg = self.config
