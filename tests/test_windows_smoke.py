@@ -213,6 +213,10 @@ def smoke(sshd: Sshd, postgres: Postgres) -> Iterator[dict[str, Any]]:
         results["timing"] = {"prefix": round(prefix_seconds, 1), "run": round(run_seconds, 1)}
         results["leftover"] = _kill_wine(prefix, env)
         results["pg_port"] = postgres.port
+        steps = ", ".join(f"{n} {s.get('seconds')}s" for n, s in results["steps"].items())
+        print(
+            f"\nwine smoke: prefix {prefix_seconds:.1f}s, Windows side {run_seconds:.1f}s: {steps}"
+        )
         yield results
     finally:
         for pid in _kill_wine(prefix, env):
