@@ -276,13 +276,14 @@ def test_key_readable_by_others_is_refused_with_icacls_fix(smoke: dict[str, Any]
     text = step["stdout"] + step["stderr"]
     assert step["rc"] not in (0, None), text
     assert "Traceback" not in text, text
+    assert re.search(r"^✗ key\s.*id_loose", step["stdout"], re.M), text
     assert "icacls" in text, f"the refusal must give the icacls fix:\n{text}"
     assert "chmod" not in text, f"chmod cannot fix a key on Windows:\n{text}"
 
 
 def test_private_key_is_accepted(smoke: dict[str, Any]) -> None:
     stdout = _ok(_step(smoke, "key_accepted"))
-    assert re.search(r"^\S+ key\s", stdout, re.M), stdout
+    assert re.search(r"^✓ key\s.*id_lab", stdout, re.M), stdout
     assert "All checks passed." in stdout, stdout
 
 
@@ -292,6 +293,7 @@ def test_up_detach_through_the_agent_over_tcp(smoke: dict[str, Any]) -> None:
     state = _step(smoke, "agent_state")
     assert state["transport"] == "tcp", state
     assert state["has_token"], state
+    assert isinstance(state["port"], int), state
     tunnels = json.loads(_ok(_step(smoke, "status_json")))
     assert [t["state"] for t in tunnels if t["name"] == "lab"] == ["up"], tunnels
 
@@ -302,6 +304,8 @@ def test_redirected_output_to_a_file_in_cp1252(smoke: dict[str, Any]) -> None:
     assert "UnicodeEncodeError" not in step["stderr"], step["stderr"]
     raw = bytes.fromhex(step["stdout_bytes"])
     assert b"Tunnel 'lab' is up" in raw, raw
+    # The arrow is written (UTF-8) or spelled in ASCII, not lost to a "?".
+    assert "→".encode() in raw or b" -> " in raw, raw
 
 
 def test_no_command_hits_unicode_encode_error(smoke: dict[str, Any]) -> None:

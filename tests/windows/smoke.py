@@ -179,7 +179,7 @@ class Smoke:
         # The token is a secret: report only that there is one.
         return {
             "transport": state.get("transport"),
-            "address": state.get("address"),
+            "port": state.get("port"),
             "has_token": bool(state.get("token")),
             "keys": sorted(state),
         }
