@@ -211,17 +211,21 @@ class ChildRunner:
         self._previous: dict[int, object] = {}
         self._tty_sigint = False
         self._active = threading.current_thread() is threading.main_thread()
+        self._grace = contextlib.ExitStack()
 
     def __enter__(self) -> ChildRunner:
         if self._active:
             for sig in self._CAUGHT:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
+        # Windows: closing the console must still let the password file and tunnel go.
+        self._grace.enter_context(terminal.console_close_grace())
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+        self._grace.close()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         proc = self._proc

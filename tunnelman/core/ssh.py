@@ -8,7 +8,8 @@ the profile's one key, or with the ssh-agent's keys when the profile names none.
 ~/.ssh. Each failure becomes its own `TunnelmanError` subclass naming the way out.
 
 Keys follow OpenSSH's rules: a private key that group or others can read is refused with the
-`chmod 600` fix; an encrypted key needs a `PassphrasePrompt`, and without one the message says to
+`chmod 600` fix (on Windows: judged by the file's ACL, with the `icacls` fix; see
+`tunnelman.core.platform.keys`); an encrypted key needs a `PassphrasePrompt`, and without one the message says to
 use ssh-agent. Blocking calls honour a `cancel` event by closing the socket under them.
 """
 

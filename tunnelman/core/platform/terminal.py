@@ -11,19 +11,27 @@ runs; a signal cannot be sent to one process (os.kill with SIGINT is not a thing
 sees Ctrl-Break and the console's close as SIGBREAK: before the child starts it means "stop"
 (clean up and exit), while the child runs the child got it too and its exit ends the wait. SIGTERM
 exists only inside Python (signal.raise_signal); it ends a running child with TerminateProcess.
+When the console window closes (or the user logs off) Windows ends the process as soon as its
+handlers return, Python's included, so no `finally` would run: `console_close_grace` holds that
+moment back until the guarded block is done (Windows allows about 5 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "CLOSE_GRACE",
     "ChildAction",
     "SignalPlan",
+    "console_close_grace",
     "interrupt_reaches_child",
     "signal_plan",
     "signals_named",
@@ -83,3 +91,35 @@ def interrupt_reaches_child() -> bool:
             return False
         finally:
             os.close(fd)
+
+
+CLOSE_GRACE = 4.0  # s; Windows ends a process 5 s after a close event whatever it does
+
+
+@contextlib.contextmanager
+def console_close_grace() -> Iterator[None]:
+    """Windows: on console close, logoff or shutdown, wait (up to CLOSE_GRACE) for this block to
+    end before the system ends the process, so its clean-up runs. Elsewhere: nothing."""
+    if sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        done = threading.Event()
+
+        def on_event(event: int) -> bool:
+            if event in (2, 5, 6):  # CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT
+                done.wait(CLOSE_GRACE)
+                return True
+            return False  # Ctrl-C / Ctrl-Break: on to Python's own handler
+
+        routine = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(on_event)
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        registered = bool(kernel32.SetConsoleCtrlHandler(routine, True))
+        try:
+            yield
+        finally:
+            done.set()
+            if registered:
+                kernel32.SetConsoleCtrlHandler(routine, False)
+    else:
+        yield
