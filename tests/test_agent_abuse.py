@@ -445,7 +445,7 @@ def test_malformed_tunnels_are_one_clear_error() -> None:
             line = one_clear_line(run_cli(*args))
             assert line.startswith(
                 "tunnelman: error: the agent sent a malformed reply: tunnel 'lab': local_port is "
-                "'abc', not a whole number from 0 up to 65535 or null"
+                "'abc', not a whole number from 0 to 65535 or null"
             ), (args, line)
 
 

@@ -62,7 +62,7 @@ MAX_LINE = 1 << 20  # a reply (a status of many tunnels with long errors stays f
 MAX_REQUEST = 1 << 16  # a request: names, two paths and a token
 FIRST_LINE_TIMEOUT = 5.0
 MAX_UNAUTHENTICATED = 256
-MAX_CONNECTIONS = 512
+MAX_CONNECTIONS = 384  # below Windows' 512 sockets per select()
 MAX_WORKERS = 64
 EVICT_GRACE = 0.25
 # Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
@@ -226,8 +226,8 @@ def reply_int(
         or value < 0
         or (maximum is not None and value > maximum)
     ):
-        bound = f" up to {maximum}" if maximum is not None else ""
-        raise malformed(what, value, f"a whole number from 0{bound}" + (" or null" if null else ""))
+        expected = f"from 0 to {maximum}" if maximum is not None else "0 or more"
+        raise malformed(what, value, f"a whole number {expected}" + (" or null" if null else ""))
     return value
 
 

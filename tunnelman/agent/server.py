@@ -294,8 +294,13 @@ class Agent:
         """One turn of the loop: read what is there, then accept a batch, then expire."""
         assert self._selector is not None
         self._sync_listener(want=self._has_room(time.monotonic()))
+        timeout = self._select_timeout()
+        if not self._selector.get_map():
+            # Nothing registered (accept paused): Windows' select() refuses three empty lists.
+            self._stop.wait(timeout)
+            return
         try:
-            events = self._selector.select(self._select_timeout())
+            events = self._selector.select(timeout)
         except InterruptedError:
             return
         accept = False
