@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunnelman.agent import protocol
-from tunnelman.agent.paths import AgentPaths, log_path, paths, use_tcp
+from tunnelman.agent.paths import ENV_DIR, ENV_LOG, AgentPaths, log_path, paths, use_tcp
 from tunnelman.core.errors import AgentError
 from tunnelman.core.platform import net
 
@@ -66,16 +66,29 @@ class AgentInfo:
 
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> AgentInfo:
+        """A `ping` reply; ProtocolError naming the field that has the wrong type."""
+
+        def number(key: str) -> float:
+            value = protocol.reply_number(
+                reply, key, what=f"ping: '{key}'", default=0.0, maximum=float("inf")
+            )
+            return value or 0.0
+
+        def text(key: str, default: str) -> str:
+            return protocol.reply_str(reply, key, what=f"ping: '{key}'", default=default)
+
+        version = "protocol" if "protocol" in reply else "v"
         return cls(
-            pid=int(reply.get("pid") or 0),
-            version=str(reply.get("version") or "?"),
-            protocol=int(reply.get("protocol") or reply.get("v") or 0),
-            started=float(reply.get("started") or 0.0),
-            tunnels=int(reply.get("tunnels") or 0),
-            idle_timeout=float(reply.get("idle_timeout") or 0.0),
-            transport=str(reply.get("transport") or "?"),
-            address=str(reply.get("address") or ""),
-            log=str(reply.get("log") or ""),
+            pid=protocol.reply_int(reply, "pid", what="ping: 'pid'", default=0) or 0,
+            version=text("version", "?"),
+            protocol=protocol.reply_int(reply, version, what=f"ping: '{version}'", default=0) or 0,
+            started=protocol.reply_number(reply, "started", what="ping: 'started'", default=0.0)
+            or 0.0,
+            tunnels=protocol.reply_int(reply, "tunnels", what="ping: 'tunnels'", default=0) or 0,
+            idle_timeout=number("idle_timeout"),
+            transport=text("transport", "?"),
+            address=text("address", ""),
+            log=text("log", ""),
         )
 
 
@@ -135,26 +148,43 @@ class AgentClient:
                 return None
             family = net.unix_family()
             address = str(files.socket)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(self._connect_timeout)
         try:
-            sock.connect(address)
+            sock = self._connect_socket(family, address)
         except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
             return None  # nobody listens: a stale socket, or an agent that is just stopping
         except TimeoutError:
-            sock.close()
             raise AgentError(
                 f"the agent did not accept a connection within {self._connect_timeout:g} s",
                 hint="it may be stuck: `tunnelman agent stop`, or kill the pid in "
                 f"{files.lock}; its log is {log_path()}",
             ) from None
         except OSError as exc:
-            sock.close()
             raise AgentError(
                 f"cannot connect to the agent at {address}: {exc.strerror or exc}"
             ) from None
         return protocol.LineSocket(sock)
+
+    def _connect_socket(self, family: int, address: Any) -> socket.socket:
+        """A connected socket. A Unix socket whose listen backlog is full refuses at once with
+        EAGAIN instead of waiting (as TCP does): a burst of clients retries until the timeout."""
+        deadline = time.monotonic() + self._connect_timeout
+        pause = 0.002
+        while True:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self._connect_timeout)
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause >= deadline:
+                    raise TimeoutError from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
 
     def _exchange(
         self, lines: protocol.LineSocket, op: str, timeout: float, fields: dict[str, Any]
@@ -195,42 +225,42 @@ class AgentClient:
 
     # ------------------------------------------------------------------------- queries
 
-    def ping(self) -> AgentInfo | None:
-        """The running agent's facts; None when no agent runs (never starts one)."""
-        lines = self._connect()
-        if lines is None:
-            return None
-        try:
-            return AgentInfo.from_wire(self._exchange(lines, "ping", QUICK_TIMEOUT, {}))
-        except AgentGone:
-            return None  # it was exiting (idle) as we asked
-        finally:
-            lines.close()
+    def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """A question (ping, status) to the running agent; None when none runs.
 
-    def status(self) -> list[TunnelStatus]:
-        """Every tunnel the agent holds; empty when no agent runs (never starts one)."""
-        lines = self._connect()
-        if lines is None:
-            return []
-        try:
-            reply = self._exchange(lines, "status", QUICK_TIMEOUT, {})
-        except AgentGone:
-            return []
-        finally:
-            lines.close()
-        return [protocol.status_from_wire(t) for t in reply.get("tunnels") or []]
-
-    def find(self, name: str) -> TunnelStatus | None:
-        """NAME's tunnel if the agent holds it; None otherwise. Never starts an agent, never fails."""
-        try:
+        Asked twice if the connection closes unanswered: an agent flooded with connections drops
+        the oldest that have not spoken yet, which may, rarely, be ours. One that has stopped
+        refuses the second connect.
+        """
+        for attempt in (1, 2):
             lines = self._connect()
             if lines is None:
                 return None
             try:
-                reply = self._exchange(lines, "status", QUICK_TIMEOUT, {"name": name})
+                return self._exchange(lines, op, QUICK_TIMEOUT, fields)
+            except AgentGone:
+                if attempt == 2:
+                    return None  # it was exiting (idle) as we asked
             finally:
                 lines.close()
-            tunnels = [protocol.status_from_wire(t) for t in reply.get("tunnels") or []]
+        return None
+
+    def ping(self) -> AgentInfo | None:
+        """The running agent's facts; None when no agent runs (never starts one)."""
+        reply = self._ask("ping", {})
+        return None if reply is None else AgentInfo.from_wire(reply)
+
+    def status(self) -> list[TunnelStatus]:
+        """Every tunnel the agent holds; empty when no agent runs (never starts one)."""
+        reply = self._ask("status", {})
+        return [] if reply is None else protocol.reply_tunnels(reply)
+
+    def find(self, name: str) -> TunnelStatus | None:
+        """NAME's tunnel if the agent holds it; None otherwise. Never starts an agent, never fails."""
+        try:
+            _check_name(name)
+            reply = self._ask("status", {"name": name})
+            tunnels = [] if reply is None else protocol.reply_tunnels(reply)
         except (AgentError, OSError):
             return None
         return next((t for t in tunnels if t.name == name), None)
@@ -271,6 +301,7 @@ class AgentClient:
         """
         from tunnelman.core.known_hosts import HostKeyUnknown
 
+        _check_name(name)
         accept_new = bool(host_keys and host_keys.accept_new)
         ask = host_keys.ask if host_keys is not None else None
         fields: dict[str, Any] = {
@@ -310,6 +341,7 @@ class AgentClient:
 
     def down(self, name: str) -> TunnelStatus:
         """Close NAME's tunnel; AgentError naming what is held when NAME is not."""
+        _check_name(name)
         if self.ping() is None:
             raise AgentError(
                 f"no tunnel '{name}' is held: the agent is not running",
@@ -327,7 +359,7 @@ class AgentClient:
             reply = self._exchange(lines, "down_all", STOP_TIMEOUT, {})
         finally:
             lines.close()
-        return [protocol.status_from_wire(t) for t in reply.get("tunnels") or []]
+        return protocol.reply_tunnels(reply)
 
     def shutdown(self, wait: float = STOP_TIMEOUT) -> AgentInfo | None:
         """Stop the agent (its tunnels close) and wait until it has exited; None if none ran."""
@@ -359,8 +391,7 @@ class AgentClient:
             return
         try:
             reply = self._exchange(lines, "subscribe", QUICK_TIMEOUT, {})
-            for wire in reply.get("tunnels") or []:
-                status = protocol.status_from_wire(wire)
+            for status in protocol.reply_tunnels(reply):
                 yield AgentEvent("status", status.name, status)
             lines.sock.settimeout(0.5)
             while stop is None or not stop.is_set():
@@ -374,7 +405,9 @@ class AgentClient:
                     yield AgentEvent("shutdown")
                     return
                 if event.get("event") == "removed":
-                    yield AgentEvent("removed", str(event.get("name") or ""))
+                    yield AgentEvent(
+                        "removed", protocol.reply_str(event, "name", what="a removal's name")
+                    )
                 elif event.get("event") == "status":
                     status = protocol.status_from_wire(event.get("tunnel"))
                     yield AgentEvent("status", status.name, status)
@@ -437,6 +470,11 @@ class AgentClient:
         import tunnelman
 
         env = dict(os.environ)
+        # The agent starts in / : a relative directory or log file would name another place there.
+        if env.get(ENV_DIR):
+            env[ENV_DIR] = str(self.files.dir)
+        if env.get(ENV_LOG):
+            env[ENV_LOG] = str(log_path())
         # The agent runs the same tunnelman as this process, installed or not.
         root = str(Path(tunnelman.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -476,3 +514,19 @@ class AgentClient:
                     hint=f"see its log {log_path()}",
                 )
             time.sleep(0.05)
+
+
+def _check_name(name: str) -> None:
+    """A profile name must be text: bytes that are not UTF-8 in argv arrive as lone surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = os.fsencode(name)  # the bytes as they were in argv, where that is possible
+        except UnicodeEncodeError:
+            raw = name.encode("utf-8", "surrogatepass")
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise AgentError(
+            f"profile name '{shown}' is not valid text (bytes that are not UTF-8)",
+            hint="`tunnelman status` lists the names of the tunnels the agent holds",
+        ) from None

@@ -3,7 +3,9 @@
 Used by the agent (`server`) and by every client (`client`, so by one-shot commands on each run):
 it imports nothing heavier than platformdirs. Everything sits in one directory that only the user
 can enter (0700, owned by the user; checked, not just created), in the platformdirs per-user
-runtime dir (`$XDG_RUNTIME_DIR/tunnelman` on Linux). `TUNNELMAN_AGENT_DIR` overrides it.
+runtime dir (`$XDG_RUNTIME_DIR/tunnelman` on Linux). `TUNNELMAN_AGENT_DIR` overrides it (a
+relative one is taken from the current directory, and handed on absolute to the agent, which runs
+in /).
 
     agent.sock   the Unix socket (0600)
     agent.lock   held (flock) by the running agent for its whole life; holds its pid
@@ -100,7 +102,7 @@ def agent_dir() -> Path:
     """The agent's directory (not created)."""
     env = os.environ.get(ENV_DIR)
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     base = _platform_runtime_dir()
     if len(str(base / "agent.sock")) > _MAX_SOCKET_PATH and not use_tcp():
         base = Path(tempfile.gettempdir()) / f"tunnelman-{_uid()}"
@@ -150,7 +152,7 @@ def log_path() -> Path:
     """`agent.log` next to tunnelman's own log; `TUNNELMAN_AGENT_LOG` wins."""
     env = os.environ.get(ENV_LOG)
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     from tunnelman.core.logs import default_log_path
 
     return default_log_path().with_name("agent.log")

@@ -22,14 +22,34 @@ may carry several requests in turn::
                "expected": fp?, "line": n?, "known": [{"key_type", "fingerprint", "line"}]?}
 
 Over TCP (no AF_UNIX) every request also carries `"token"`, read from the agent's 0600 state file.
-Importing this module is cheap (json only); `TunnelStatus` and the error classes are imported when a
-reply needs them.
+
+Limits (the agent must hold against another local user who can reach the TCP port, or a client of
+its own user gone wrong):
+
+- A request line is at most `MAX_REQUEST` bytes (64 KiB); a reply line at most `MAX_LINE` (1 MiB).
+  A longer line, or one that is not a JSON object in UTF-8, ends the connection.
+- The first request must arrive, whole, within `FIRST_LINE_TIMEOUT` seconds of the connect, and
+  is the one that authenticates the connection (over TCP: its token; over the Unix socket the
+  peer's uid was checked at accept). A first request with a bad or missing token gets the failure
+  reply and the connection is closed. Later requests on an authenticated connection have no
+  deadline.
+- The agent holds at most `MAX_UNAUTHENTICATED` connections that have not sent their first line
+  (when full, the oldest that has had at least `EVICT_GRACE` seconds is dropped for a new one) and
+  at most `MAX_CONNECTIONS` in all (beyond that a new connection waits in the listen backlog).
+  At most `MAX_WORKERS` connections run a long request (`up`, `down`, `down_all`, `subscribe`,
+  `shutdown`) at once; one more gets `{"ok": false, "kind": "AgentError", ...}` ("busy").
+  `ping` and `status` are answered without a thread of their own.
+
+A client treats a reply with a field of the wrong type as a `ProtocolError` (one line, no
+traceback). Importing this module is cheap (json only); `TunnelStatus` and the error classes are
+imported when a reply needs them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +59,15 @@ if TYPE_CHECKING:
     from tunnelman.core.tunnel import TunnelStatus
 
 VERSION = 1
-MAX_LINE = 1 << 20
+MAX_LINE = 1 << 20  # a reply (a status of many tunnels with long errors stays far below)
+MAX_REQUEST = 1 << 16  # a request: names, two paths and a token
+FIRST_LINE_TIMEOUT = 5.0
+MAX_UNAUTHENTICATED = 256
+MAX_CONNECTIONS = 384  # below Windows' 512 sockets per select()
+MAX_WORKERS = 64
+EVICT_GRACE = 0.25
+# Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
+_MAX_EPOCH = 253402300799.0
 OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown"})
 
 
@@ -48,17 +76,22 @@ class ProtocolError(errors.AgentError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One JSON line."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    """One JSON line; ProtocolError for a string that is not valid text (a lone surrogate, as
+    `os.fsdecode` makes of bytes that are not UTF-8)."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        raise ProtocolError("a request holds text that is not valid UTF-8") from None
 
 
-def decode(line: bytes) -> dict[str, Any]:
+def decode(line: bytes, limit: int = MAX_LINE) -> dict[str, Any]:
     """One JSON object from a line; ProtocolError otherwise."""
-    if len(line) > MAX_LINE:
-        raise ProtocolError(f"message longer than {MAX_LINE} bytes")
+    if len(line) > limit:
+        raise ProtocolError(f"message longer than {limit} bytes")
     try:
         data = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("not a JSON object")
@@ -66,11 +99,14 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 class LineSocket:
-    """A stream socket read and written in JSON lines."""
+    """A stream socket read and written in JSON lines of at most `limit` bytes."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, *, limit: int = MAX_LINE, buffered: bytes = b""
+    ) -> None:
         self.sock = sock
-        self._buf = b""
+        self.limit = limit
+        self._buf = buffered
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(encode(message))
@@ -78,8 +114,8 @@ class LineSocket:
     def recv(self) -> dict[str, Any] | None:
         """The next message; None at end of stream. Socket timeouts propagate (TimeoutError)."""
         while b"\n" not in self._buf:
-            if len(self._buf) > MAX_LINE:
-                raise ProtocolError(f"message longer than {MAX_LINE} bytes")
+            if len(self._buf) > self.limit:
+                raise ProtocolError(f"message longer than {self.limit} bytes")
             chunk = self.sock.recv(65536)
             if not chunk:
                 if self._buf.strip():
@@ -87,7 +123,7 @@ class LineSocket:
                 return None
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return decode(line)
+        return decode(line, self.limit)
 
     @property
     def buffered(self) -> bool:
@@ -115,24 +151,120 @@ def status_to_wire(status: TunnelStatus) -> dict[str, Any]:
 
 
 def status_from_wire(data: Any) -> TunnelStatus:
+    """A TUNNEL object; ProtocolError naming the field when one has the wrong type."""
     from tunnelman.core.tunnel import TunnelState, TunnelStatus
 
     if not isinstance(data, dict):
-        raise ProtocolError("a tunnel must be an object")
+        raise malformed("a tunnel", data, "an object")
+    name = reply_str(data, "name", what="a tunnel's name")
+    if not name:
+        raise malformed("a tunnel's name", name, "a profile name")
+    what = f"tunnel '{name}': "
+    state = reply_str(data, "state", what=what + "state")
     try:
-        since = data.get("since")
-        port = data.get("local_port")
-        return TunnelStatus(
-            name=str(data["name"]),
-            state=TunnelState(str(data["state"])),
-            local_port=int(port) if port is not None else None,
-            since=float(since) if since is not None else None,
-            reconnects=int(data.get("reconnects") or 0),
-            error=None if data.get("error") is None else str(data["error"]),
-            connections=int(data.get("connections") or 0),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad tunnel in reply: {exc!r}") from None
+        state_ = TunnelState(state)
+    except ValueError:
+        raise malformed(what + "state", state, "a tunnel state") from None
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        raise malformed(what + "error", error, "text or null")
+    return TunnelStatus(
+        name=name,
+        state=state_,
+        local_port=reply_int(
+            data, "local_port", what=what + "local_port", maximum=65535, null=True
+        ),
+        since=reply_number(data, "since", what=what + "since", maximum=_MAX_EPOCH, null=True),
+        reconnects=reply_int(data, "reconnects", what=what + "reconnects", null=True) or 0,
+        error=error,
+        connections=reply_int(data, "connections", what=what + "connections", null=True) or 0,
+    )
+
+
+def reply_tunnels(reply: dict[str, Any]) -> list[TunnelStatus]:
+    """The `tunnels` list of a reply (missing: none)."""
+    tunnels = reply.get("tunnels")
+    if tunnels is None:
+        return []
+    if not isinstance(tunnels, list):
+        raise malformed("'tunnels'", tunnels, "a list of tunnels")
+    return [status_from_wire(t) for t in tunnels]
+
+
+# ----------------------------------------------------------------------------- reading replies
+
+
+def malformed(what: str, value: object, expected: str) -> ProtocolError:
+    """The error for a reply field that is not what this client understands."""
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return ProtocolError(
+        f"the agent sent a malformed reply: {what} is {shown}, not {expected}",
+        hint="it may be another tunnelman's agent: `tunnelman agent stop` stops it and the next "
+        "command starts a matching one",
+    )
+
+
+def reply_int(
+    data: dict[str, Any],
+    key: str,
+    *,
+    what: str,
+    default: int | None = None,
+    maximum: int | None = None,
+    null: bool = False,
+) -> int | None:
+    """`data[key]` as a non-negative integer (`default` when missing; None when null is allowed)."""
+    if key not in data:
+        return default
+    value = data[key]
+    if value is None and null:
+        return None
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < 0
+        or (maximum is not None and value > maximum)
+    ):
+        expected = f"from 0 to {maximum}" if maximum is not None else "0 or more"
+        raise malformed(what, value, f"a whole number {expected}" + (" or null" if null else ""))
+    return value
+
+
+def reply_number(
+    data: dict[str, Any],
+    key: str,
+    *,
+    what: str,
+    default: float | None = None,
+    maximum: float = _MAX_EPOCH,
+    null: bool = False,
+) -> float | None:
+    """`data[key]` as a finite number from 0 to `maximum` (`default` when missing)."""
+    if key not in data:
+        return default
+    value = data[key]
+    if value is None and null:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= maximum
+    ):
+        raise malformed(what, value, "a number of seconds" + (" or null" if null else ""))
+    return float(value)
+
+
+def reply_str(data: dict[str, Any], key: str, *, what: str, default: str | None = None) -> str:
+    """`data[key]` as text (`default` when missing and one is given)."""
+    if key not in data and default is not None:
+        return default
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise malformed(what, value, "text")
+    return value
 
 
 # ----------------------------------------------------------------------------- errors

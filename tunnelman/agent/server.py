@@ -7,11 +7,17 @@ terminal or TUI that asked for them and reconnect by themselves, and answers the
 of `protocol` on a socket only its user can open (see `paths`).
 
 Life: it takes the life-long lock `agent.lock` before binding (a second agent waits for it, then
-gives up: two starts give one agent), writes `agent.json`, serves one thread per connection, and
+gives up: two starts give one agent), writes `agent.json`, serves connections (below), and
 exits after `idle_timeout` seconds with no tunnels (failed ones count: their reason stays visible
 in `tunnelman status` until `down`), no subscriber and no request in flight. SIGTERM/SIGINT or a
 `shutdown` request close every tunnel first. A `kill -9` leaves the socket and `agent.json` behind;
 the next client sees the lock free, says the agent had stopped and starts a new one.
+
+Connections: one selector loop (the main thread) accepts, reads each connection's first line
+within a deadline and checks its token, and answers `ping` and `status` itself; a connection that
+asks for more (`up`, `down`, `subscribe`, …) gets a thread of its own, up to a cap. So a client
+that connects and sends nothing, or sends a line without end, costs a file descriptor and at most
+`protocol.MAX_REQUEST` bytes, never a thread; the limits are in `protocol`'s docstring.
 
 It cannot ask a person anything: an unknown host key comes back as `HostKeyUnknown` with the
 fingerprint (the client asks on its terminal or in the TUI, then retries with `accept_fingerprint`,
@@ -23,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hmac
 import logging
 import os
 import queue
 import secrets
 import select
+import selectors
 import signal
 import socket
 import sys
@@ -57,6 +65,11 @@ ENV_IDLE = "TUNNELMAN_AGENT_IDLE"
 EXIT_ALREADY_RUNNING = 3
 LOCK_WAIT = 15.0  # a previous agent may still be closing its tunnels
 _ACCEPT_TICK = 0.5
+_ACCEPT_BATCH = 64  # accepts per turn of the loop, between reads of what is already there
+_BACKLOG = 4096  # the kernel caps it (net.core.somaxconn); a burst of clients waits there
+_MAX_OUTPUT = 4 * protocol.MAX_LINE  # replies queued to a client that does not read
+_DROP_REPORT = 10.0  # seconds between log lines counting dropped connections
+_INLINE_OPS = frozenset({"ping", "status"})  # answered from memory by the loop itself
 _ADDRESS_CHECK = 2.0  # seconds between checks that our socket is still there
 _SUBSCRIBER_QUEUE = 1000
 _OPEN_STATES = ("starting", "up", "reconnecting")
@@ -114,6 +127,19 @@ class _Subscriber:
         self.overflowed = False
 
 
+@dataclass(eq=False)
+class _Conn:
+    """A connection in the selector loop: not yet authenticated, or answered there (ping/status)."""
+
+    sock: socket.socket
+    accepted: float  # monotonic
+    buf: bytearray = field(default_factory=bytearray)
+    out: bytearray = field(default_factory=bytearray)
+    authed: bool = False
+    closing: bool = False  # close once `out` is sent
+    closed: bool = False
+
+
 def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
     def refuse(path: Path) -> str | None:
         raise SSHKeyError(
@@ -146,7 +172,15 @@ class Agent:
         self._state_lock = threading.Lock()
         self._held: dict[str, Held] = {}
         self._subscribers: set[_Subscriber] = set()
-        self._conns: set[socket.socket] = set()
+        self._conns: set[socket.socket] = set()  # served by threads
+        self._selector: selectors.BaseSelector | None = None
+        self._registered: socket.socket | None = None  # the listener, while it is in the selector
+        self._open: dict[int, _Conn] = {}  # fd -> every connection in the loop
+        self._unauth: dict[int, _Conn] = {}  # fd -> those without a first line yet, oldest first
+        self._workers = 0
+        self._accept_paused_until = 0.0
+        self._dropped: dict[str, int] = {}
+        self._next_drop_report = 0.0
         self._busy = 0
         self._last_busy = time.monotonic()
         self._stop = threading.Event()
@@ -171,7 +205,7 @@ class Agent:
         try:
             self._life.write(str(os.getpid()))
             self._listener = self._bind_tcp() if self.tcp else self._bind_unix()
-            self._listener.settimeout(_ACCEPT_TICK)
+            self._listener.setblocking(False)
             self._write_state()
         except BaseException:
             self._close_listener()
@@ -199,14 +233,14 @@ class Agent:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        sock.listen(64)
+        sock.listen(_BACKLOG)
         self._socket_ino = path.stat().st_ino
         return sock
 
     def _bind_tcp(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
+        sock.listen(_BACKLOG)
         self._port = int(sock.getsockname()[1])
         self._token = secrets.token_urlsafe(32)
         return sock
@@ -240,35 +274,290 @@ class Agent:
         self._stop.set()
 
     def serve(self) -> None:
-        """Accept connections until stopped or idle, then close everything."""
+        """Accept and answer connections until stopped or idle, then close everything."""
         assert self._listener is not None
+        self._selector = selectors.DefaultSelector()
         try:
             while not self._stop.is_set():
                 if self._idle_expired():
                     _log.info("no tunnels for %g s: exiting", self.idle_timeout)
                     break
                 self._check_address()
-                try:
-                    conn, _addr = self._listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    if self._stop.is_set():
-                        break
-                    _log.warning("accept failed: %s", exc)
-                    time.sleep(0.1)
-                    continue
-                if not self._peer_allowed(conn):
-                    conn.close()
-                    continue
-                conn.settimeout(None)
-                with self._lock:
-                    self._conns.add(conn)
-                threading.Thread(
-                    target=self._serve_connection, args=(conn,), name="agent-conn", daemon=True
-                ).start()
+                self._turn()
         finally:
+            for conn in list(self._open.values()):
+                self._drop(conn)
+            self._sync_listener(want=False)
+            self._selector.close()
             self._shutdown()
+
+    def _turn(self) -> None:
+        """One turn of the loop: read what is there, then accept a batch, then expire."""
+        assert self._selector is not None
+        self._sync_listener(want=self._has_room(time.monotonic()))
+        timeout = self._select_timeout()
+        if not self._selector.get_map():
+            # Nothing registered (accept paused): Windows' select() refuses three empty lists.
+            self._stop.wait(timeout)
+            return
+        try:
+            events = self._selector.select(timeout)
+        except InterruptedError:
+            return
+        accept = False
+        for key, mask in events:
+            conn = key.data
+            if conn is None:
+                accept = True
+                continue
+            if mask & selectors.EVENT_WRITE and not conn.closed:
+                self._flush(conn)
+            if mask & selectors.EVENT_READ and not conn.closed:
+                self._read(conn)
+        if accept:
+            self._accept_batch()
+        self._expire(time.monotonic())
+
+    def _sync_listener(self, *, want: bool) -> None:
+        """The listener is in the selector only while there is room for one more connection."""
+        assert self._selector is not None
+        target = self._listener if want else None
+        if self._registered is target:
+            return
+        if self._registered is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(self._registered)
+        self._registered = None
+        if target is not None:
+            self._selector.register(target, selectors.EVENT_READ, None)
+            self._registered = target
+
+    def _has_room(self, now: float) -> bool:
+        if now < self._accept_paused_until:
+            return False
+        if len(self._open) < protocol.MAX_CONNECTIONS and (
+            len(self._unauth) < protocol.MAX_UNAUTHENTICATED
+        ):
+            return True
+        oldest = next(iter(self._unauth.values()), None)
+        return oldest is not None and now - oldest.accepted >= protocol.EVICT_GRACE
+
+    def _select_timeout(self) -> float:
+        now = time.monotonic()
+        timeout = _ACCEPT_TICK
+        oldest = next(iter(self._unauth.values()), None)
+        if oldest is not None:
+            timeout = min(timeout, oldest.accepted + protocol.FIRST_LINE_TIMEOUT - now)
+            if self._registered is None:  # full: wake when the oldest may be dropped
+                timeout = min(timeout, oldest.accepted + protocol.EVICT_GRACE - now)
+        if self._accept_paused_until > now:
+            timeout = min(timeout, self._accept_paused_until - now)
+        return max(timeout, 0.005)
+
+    def _accept_batch(self) -> None:
+        assert self._selector is not None
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            now = time.monotonic()
+            if not self._make_room(now):
+                return
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                # Out of file descriptors or memory: leave the rest in the backlog a moment.
+                self._accept_paused_until = now + 0.1
+                self._count_drop(f"accept failed ({exc.strerror or exc})")
+                return
+            if not self._peer_allowed(sock):
+                sock.close()
+                continue
+            try:
+                sock.setblocking(False)
+                conn = _Conn(sock, now)
+                self._selector.register(sock, selectors.EVENT_READ, conn)
+            except (OSError, ValueError):
+                sock.close()
+                continue
+            self._open[sock.fileno()] = conn
+            self._unauth[sock.fileno()] = conn
+
+    def _make_room(self, now: float) -> bool:
+        """Room for one more connection, dropping the oldest unauthenticated one if it must and
+        may (it has had EVICT_GRACE seconds: our clients send their request at once)."""
+        if len(self._open) < protocol.MAX_CONNECTIONS and (
+            len(self._unauth) < protocol.MAX_UNAUTHENTICATED
+        ):
+            return True
+        oldest = next(iter(self._unauth.values()), None)
+        if oldest is None or now - oldest.accepted < protocol.EVICT_GRACE:
+            return False
+        self._drop(oldest, "dropped for a newer one (too many without a request)")
+        return True
+
+    def _expire(self, now: float) -> None:
+        while self._unauth:
+            oldest = next(iter(self._unauth.values()))
+            if now - oldest.accepted < protocol.FIRST_LINE_TIMEOUT:
+                break
+            self._drop(oldest, f"no request within {protocol.FIRST_LINE_TIMEOUT:g} s")
+        self._report_drops(now)
+
+    def _count_drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
+    def _report_drops(self, now: float) -> None:
+        """One log line now and then, however many were dropped: a flood must not fill the disk."""
+        if not self._dropped or now < self._next_drop_report:
+            return
+        self._next_drop_report = now + _DROP_REPORT
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self._dropped.items()))
+        self._dropped.clear()
+        _log.warning("closed connections: %s", counts)
+
+    def _drop(self, conn: _Conn, reason: str | None = None) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if reason is not None:
+            self._count_drop(reason)
+        fd = conn.sock.fileno()
+        self._open.pop(fd, None)
+        self._unauth.pop(fd, None)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            if conn.out:
+                conn.closing = True  # a client that shut its side down still gets its answer
+                self._want(conn)
+            else:
+                self._drop(conn)
+            return
+        start = len(conn.buf)
+        conn.buf += data
+        while not conn.closed and not conn.closing:
+            end = conn.buf.find(b"\n", start)
+            if end < 0:
+                if len(conn.buf) > protocol.MAX_REQUEST:
+                    self._drop(conn, f"sent over {protocol.MAX_REQUEST} bytes without a newline")
+                return
+            line = bytes(conn.buf[:end])
+            del conn.buf[: end + 1]
+            start = 0
+            if not self._on_line(conn, line):
+                return
+
+    def _on_line(self, conn: _Conn, line: bytes) -> bool:
+        """One request read by the loop; whether the loop keeps reading this connection."""
+        try:
+            message = protocol.decode(line, protocol.MAX_REQUEST)
+        except protocol.ProtocolError:
+            self._drop(conn, "sent a line that is not a request")
+            return False
+        if not conn.authed:
+            if not self._authorised(message):
+                # Answered without `_handle`: a stranger's request must not count as activity.
+                self._count_drop("sent a bad or missing token")
+                refused = protocol.error_to_wire(AgentError("bad or missing token"))
+                self._reply(conn, {**refused, "v": protocol.VERSION}, close=True)
+                return False
+            conn.authed = True
+            self._unauth.pop(conn.sock.fileno(), None)
+        if message.get("op") in _INLINE_OPS:
+            self._reply(conn, self._handle(message, protocol.LineSocket(conn.sock)))
+            return not conn.closed
+        self._hand_off(conn, message)
+        return False
+
+    def _reply(self, conn: _Conn, reply: dict[str, Any], *, close: bool = False) -> None:
+        conn.out += protocol.encode(reply)
+        if len(conn.out) > _MAX_OUTPUT:
+            self._drop(conn, "did not read its replies")
+            return
+        conn.closing = conn.closing or close
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out) if conn.out else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        del conn.out[:sent]
+        if conn.closing and not conn.out:
+            self._drop(conn)
+            return
+        self._want(conn)
+
+    def _want(self, conn: _Conn) -> None:
+        """Read while it may send requests; write while replies wait."""
+        assert self._selector is not None
+        events = (0 if conn.closing else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if conn.out else 0
+        )
+        if not events:
+            self._drop(conn)
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.modify(conn.sock, events, conn)
+
+    def _hand_off(self, conn: _Conn, message: dict[str, Any]) -> None:
+        """A request that takes long or keeps the connection: a thread of its own, if one is free."""
+        assert self._selector is not None
+        with self._lock:
+            free = self._workers < protocol.MAX_WORKERS
+            if free:
+                self._workers += 1
+        if not free:
+            busy = AgentError(
+                f"the agent is busy: {protocol.MAX_WORKERS} requests are in progress",
+                hint="try again in a moment",
+            )
+            self._count_drop("refused: every worker busy")
+            self._reply(conn, {**protocol.error_to_wire(busy), "v": protocol.VERSION}, close=True)
+            return
+        fd = conn.sock.fileno()
+        self._open.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(conn.sock)
+        sock = conn.sock
+        with self._lock:
+            self._conns.add(sock)
+        try:
+            sock.setblocking(True)
+            threading.Thread(
+                target=self._serve_connection,
+                args=(sock, message, bytes(conn.buf), bytes(conn.out)),
+                name="agent-conn",
+                daemon=True,
+            ).start()
+        except (OSError, RuntimeError) as exc:  # no thread to be had
+            _log.warning("cannot serve a connection: %s", exc)
+            with self._lock:
+                self._conns.discard(sock)
+                self._workers -= 1
+            conn.closed = True
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _idle_expired(self) -> bool:
         now = time.monotonic()
@@ -314,7 +603,7 @@ class Agent:
             self._life = life
             if not self.tcp:
                 listener = self._bind_unix()
-                listener.settimeout(_ACCEPT_TICK)
+                listener.setblocking(False)
                 self._close_listener()
                 self._listener = listener
             self._write_state()
@@ -377,13 +666,16 @@ class Agent:
 
     # ------------------------------------------------------------------------- connections
 
-    def _serve_connection(self, conn: socket.socket) -> None:
-        lines = protocol.LineSocket(conn)
+    def _serve_connection(
+        self, conn: socket.socket, first: dict[str, Any], buffered: bytes, pending: bytes
+    ) -> None:
+        """A worker: `first` (read by the loop), then whatever else the client asks on it."""
+        lines = protocol.LineSocket(conn, limit=protocol.MAX_REQUEST, buffered=buffered)
         try:
-            while not self._stop.is_set():
-                message = lines.recv()
-                if message is None:
-                    break
+            if pending:
+                conn.sendall(pending)
+            message: dict[str, Any] | None = first
+            while message is not None and not self._stop.is_set():
                 op = message.get("op")
                 if op == "subscribe" and self._authorised(message):
                     self._subscribe(lines)
@@ -393,6 +685,7 @@ class Agent:
                 if op == "shutdown" and reply.get("ok"):
                     self.stop()
                     break
+                message = lines.recv()
         except (OSError, protocol.ProtocolError) as exc:
             _log.debug("connection closed: %s", exc)
         except Exception:
@@ -400,6 +693,7 @@ class Agent:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                self._workers -= 1
             lines.close()
 
     def _authorised(self, message: dict[str, Any]) -> bool:
