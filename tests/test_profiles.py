@@ -503,7 +503,7 @@ def test_cli_a_fifo_as_config_is_refused_at_once(tmp_home: Path) -> None:
     for command in (["ls"], ["up", "a"]):
         result = run_cli("--config", str(fifo), *command)  # run_cli's timeout: a hang fails
         assert_error_lines(result, 2)
-        assert f"{fifo}: is a named pipe (FIFO), not a profile file" in result.stderr
+        assert f"{fifo}: is a FIFO (named pipe), not a profile file" in result.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")

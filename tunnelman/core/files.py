@@ -76,7 +76,8 @@ def _fail(error: type[TunnelmanError], path: Path, verb: str, exc: OSError) -> T
     return error(f"{path}: cannot {verb} it ({why(exc)})", hint=_HINTS.get(exc.errno or 0))
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: 'a directory', 'a FIFO (named pipe)', …"""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode):
@@ -150,7 +151,7 @@ def resolve_target(
                 raise _fail(error, named, "use", exc) from None
             continue
         if not stat.S_ISREG(st.st_mode):
-            what = _kind(st.st_mode)
+            what = file_kind(st.st_mode)
             if current == named:
                 raise error(
                     f"{named}: is {what}, not a regular file; tunnelman writes only regular files",
@@ -193,7 +194,7 @@ def read_text(
             mode = os.fstat(fh.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise error(
-                    f"{target.named}: is {_kind(mode)}, not a regular file; "
+                    f"{target.named}: is {file_kind(mode)}, not a regular file; "
                     "tunnelman reads only regular files",
                     hint="name a regular file, or a new path",
                 )
@@ -272,7 +273,7 @@ def _recheck(target: Target, error: type[TunnelmanError]) -> None:
         return
     if not stat.S_ISREG(st.st_mode):
         raise error(
-            f"{target.named}: is {_kind(st.st_mode)} now, not a regular file; left as it is",
+            f"{target.named}: is {file_kind(st.st_mode)} now, not a regular file; left as it is",
             hint="name a regular file, or a new path",
         )
 

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from tunnelman.core.errors import ConfigError
+from tunnelman.core.files import file_kind
 
 LOGGER_NAMES = ("tunnelman", "paramiko", "sshtunnel")
 _installed: dict[str, logging.Handler] = {}
@@ -71,9 +72,8 @@ def _refuse_special(target: Path) -> None:
         return  # missing (created later) or unreachable: the open reports or is suppressed
     if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
         return
-    kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe or socket"
     raise ConfigError(
-        f"log file {target}: is {kind}, not a file",
+        f"log file {target}: is {file_kind(mode)}, not a file",
         hint="point $TUNNELMAN_LOG at a file, or unset it",
     )
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from tunnelman.core.errors import ConfigError, ProfileNotFound
-from tunnelman.core.files import atomic_write
+from tunnelman.core.files import atomic_write, file_kind
 
 PasswordSource = Literal["keyring", "prompt", "none", "iam", "secretsmanager"]
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -677,18 +677,6 @@ def parse_profiles(data: Mapping[str, Any], path: Path) -> dict[str, Profile]:
     return out
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "not a regular file"
-
-
 def _read_profile_file(path: Path, shown: str) -> bytes:
     """The file's bytes; FileNotFoundError when it is missing; ConfigError for anything else.
 
@@ -701,7 +689,7 @@ def _read_profile_file(path: Path, shown: str) -> bytes:
             raise ConfigError(f"{shown}: is a directory, not a profile file")
         if not stat.S_ISREG(mode):
             raise ConfigError(
-                f"{shown}: is {_file_kind(mode)}, not a profile file",
+                f"{shown}: is {file_kind(mode)}, not a profile file",
                 hint="give --config the path of a TOML file",
             )
 
