@@ -19,7 +19,7 @@ from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.core.credentials import Login, resolve_login
 from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
-from tunnelman.core.platform import shells
+from tunnelman.core.platform import paths, shells
 from tunnelman.core.profiles import Profile
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
@@ -293,6 +293,10 @@ def _write(profile: Profile, fmt: str, port: int, path: str | None, pgadmin_ssh:
     else:
         raise click.UsageError(f"--write works with {', '.join(_WRITABLE)}; print {fmt} instead")
     out(result.describe())
+    if fmt in ("pg-service", "pgpass"):
+        warning = paths.store_python_warning(result.path)
+        if warning:
+            err(f"tunnelman: warning: {warning}")
     if fmt == "pgadmin":
         err(
             f"tunnelman: import it in pgAdmin: Tools > Import/Export Servers > Import > {result.path}"

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from typing import Self
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError
+from tunnelman.core.platform import paths
 from tunnelman.core.profiles import atomic_write
 from tunnelman.demo import DemoError
 from tunnelman.demo.bastion import InprocBastion, generate_key
@@ -117,12 +117,7 @@ def _stale_workdirs() -> list[Path]:
 
 def pgpass_path() -> Path:
     """The password file libpq reads: `$PGPASSFILE`, else ~/.pgpass (%APPDATA% on Windows)."""
-    env = os.environ.get("PGPASSFILE")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", "~")).expanduser() / "postgresql" / "pgpass.conf"
-    return Path.home() / ".pgpass"
+    return paths.pgpass_file()
 
 
 def _without_blocks(text: str, drop: Callable[[int], bool]) -> str:
