@@ -20,7 +20,7 @@ import pytest
 from tunnelman.core import clients, oneshot
 from tunnelman.core.errors import ClientError
 from tunnelman.core.platform import clipboard, paths, programs, shells
-from tunnelman.core.profiles import Profile
+from tunnelman.core.profiles import Endpoint, Profile
 
 HOSTILE = [
     "plain",
@@ -280,7 +280,7 @@ def test_unknown_shell_is_one_clear_error() -> None:
 
 
 def test_env_render_per_shell() -> None:
-    profile = Profile(name="p", bastion="u@b", endpoint="db.example.com", database="geo")
+    profile = Profile(name="p", endpoint=Endpoint("db.example.com"), database="geo")
     posix = clients.render("env", profile, 5433)
     assert "export PGPORT=5433\n" in posix
     assert posix.endswith("unset PGHOSTADDR PGSSLROOTCERT PGSERVICE PGPASSWORD\n")
