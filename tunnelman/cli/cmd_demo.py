@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import os
 import shlex
 import shutil
 import signal
@@ -79,10 +78,6 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
     file, and opens the terminal UI on it. While it runs, `tunnelman psql demo` works from
     another terminal. Everything is removed on exit.
     """
-    if os.name != "posix":
-        from tunnelman.demo import DemoError
-
-        raise DemoError("`tunnelman demo` runs on Linux and macOS only, for now")
     from tunnelman.demo.sandbox import Sandbox
 
     config = prof.config_path(get_ctx(ctx).config)

@@ -30,13 +30,12 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
-import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import TYPE_CHECKING, Literal
 from tunnelman.demo import DemoError
 
 if TYPE_CHECKING:
+    import pwd
+
     import psycopg
 
 __all__ = [
@@ -275,8 +276,11 @@ def find_binaries(choice: str | None = None) -> Binaries:
 
 def _server_user() -> pwd.struct_passwd | None:
     """The account the server runs as: None for "this one"; postgres or nobody when we are root."""
-    if os.geteuid() != 0:
+    geteuid = getattr(os, "geteuid", None)  # POSIX only; Windows has no root to drop
+    if geteuid is None or geteuid() != 0:
         return None
+    import pwd
+
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
@@ -315,23 +319,41 @@ def _reachable_by(path: Path, user: pwd.struct_passwd, *, mode_bit: int = 1) -> 
     return True
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGINT (fast shutdown) the server when the demo dies."""
+def _libc_prctl() -> object | None:
+    """libc's prctl where there is one (Linux): macOS and Windows have none."""
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(1, int(signal.SIGINT), 0, 0, 0)  # PR_SET_PDEATHSIG
+        return None
+    try:
+        return getattr(ctypes.CDLL(libc_name, use_errno=True), "prctl", None)
+    except OSError:
+        return None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGINT (fast shutdown) the server when the demo dies."""
+    prctl = _libc_prctl()
+    if callable(prctl):
+        prctl(1, int(signal.SIGINT), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- the server
 
 
 class SandboxDatabase:
-    """A throwaway PostgreSQL in `root` (created, 0700), reachable only on its Unix socket.
+    """A throwaway PostgreSQL in `root` (created, 0700), reachable only on its Unix socket, or
+    with `tcp` (where there are no Unix sockets: Windows) only on 127.0.0.1 at a random port.
 
     `start()` runs initdb, the server, and seeds database `database` owned by superuser `user`
-    with `password`; `stop()` ends the server (the caller removes `root`).
+    with `password` (scram-sha-256 on every line of pg_hba, socket and TCP alike); `stop()` ends
+    the server (the caller removes `root`).
     """
 
     def __init__(
@@ -342,8 +364,11 @@ class SandboxDatabase:
         password: str,
         user: str = "demo",
         database: str = "geo",
+        tcp: bool = False,
     ) -> None:
         self.root = root
+        self.tcp = tcp
+        self.tcp_port: int | None = None
         self.binaries = binaries
         self.user = user
         self.database = database
@@ -364,6 +389,20 @@ class SandboxDatabase:
     def socket_path(self) -> str:
         """The Unix socket the bastion forwards to."""
         return str(self.root / f".s.PGSQL.{SOCKET_PORT}")
+
+    @property
+    def target(self) -> str | tuple[str, int]:
+        """What the bastion forwards to: the socket path, or ("127.0.0.1", port) with `tcp`."""
+        if self.tcp:
+            assert self.tcp_port is not None, "start() first"
+            return ("127.0.0.1", self.tcp_port)
+        return self.socket_path
+
+    def describe_listener(self) -> str:
+        """Where the server listens, for a person."""
+        if self.tcp:
+            return f"127.0.0.1:{self.tcp_port} (TCP, loopback only, password required)"
+        return f"a Unix socket in {self.socket_dir} (no TCP port)"
 
     @property
     def run_as(self) -> str | None:
@@ -389,7 +428,11 @@ class SandboxDatabase:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+        sigquit, sigkill = getattr(signal, "SIGQUIT", None), getattr(signal, "SIGKILL", None)
+        if sigquit is None or sigkill is None:
+            self._stop_without_signals(proc, timeout)
+            return
+        for sig, wait in ((signal.SIGINT, timeout), (sigquit, 5.0), (sigkill, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
             try:
@@ -397,6 +440,26 @@ class SandboxDatabase:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def _stop_without_signals(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Windows: no SIGINT for another process; `pg_ctl stop` reaches the postmaster through
+        its signal pipe (a fast shutdown), and TerminateProcess is the last resort."""
+        pg_ctl = self._bindir / "pg_ctl"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [str(pg_ctl), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                env=self._child_env(),
+            )
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)
 
     @property
     def running(self) -> bool:
@@ -407,8 +470,8 @@ class SandboxDatabase:
         import psycopg
 
         return psycopg.connect(
-            host=str(self.socket_dir),
-            port=SOCKET_PORT,
+            host="127.0.0.1" if self.tcp else str(self.socket_dir),
+            port=self.tcp_port if self.tcp else SOCKET_PORT,
             user=self.user,
             password=self._password,
             dbname=dbname or self.database,
@@ -513,11 +576,13 @@ class SandboxDatabase:
             raise DemoError(f"initdb failed: {_last_line(result.stderr or result.stdout)}")
 
     def _launch(self) -> None:
+        if self.tcp:
+            self.tcp_port = free_loopback_port()
         settings = {
-            "listen_addresses": "",
-            "unix_socket_directories": str(self.socket_dir),
+            "listen_addresses": "127.0.0.1" if self.tcp else "",
+            "unix_socket_directories": "" if self.tcp else str(self.socket_dir),
             "unix_socket_permissions": "0700",
-            "port": str(SOCKET_PORT),
+            "port": str(self.tcp_port if self.tcp else SOCKET_PORT),
             "max_connections": "40",
             "shared_buffers": "32MB",
             # A throwaway database: durability buys nothing and costs start-up and seed time.
@@ -538,7 +603,7 @@ class SandboxDatabase:
                 env=self._child_env(),
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if callable(_libc_prctl()) else None,  # noqa: PLW1509
                 **self._as_server_user(),  # type: ignore[call-overload]
             )
         except OSError as exc:
@@ -562,7 +627,7 @@ class SandboxDatabase:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 raise DemoError(f"PostgreSQL stopped while starting: {self._log_tail()}")
-            if os.path.exists(self.socket_path):
+            if self.tcp or os.path.exists(self.socket_path):
                 try:
                     with self.connect("postgres") as conn:
                         row = conn.execute("show server_version").fetchone()
