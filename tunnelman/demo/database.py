@@ -11,6 +11,9 @@ How the server is reached, and why it is safe enough for a sandbox:
   directory of the demo's private temporary directory. The only way in from a client is through
   the in-process bastion, which routes the profile's endpoint to that socket: the same shape as an
   RDS cluster that only the bastion can reach.
+- Where there are no Unix sockets (Windows), or with `tcp=True`, it listens on 127.0.0.1 only, at
+  a random free port and with no socket; then any local user can reach that port directly, which
+  is what the per-run password below is for (the demo says so when it starts).
 - Every login still needs a password (scram-sha-256, also on the socket): while a tunnel is open,
   its 127.0.0.1 port is reachable by every local user, so "trust" would let any of them in. The
   password is random per run; initdb reads it from a 0600 file that is deleted right after.
@@ -20,7 +23,8 @@ PostgreSQL refuses to run as root. When the demo runs as root, the server runs a
 system user if there is one, else as `nobody`; binaries that user cannot reach (a wheel under
 /root) are copied into the private directory first. The server is a child of the demo, in its own
 session (a Ctrl-C in the terminal does not reach it; the demo stops it in order) and, on Linux,
-with a parent-death signal so it never outlives a killed demo.
+with a parent-death signal so it never outlives a killed demo. Windows has neither root nor
+signals for another process: the server runs as the user and `pg_ctl stop` ends it.
 """
 
 from __future__ import annotations
@@ -39,13 +43,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from tunnelman.demo import DemoError
 
 if TYPE_CHECKING:
-    import pwd
-
     import psycopg
 
 __all__ = [
@@ -274,30 +276,44 @@ def find_binaries(choice: str | None = None) -> Binaries:
 # ----------------------------------------------------------------------------- running as whom
 
 
-def _server_user() -> pwd.struct_passwd | None:
-    """The account the server runs as: None for "this one"; postgres or nobody when we are root."""
-    geteuid = getattr(os, "geteuid", None)  # POSIX only; Windows has no root to drop
-    if geteuid is None or geteuid() != 0:
-        return None
-    import pwd
+class _Account(NamedTuple):
+    """The fields of a `pwd` entry the server start needs (`pwd` exists on POSIX only)."""
 
+    pw_name: str
+    pw_uid: int
+    pw_gid: int
+
+
+def _server_user() -> _Account | None:
+    """The account the server runs as: None for "this one"; postgres or nobody when we are root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:  # Windows has no root to drop
+        return None
+    pwd = importlib.import_module("pwd")
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
+            return _Account(str(entry.pw_name), int(entry.pw_uid), int(entry.pw_gid))
     raise DemoError(
         "PostgreSQL refuses to run as root, and there is no 'postgres' or 'nobody' account",
         hint="run `tunnelman demo` as a normal user",
     )
 
 
-def _groups(user: pwd.struct_passwd) -> list[int]:
+def _groups(user: _Account) -> list[int]:
+    if not hasattr(os, "getgrouplist"):
+        return [user.pw_gid]
     try:
-        return os.getgrouplist(user.pw_name, user.pw_gid)
+        return [int(gid) for gid in os.getgrouplist(user.pw_name, user.pw_gid)]
     except OSError:
         return [user.pw_gid]
 
 
-def _reachable_by(path: Path, user: pwd.struct_passwd, *, mode_bit: int = 1) -> bool:
+def _chown(path: Path, user: _Account) -> None:
+    if hasattr(os, "chown"):  # only reached as root, on POSIX
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _reachable_by(path: Path, user: _Account, *, mode_bit: int = 1) -> bool:
     """Whether `user` can traverse every directory up to `path` (and x/r `path` itself)."""
     groups = set(_groups(user))
     target = path.resolve()
@@ -492,7 +508,7 @@ class SandboxDatabase:
                 f"'{user.pw_name}' account PostgreSQL must run as (running as root)",
                 hint="set TMPDIR=/tmp, or run `tunnelman demo` as a normal user",
             )
-        os.chown(self.root, user.pw_uid, user.pw_gid)
+        _chown(self.root, user)
         if not _reachable_by(self._bindir / "postgres", user, mode_bit=1):
             self._bindir = self._copy_binaries()
 
@@ -544,7 +560,7 @@ class SandboxDatabase:
         with os.fdopen(fd, "w") as fh:
             fh.write(self._password + "\n")
         if self._run_as is not None:
-            os.chown(pwfile, self._run_as.pw_uid, self._run_as.pw_gid)
+            _chown(pwfile, self._run_as)
         argv = [
             str(self._bindir / "initdb"),
             "-D",

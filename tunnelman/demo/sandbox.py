@@ -2,7 +2,8 @@
 
 Called by `tunnelman.cli.cmd_demo` (and tests). `Sandbox.start()` starts a private PostgreSQL
 (`tunnelman.demo.database`) and an in-process bastion (`tunnelman.demo.bastion`) that routes the
-endpoint `db.sandbox.invalid:5432` to the database's Unix socket, writes a fresh user key and a
+endpoint `db.sandbox.invalid:5432` to the database's Unix socket (or, without Unix sockets, or
+with `tcp=True` / `$TUNNELMAN_DEMO_TCP=1`, to its 127.0.0.1 port), writes a fresh user key and a
 known_hosts holding the bastion's key into a private 0700 directory, and adds a profile (`demo`,
 else `demo-2`, … when the user already has one) to the user's own profile file with
 `save_profile`, which keeps their comments. `close()` undoes all of it, in reverse, and is
@@ -15,6 +16,9 @@ port, database `geo` and the sandbox's own role (`demo`, never `postgres`, so th
 other database of the user). That is what lets `tunnelman psql demo` work from another terminal
 on a machine without a usable keyring; the block is removed on exit. A keyring would have been
 the production path, but a fresh machine often has no Secret Service.
+
+The private directory is made in the temp dir, or in /tmp when that is too long for a socket
+path (macOS's per-user $TMPDIR: sun_path holds 104 bytes there).
 
 A demo that died without cleaning up (SIGKILL, a crash) leaves a profile whose description names
 its pid; the next demo removes that profile, its private directory and its password block.
