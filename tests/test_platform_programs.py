@@ -391,11 +391,11 @@ def _which(available: set[str]) -> clipboard.Which:
 @pytest.mark.parametrize(
     ("env", "system", "available", "label"),
     [
-        ({"DISPLAY": ":0"}, "linux", {"xclip"}, "the terminal (OSC 52)"),
-        ({"WT_SESSION": "1f2e"}, "win32", {"clip"}, "the terminal (OSC 52)"),
+        ({"DISPLAY": ":0"}, "linux", {"xclip"}, "OSC 52 through the terminal"),
+        ({"WT_SESSION": "1f2e"}, "win32", {"clip"}, "OSC 52 through the terminal"),
         ({}, "win32", {"clip"}, "clip.exe"),
         ({"TERM_PROGRAM": "Apple_Terminal"}, "darwin", {"pbcopy"}, "pbcopy"),
-        ({"TERM_PROGRAM": "iTerm.app"}, "darwin", {"pbcopy"}, "the terminal (OSC 52)"),
+        ({"TERM_PROGRAM": "iTerm.app"}, "darwin", {"pbcopy"}, "OSC 52 through the terminal"),
         (
             {"TERM_PROGRAM": "Apple_Terminal", "WAYLAND_DISPLAY": "w", "DISPLAY": ":0"},
             "linux",

@@ -34,7 +34,7 @@ class Method:
     """One way to copy: OSC 52 (no argv) or a program reading the text on stdin."""
 
     label: str
-    """What the notification names: "the terminal (OSC 52)", "clip.exe", "pbcopy", …"""
+    """What the notification names: "OSC 52 through the terminal", "clip.exe", "pbcopy", …"""
     argv: tuple[str, ...] = ()
     encoding: str = "utf-8"
 
@@ -43,7 +43,7 @@ class Method:
         return not self.argv
 
 
-OSC52 = Method("the terminal (OSC 52)")
+OSC52 = Method("OSC 52 through the terminal")
 
 
 def osc52_works(env: Mapping[str, str] | None = None, system: str | None = None) -> bool:
