@@ -445,3 +445,42 @@ def test_copy_with_puts_the_text_on_stdin_in_its_encoding(tmp_path: Path) -> Non
         )
     with pytest.raises(clipboard.ClipboardError, match="nope failed"):
         clipboard.copy_with(clipboard.Method("nope", (str(tmp_path / "missing"),)), "t")
+
+
+def test_command_word_per_shell() -> None:
+    psql = r"C:\Program Files\PostgreSQL\17\bin\psql.exe"
+    assert shells.command_word(psql, "cmd") == f'"{psql}"'
+    assert shells.command_word(psql, "powershell") == f'"{psql}"'
+    assert shells.command_word(r"C:\py\python.exe", "cmd") == r"C:\py\python.exe"
+    assert shells.command_word("select 1, 2", "posix") == "'select 1, 2'"
+    assert shells.command_word("/usr/bin/psql", "posix") == "/usr/bin/psql"
+
+
+def test_executable_name() -> None:
+    assert programs.executable_name("postgres", "win32") == "postgres.exe"
+    assert programs.executable_name("postgres", "darwin") == "postgres"
+    assert programs.executable_name("postgres", "linux") == "postgres"
+
+
+def test_windows_postgresql_server_dirs_are_demo_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo finds a server in Program Files\\PostgreSQL\\<version>\\bin (faked as Windows)."""
+    from tunnelman.demo import database
+
+    pf = tmp_path / "Program Files"
+    for version in ("15", "17"):
+        for prog in ("initdb.exe", "postgres.exe"):
+            _exe(pf / "PostgreSQL" / version / "bin" / prog)
+    monkeypatch.setattr(programs, "system_name", lambda: "win32")
+    monkeypatch.setenv("ProgramFiles", str(pf))
+    monkeypatch.delenv("ProgramW6432", raising=False)
+    monkeypatch.delenv("ProgramFiles(x86)", raising=False)
+    dirs = database._system_bindirs()
+    newest, older = pf / "PostgreSQL" / "17" / "bin", pf / "PostgreSQL" / "15" / "bin"
+    assert newest in dirs
+    assert dirs.index(newest) < dirs.index(older)
+    assert (
+        database.Binaries(newest, "system", "17.2", None).tool("postgres")
+        == newest / "postgres.exe"
+    )

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from tunnelman.core.platform import programs
 from tunnelman.demo import DemoError
 
 if TYPE_CHECKING:
@@ -104,8 +105,13 @@ class Binaries:
 
     def tool(self, name: str) -> Path | None:
         """A client program of this installation (psql, pg_dump), if it ships one."""
-        path = self.bindir / name
+        path = self.bindir / _exe(name)
         return path if _is_exe(path) else None
+
+
+def _exe(name: str) -> str:
+    """A program's file name in a bin directory (`postgres.exe` on Windows)."""
+    return programs.executable_name(name)
 
 
 def _is_exe(path: Path) -> bool:
@@ -115,7 +121,7 @@ def _is_exe(path: Path) -> bool:
 def _server_version(bindir: Path) -> str | None:
     try:
         result = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
+            [str(bindir / _exe("postgres")), "--version"],
             capture_output=True,
             text=True,
             timeout=20,
@@ -129,7 +135,7 @@ def _server_version(bindir: Path) -> str | None:
 
 
 def _sharedir(bindir: Path) -> Path | None:
-    pg_config = bindir / "pg_config"
+    pg_config = bindir / _exe("pg_config")
     if _is_exe(pg_config):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             result = subprocess.run(
@@ -158,7 +164,7 @@ def _postgis_version(bindir: Path) -> str | None:
 
 
 def _probe(bindir: Path, source: Source) -> Binaries | None:
-    if not (_is_exe(bindir / "initdb") and _is_exe(bindir / "postgres")):
+    if not (_is_exe(bindir / _exe("initdb")) and _is_exe(bindir / _exe("postgres"))):
         return None
     version = _server_version(bindir)
     if version is None:
@@ -199,6 +205,8 @@ def _system_bindirs() -> list[Path]:
         if root.is_dir():
             matches = Path("/").glob(pattern.lstrip("/"))
             found.extend(sorted(matches, key=_version_key, reverse=True))
+    # Windows' Program Files\PostgreSQL\<version>\bin, Postgres.app, Homebrew kegs; none on Linux.
+    found += programs.install_dirs()
     found += [Path("/usr/local/pgsql/bin"), Path("/opt/homebrew/bin"), Path("/usr/local/bin")]
     for program in ("initdb", "postgres"):
         which = shutil.which(program)
@@ -460,7 +468,7 @@ class SandboxDatabase:
     def _stop_without_signals(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         """Windows: no SIGINT for another process; `pg_ctl stop` reaches the postmaster through
         its signal pipe (a fast shutdown), and TerminateProcess is the last resort."""
-        pg_ctl = self._bindir / "pg_ctl"
+        pg_ctl = self._bindir / _exe("pg_ctl")
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
                 [str(pg_ctl), "stop", "-D", str(self.data), "-m", "fast", "-w"],
@@ -509,7 +517,7 @@ class SandboxDatabase:
                 hint="set TMPDIR=/tmp, or run `tunnelman demo` as a normal user",
             )
         _chown(self.root, user)
-        if not _reachable_by(self._bindir / "postgres", user, mode_bit=1):
+        if not _reachable_by(self._bindir / _exe("postgres"), user, mode_bit=1):
             self._bindir = self._copy_binaries()
 
     def _copy_binaries(self) -> Path:
@@ -529,7 +537,7 @@ class SandboxDatabase:
                 extra |= stat.S_IXGRP | stat.S_IXOTH
             node.chmod(node.stat().st_mode | extra)
         bindir = dest / src_prefix.parent.name / src_prefix.name / "bin"
-        if not _reachable_by(bindir / "postgres", self._run_as):
+        if not _reachable_by(bindir / _exe("postgres"), self._run_as):
             raise DemoError(
                 f"cannot make the PostgreSQL binaries reachable by '{self._run_as.pw_name}'",
                 hint="set TMPDIR=/tmp, or run `tunnelman demo` as a normal user",
@@ -562,7 +570,7 @@ class SandboxDatabase:
         if self._run_as is not None:
             _chown(pwfile, self._run_as)
         argv = [
-            str(self._bindir / "initdb"),
+            str(self._bindir / _exe("initdb")),
             "-D",
             str(self.data),
             "-U",
@@ -606,7 +614,7 @@ class SandboxDatabase:
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
-        argv = [str(self._bindir / "postgres"), "-D", str(self.data)]
+        argv = [str(self._bindir / _exe("postgres")), "-D", str(self.data)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below

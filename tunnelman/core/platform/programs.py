@@ -26,6 +26,7 @@ from pathlib import Path, PurePath, PureWindowsPath
 
 __all__ = [
     "PG_TOOLS",
+    "executable_name",
     "install_dirs",
     "install_hint",
     "pid_alive",
@@ -155,6 +156,11 @@ def install_hint(name: str, system: str | None = None) -> str | None:
     if os.path.splitext(name)[0].lower() not in PG_TOOLS:
         return None
     return _HINTS.get(system or system_name())
+
+
+def executable_name(name: str, system: str | None = None) -> str:
+    """The file name of program `name` in a bin directory: `name.exe` on Windows."""
+    return f"{name}.exe" if (system or system_name()) == "win32" else name
 
 
 def _executable(path: Path, system: str) -> bool:

@@ -21,13 +21,14 @@ system entries), else cmd; posix everywhere else.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 
 from tunnelman.core.errors import ClientError
 from tunnelman.core.platform.programs import system_name
 
-__all__ = ["SHELLS", "default_shell", "env_script", "quote"]
+__all__ = ["SHELLS", "command_word", "default_shell", "env_script", "quote"]
 
 SHELLS = ("posix", "powershell", "cmd")
 
@@ -73,6 +74,18 @@ def quote(value: str, shell: str) -> str:
     if shell == "cmd":
         return _cmd_value("the variable", value)
     raise ClientError(f"unknown shell '{shell}'", hint=f"shells: {', '.join(SHELLS)}")
+
+
+def command_word(text: str, shell: str | None = None) -> str:
+    """`text` as one argument of a command a person copies into `shell` (default: the running
+    one): POSIX `shlex.quote`; PowerShell and cmd bare when plain, else in double quotes (which
+    both take; the texts quoted here are paths and SQL without `"`, `$`, `%` or `!`)."""
+    shell = shell or default_shell()
+    if shell == "posix":
+        return shlex.quote(text)
+    if text and re.fullmatch(r"[A-Za-z0-9_@+=:,./\\-]+", text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 def _comment(shell: str, line: str) -> str:
