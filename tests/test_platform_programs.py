@@ -484,3 +484,18 @@ def test_windows_postgresql_server_dirs_are_demo_candidates(
         database.Binaries(newest, "system", "17.2", None).tool("postgres")
         == newest / "postgres.exe"
     )
+
+
+def test_not_found_line_on_windows_and_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ProgramW6432", raising=False)
+    monkeypatch.delenv("ProgramFiles(x86)", raising=False)
+    monkeypatch.setenv("ProgramFiles", r"C:\Program Files")
+    win = oneshot._not_found("psql", "win32")
+    assert str(win).startswith(
+        r"psql not found on PATH, nor in C:\Program Files\PostgreSQL\<version>\bin ("
+    )
+    assert "postgresql.org/download/windows" in str(win)
+    assert win.exit_code == 127
+    mac = oneshot._not_found("pg_dump", "darwin")
+    assert "nor in /opt/homebrew/opt/libpq/bin, /usr/local/opt/libpq/bin" in str(mac)
+    assert "brew install libpq" in str(mac)
