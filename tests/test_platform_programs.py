@@ -179,6 +179,16 @@ def test_pid_alive() -> None:
         (
             {
                 "USERPROFILE": r"C:\Users\ana",
+                "PSModulePath": r"C:\Program Files\WindowsPowerShell\Modules;"
+                r"C:\WINDOWS\system32\WindowsPowerShell\v1.0\Modules;"
+                r"C:\Program Files (x86)\Microsoft SQL Server\150\Tools\PowerShell\Modules",
+            },
+            "win32",
+            "cmd",
+        ),
+        (
+            {
+                "USERPROFILE": r"C:\Users\ana",
                 "PSModulePath": r"C:\Users\ana\Documents\WindowsPowerShell\Modules;"
                 r"C:\Program Files\WindowsPowerShell\Modules;"
                 r"C:\WINDOWS\system32\WindowsPowerShell\v1.0\Modules",

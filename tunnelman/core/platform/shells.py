@@ -15,7 +15,8 @@ Called by `core.clients.render_env` (the script) and the CLI's `env --shell` (th
 
 The default shell follows the running one: on Windows PowerShell when PSModulePath carries a
 user's module directory (PowerShell adds `Documents\\…PowerShell\\Modules`; cmd.exe has only the
-system entries), else cmd; posix everywhere else.
+system entries), else cmd; posix everywhere else. A cmd.exe started from PowerShell inherits
+PowerShell's PSModulePath and is taken for PowerShell: `--shell` says otherwise.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def default_shell(env: Mapping[str, str] | None = None, system: str | None = Non
         (profile and e.lower().startswith(profile + "\\")) or "\\documents\\" in e.lower()
         for e in entries
     )
-    return "powershell" if user_entry or len(entries) >= 3 else "cmd"
+    # Not "three entries or more": installers (SQL Server, …) add system entries cmd sees too.
+    return "powershell" if user_entry else "cmd"
 
 
 def _ps_quote(value: str) -> str:
