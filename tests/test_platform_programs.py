@@ -509,3 +509,13 @@ def test_not_found_line_on_windows_and_macos(monkeypatch: pytest.MonkeyPatch) ->
     mac = oneshot._not_found("pg_dump", "darwin")
     assert "nor in /opt/homebrew/opt/libpq/bin, /usr/local/opt/libpq/bin" in str(mac)
     assert "brew install libpq" in str(mac)
+
+
+def test_essential_env_for_a_minimal_child_environment() -> None:
+    environ = {"SystemRoot": r"C:\WINDOWS", "TEMP": r"C:\t", "SECRET": "x", "PATH": "p"}
+    assert programs.essential_env(environ, "win32") == {
+        "SYSTEMROOT": r"C:\WINDOWS",
+        "TEMP": r"C:\t",
+    }
+    assert programs.essential_env(environ, "linux") == {}
+    assert programs.essential_env(environ, "darwin") == {}

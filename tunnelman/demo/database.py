@@ -550,6 +550,7 @@ class SandboxDatabase:
             "LC_ALL": "C",
             "LANG": "C",
             "TZ": "UTC",
+            **programs.essential_env(),
         }
         if self._run_as is not None:
             env.update(HOME=str(self.root), USER=self._run_as.pw_name, LOGNAME=self._run_as.pw_name)

@@ -26,6 +26,7 @@ from pathlib import Path, PurePath, PureWindowsPath
 
 __all__ = [
     "PG_TOOLS",
+    "essential_env",
     "executable_name",
     "install_dirs",
     "install_hint",
@@ -204,6 +205,21 @@ def search(
 
 
 # ----------------------------------------------------------------------------- processes
+
+_WINDOWS_ESSENTIAL = ("SYSTEMROOT", "SYSTEMDRIVE", "WINDIR", "TEMP", "TMP", "USERPROFILE")
+
+
+def essential_env(
+    environ: Mapping[str, str] | None = None, system: str | None = None
+) -> dict[str, str]:
+    """The variables a child given a minimal environment still needs to start on `system`:
+    on Windows SYSTEMROOT and friends (without them Winsock and the C runtime fail: a
+    PostgreSQL server cannot open its socket); nothing elsewhere."""
+    environ = os.environ if environ is None else environ
+    if (system or system_name()) != "win32":
+        return {}
+    upper = {k.upper(): v for k, v in environ.items()}
+    return {k: upper[k] for k in _WINDOWS_ESSENTIAL if k in upper}
 
 
 def _windows_pid_alive(pid: int) -> bool:
