@@ -140,13 +140,13 @@ PG_TOOLS = frozenset(
 
 _HINTS = {
     "win32": (
-        "install PostgreSQL's command line tools: the installer from "
-        "https://www.postgresql.org/download/windows/ (its 'Command Line Tools' part is enough; "
-        "tunnelman finds them under Program Files without a PATH change)"
+        "install the 'Command Line Tools' of the PostgreSQL installer from "
+        "https://www.postgresql.org/download/windows/; tunnelman finds them under Program Files "
+        "without a PATH change"
     ),
     "darwin": (
-        "install PostgreSQL's client tools: `brew install libpq` (tunnelman finds the keg "
-        "without `brew link`) or Postgres.app from https://postgresapp.com"
+        "install PostgreSQL's client tools: `brew install libpq` (no `brew link` needed: tunnelman "
+        "finds the keg) or Postgres.app from https://postgresapp.com"
     ),
 }
 
