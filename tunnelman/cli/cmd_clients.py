@@ -19,6 +19,7 @@ from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.core.credentials import Login, resolve_login
 from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
+from tunnelman.core.platform import paths, shells
 from tunnelman.core.profiles import Profile
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
@@ -137,15 +138,27 @@ def exec_cmd(
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=None, metavar="N", help="The tunnel's port."
 )
+@click.option(
+    "--shell",
+    type=click.Choice(shells.SHELLS),
+    default=None,
+    help="The shell to write for (default: the one running: posix; on Windows PowerShell or cmd).",
+)
 @click.pass_context
-def env_cmd(ctx: click.Context, name: str, port: int | None) -> None:
-    """Print PG* exports for NAME's tunnel: `eval "$(tunnelman env NAME)"`.
+def env_cmd(ctx: click.Context, name: str, port: int | None, shell: str | None) -> None:
+    """Print PG* settings for NAME's tunnel, for your shell to load.
+
+    \b
+    sh/bash/zsh:  eval "$(tunnelman env NAME)"
+    PowerShell:   tunnelman env NAME --shell powershell | Out-String | Invoke-Expression
+    cmd.exe:      tunnelman env NAME --shell cmd > pg.cmd  then  call pg.cmd
 
     The tunnel must outlive this command: the agent's tunnel is used when it is up, else the
     profile's local_port (start it with `tunnelman up NAME`). No password is printed: libpq
     asks, or reads your .pgpass (`tunnelman conn NAME --format pgpass --write`).
     """
     profile = _profile(ctx, name)
+    shell = shell or shells.default_shell()
     chosen = port or agent_port(name)
     if chosen is None:
         chosen = profile.local_port
@@ -156,7 +169,7 @@ def env_cmd(ctx: click.Context, name: str, port: int | None) -> None:
                 f"tunnelman: note: nothing listens on 127.0.0.1:{chosen} yet: "
                 f"run `tunnelman up {name}` (or `tunnelman up {name} --detach`)"
             )
-    sys.stdout.write(clients.render("env", profile, chosen))
+    sys.stdout.write(clients.render("env", profile, chosen, shell=shell))
 
 
 def _no_port(name: str) -> ClientError:
@@ -284,6 +297,10 @@ def _write(profile: Profile, fmt: str, port: int, path: str | None, pgadmin_ssh:
     else:
         raise click.UsageError(f"--write works with {', '.join(_WRITABLE)}; print {fmt} instead")
     out(result.describe())
+    if fmt in ("pg-service", "pgpass"):
+        warning = paths.store_python_warning(result.path)
+        if warning:
+            err(f"tunnelman: warning: {warning}")
     if fmt == "pgadmin":
         err(
             f"tunnelman: import it in pgAdmin: Tools > Import/Export Servers > Import > {result.path}"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import os
-import shlex
 import shutil
 import signal
 import sys
@@ -25,6 +23,7 @@ from tunnelman.cli.output import err, out, progress
 from tunnelman.cli.signals import interrupt, routed
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelError
+from tunnelman.core.platform.shells import command_word
 
 _SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -45,8 +44,8 @@ def _prog() -> str:
     if on_path and (argv0 is None or argv0.name != "tunnelman" or Path(on_path) == argv0.resolve()):
         return "tunnelman"
     if argv0 is not None and argv0.name == "tunnelman" and argv0.exists():
-        return shlex.quote(str(argv0))
-    return f"{shlex.quote(sys.executable)} -m tunnelman"
+        return command_word(str(argv0))
+    return f"{command_word(sys.executable)} -m tunnelman"
 
 
 @click.command("demo")
@@ -79,10 +78,6 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
     file, and opens the terminal UI on it. While it runs, `tunnelman psql demo` works from
     another terminal. Everything is removed on exit.
     """
-    if os.name != "posix":
-        from tunnelman.demo import DemoError
-
-        raise DemoError("`tunnelman demo` runs on Linux and macOS only, for now")
     from tunnelman.demo.sandbox import Sandbox
 
     config = prof.config_path(get_ctx(ctx).config)
@@ -172,10 +167,10 @@ def _print_ready(info: object, port: int) -> None:
     out("")
     out("In another terminal:")
     if shutil.which("psql") is None and info.binaries.tool("psql") is not None:
-        psql = shlex.quote(str(info.binaries.tool("psql")))
-        out(f"  {prog} exec {name} -- {psql} -c {shlex.quote(query)}")
+        psql = command_word(str(info.binaries.tool("psql")))
+        out(f"  {prog} exec {name} -- {psql} -c {command_word(query)}")
     else:
-        out(f"  {prog} psql {name} -c {shlex.quote(query)}")
+        out(f"  {prog} psql {name} -c {command_word(query)}")
     out(
         f"  {prog} conn {name} --port {port} --format qgis-xml > demo-qgis.xml   # or pgadmin, dbeaver…"
     )

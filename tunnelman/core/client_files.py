@@ -16,7 +16,6 @@ regular file is refused. Every failure is a `ClientError` and leaves the file as
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tunnelman.core import clients, files
 from tunnelman.core.errors import ClientError
+from tunnelman.core.platform import paths
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -53,28 +53,14 @@ class WriteResult:
 # ----------------------------------------------------------------------------- where files live
 
 
-def _appdata_postgresql() -> Path:
-    return Path(os.environ.get("APPDATA", str(Path.home()))) / "postgresql"
-
-
 def default_service_file() -> Path:
-    """`$PGSERVICEFILE`, else ~/.pg_service.conf (libpq's per-user service file)."""
-    env = os.environ.get("PGSERVICEFILE")
-    if env:
-        return Path(env).expanduser()
-    if os.name == "nt":
-        return _appdata_postgresql() / ".pg_service.conf"
-    return Path.home() / ".pg_service.conf"
+    """`$PGSERVICEFILE`, else ~/.pg_service.conf (Windows: %APPDATA%\\postgresql\\.pg_service.conf)."""
+    return paths.service_file()
 
 
 def default_pgpass_file() -> Path:
     """`$PGPASSFILE`, else ~/.pgpass (Windows: %APPDATA%\\postgresql\\pgpass.conf)."""
-    env = os.environ.get("PGPASSFILE")
-    if env:
-        return Path(env).expanduser()
-    if os.name == "nt":
-        return _appdata_postgresql() / "pgpass.conf"
-    return Path.home() / ".pgpass"
+    return paths.pgpass_file()
 
 
 # ----------------------------------------------------------------------------- pure merges

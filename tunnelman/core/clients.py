@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus
 
 from tunnelman.core.errors import ClientError
+from tunnelman.core.platform import shells
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -297,7 +298,7 @@ def render_uri(profile: Profile, s: ConnSettings) -> str:
     )
 
 
-def render_env(profile: Profile, s: ConnSettings) -> str:
+def render_env(profile: Profile, s: ConnSettings, shell: str = "posix") -> str:
     values: list[tuple[str, str]] = [("PGHOST", s.host)]
     if s.hostaddr:
         values.append(("PGHOSTADDR", s.hostaddr))
@@ -318,9 +319,7 @@ def render_env(profile: Profile, s: ConnSettings) -> str:
     stale = [
         n for n in ("PGHOSTADDR", "PGSSLROOTCERT", "PGSERVICE", "PGPASSWORD") if n not in set_names
     ]
-    text = _comment_lines("# ", [_up_hint(s), *notes("env", profile, s.port)])
-    text += "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values)
-    return text + f"unset {' '.join(stale)}\n"
+    return shells.env_script(values, stale, [_up_hint(s), *notes("env", profile, s.port)], shell)
 
 
 def render_pgpass(profile: Profile, s: ConnSettings, password: str | None) -> str:
@@ -662,12 +661,14 @@ def render(
     password: str | None = None,
     user: str | None = None,
     pgadmin_ssh: bool = False,
+    shell: str = "posix",
 ) -> str:
     """The text of `fmt` for `profile` through 127.0.0.1:`port`.
 
     `password` is used by `pgpass` only (and only when given); `password_file` adds PGPASSFILE /
     passfile where the format has one; `user` overrides the profile's user; `pgadmin_ssh` makes the
-    pgAdmin entry run the SSH tunnel itself instead of using tunnelman's.
+    pgAdmin entry run the SSH tunnel itself instead of using tunnelman's; `shell` is the shell
+    `env` writes for (posix, powershell, cmd: `platform.shells`).
     """
     check_format(fmt)
     s = conn_settings(profile, port, user=user, password_file=password_file)
@@ -675,4 +676,6 @@ def render(
         return render_pgpass(profile, s, password)
     if fmt == "pgadmin":
         return render_pgadmin(profile, s, pgadmin_ssh=pgadmin_ssh)
+    if fmt == "env":
+        return render_env(profile, s, shell)
     return _RENDERERS[fmt](profile, s)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from tunnelman.core import clients
 from tunnelman.core.errors import ClientError
-from tunnelman.core.platform import terminal
+from tunnelman.core.platform import programs, terminal
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
@@ -79,15 +79,22 @@ class ProgramNotFound(ClientError):
     exit_code = 127
 
 
-def _not_found(name: str) -> ProgramNotFound:
+def _not_found(name: str, system: str | None = None) -> ProgramNotFound:
     base = os.path.basename(name)
-    hint = INSTALL_HINTS.get(base, "install it or check your PATH")
+    hint = programs.install_hint(base, system) or INSTALL_HINTS.get(
+        base, "install it or check your PATH"
+    )
+    looked = programs.where_looked(system)
+    if looked and base == name:
+        return ProgramNotFound(f"{name} not found on PATH, nor in {looked}", hint=hint)
     return ProgramNotFound(f"{name} not found", hint=hint)
 
 
 def find_program(name: str, path: str | None = None) -> str:
-    """The full path of `name` on PATH, or ProgramNotFound with how to install it."""
-    found = shutil.which(name, path=path)
+    """The full path of `name`: on PATH, else where the PostgreSQL installers put it (Windows,
+    macOS; see `platform.programs`); or ProgramNotFound naming where it looked and how to
+    install it."""
+    found = programs.search(name, path)
     if found:
         return found
     raise _not_found(name)

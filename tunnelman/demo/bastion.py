@@ -184,6 +184,8 @@ class _Session(paramiko.ServerInterface):
 
 def _connect(target: Target, timeout: float) -> socket.socket:
     if isinstance(target, str):
+        if not hasattr(socket, "AF_UNIX"):
+            raise OSError(f"no Unix sockets on this system for {target}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)

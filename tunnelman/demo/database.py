@@ -11,6 +11,9 @@ How the server is reached, and why it is safe enough for a sandbox:
   directory of the demo's private temporary directory. The only way in from a client is through
   the in-process bastion, which routes the profile's endpoint to that socket: the same shape as an
   RDS cluster that only the bastion can reach.
+- Where there are no Unix sockets (Windows), or with `tcp=True`, it listens on 127.0.0.1 only, at
+  a random free port and with no socket; then any local user can reach that port directly, which
+  is what the per-run password below is for (the demo says so when it starts).
 - Every login still needs a password (scram-sha-256, also on the socket): while a tunnel is open,
   its 127.0.0.1 port is reachable by every local user, so "trust" would let any of them in. The
   password is random per run; initdb reads it from a 0600 file that is deleted right after.
@@ -20,7 +23,8 @@ PostgreSQL refuses to run as root. When the demo runs as root, the server runs a
 system user if there is one, else as `nobody`; binaries that user cannot reach (a wheel under
 /root) are copied into the private directory first. The server is a child of the demo, in its own
 session (a Ctrl-C in the terminal does not reach it; the demo stops it in order) and, on Linux,
-with a parent-death signal so it never outlives a killed demo.
+with a parent-death signal so it never outlives a killed demo. Windows has neither root nor
+signals for another process: the server runs as the user and `pg_ctl stop` ends it.
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
-import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from tunnelman.core.platform import programs
 from tunnelman.demo import DemoError
 
 if TYPE_CHECKING:
@@ -101,8 +105,13 @@ class Binaries:
 
     def tool(self, name: str) -> Path | None:
         """A client program of this installation (psql, pg_dump), if it ships one."""
-        path = self.bindir / name
+        path = self.bindir / _exe(name)
         return path if _is_exe(path) else None
+
+
+def _exe(name: str) -> str:
+    """A program's file name in a bin directory (`postgres.exe` on Windows)."""
+    return programs.executable_name(name)
 
 
 def _is_exe(path: Path) -> bool:
@@ -112,7 +121,7 @@ def _is_exe(path: Path) -> bool:
 def _server_version(bindir: Path) -> str | None:
     try:
         result = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
+            [str(bindir / _exe("postgres")), "--version"],
             capture_output=True,
             text=True,
             timeout=20,
@@ -126,7 +135,7 @@ def _server_version(bindir: Path) -> str | None:
 
 
 def _sharedir(bindir: Path) -> Path | None:
-    pg_config = bindir / "pg_config"
+    pg_config = bindir / _exe("pg_config")
     if _is_exe(pg_config):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             result = subprocess.run(
@@ -155,7 +164,7 @@ def _postgis_version(bindir: Path) -> str | None:
 
 
 def _probe(bindir: Path, source: Source) -> Binaries | None:
-    if not (_is_exe(bindir / "initdb") and _is_exe(bindir / "postgres")):
+    if not (_is_exe(bindir / _exe("initdb")) and _is_exe(bindir / _exe("postgres"))):
         return None
     version = _server_version(bindir)
     if version is None:
@@ -196,6 +205,8 @@ def _system_bindirs() -> list[Path]:
         if root.is_dir():
             matches = Path("/").glob(pattern.lstrip("/"))
             found.extend(sorted(matches, key=_version_key, reverse=True))
+    # Windows' Program Files\PostgreSQL\<version>\bin, Postgres.app, Homebrew kegs; none on Linux.
+    found += programs.install_dirs()
     found += [Path("/usr/local/pgsql/bin"), Path("/opt/homebrew/bin"), Path("/usr/local/bin")]
     for program in ("initdb", "postgres"):
         which = shutil.which(program)
@@ -273,27 +284,44 @@ def find_binaries(choice: str | None = None) -> Binaries:
 # ----------------------------------------------------------------------------- running as whom
 
 
-def _server_user() -> pwd.struct_passwd | None:
+class _Account(NamedTuple):
+    """The fields of a `pwd` entry the server start needs (`pwd` exists on POSIX only)."""
+
+    pw_name: str
+    pw_uid: int
+    pw_gid: int
+
+
+def _server_user() -> _Account | None:
     """The account the server runs as: None for "this one"; postgres or nobody when we are root."""
-    if os.geteuid() != 0:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:  # Windows has no root to drop
         return None
+    pwd = importlib.import_module("pwd")
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
+            return _Account(str(entry.pw_name), int(entry.pw_uid), int(entry.pw_gid))
     raise DemoError(
         "PostgreSQL refuses to run as root, and there is no 'postgres' or 'nobody' account",
         hint="run `tunnelman demo` as a normal user",
     )
 
 
-def _groups(user: pwd.struct_passwd) -> list[int]:
+def _groups(user: _Account) -> list[int]:
+    if not hasattr(os, "getgrouplist"):
+        return [user.pw_gid]
     try:
-        return os.getgrouplist(user.pw_name, user.pw_gid)
+        return [int(gid) for gid in os.getgrouplist(user.pw_name, user.pw_gid)]
     except OSError:
         return [user.pw_gid]
 
 
-def _reachable_by(path: Path, user: pwd.struct_passwd, *, mode_bit: int = 1) -> bool:
+def _chown(path: Path, user: _Account) -> None:
+    if hasattr(os, "chown"):  # only reached as root, on POSIX
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _reachable_by(path: Path, user: _Account, *, mode_bit: int = 1) -> bool:
     """Whether `user` can traverse every directory up to `path` (and x/r `path` itself)."""
     groups = set(_groups(user))
     target = path.resolve()
@@ -315,23 +343,41 @@ def _reachable_by(path: Path, user: pwd.struct_passwd, *, mode_bit: int = 1) -> 
     return True
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGINT (fast shutdown) the server when the demo dies."""
+def _libc_prctl() -> object | None:
+    """libc's prctl where there is one (Linux): macOS and Windows have none."""
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(1, int(signal.SIGINT), 0, 0, 0)  # PR_SET_PDEATHSIG
+        return None
+    try:
+        return getattr(ctypes.CDLL(libc_name, use_errno=True), "prctl", None)
+    except OSError:
+        return None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGINT (fast shutdown) the server when the demo dies."""
+    prctl = _libc_prctl()
+    if callable(prctl):
+        prctl(1, int(signal.SIGINT), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- the server
 
 
 class SandboxDatabase:
-    """A throwaway PostgreSQL in `root` (created, 0700), reachable only on its Unix socket.
+    """A throwaway PostgreSQL in `root` (created, 0700), reachable only on its Unix socket, or
+    with `tcp` (where there are no Unix sockets: Windows) only on 127.0.0.1 at a random port.
 
     `start()` runs initdb, the server, and seeds database `database` owned by superuser `user`
-    with `password`; `stop()` ends the server (the caller removes `root`).
+    with `password` (scram-sha-256 on every line of pg_hba, socket and TCP alike); `stop()` ends
+    the server (the caller removes `root`).
     """
 
     def __init__(
@@ -342,8 +388,11 @@ class SandboxDatabase:
         password: str,
         user: str = "demo",
         database: str = "geo",
+        tcp: bool = False,
     ) -> None:
         self.root = root
+        self.tcp = tcp
+        self.tcp_port: int | None = None
         self.binaries = binaries
         self.user = user
         self.database = database
@@ -364,6 +413,20 @@ class SandboxDatabase:
     def socket_path(self) -> str:
         """The Unix socket the bastion forwards to."""
         return str(self.root / f".s.PGSQL.{SOCKET_PORT}")
+
+    @property
+    def target(self) -> str | tuple[str, int]:
+        """What the bastion forwards to: the socket path, or ("127.0.0.1", port) with `tcp`."""
+        if self.tcp:
+            assert self.tcp_port is not None, "start() first"
+            return ("127.0.0.1", self.tcp_port)
+        return self.socket_path
+
+    def describe_listener(self) -> str:
+        """Where the server listens, for a person."""
+        if self.tcp:
+            return f"127.0.0.1:{self.tcp_port} (TCP, loopback only, password required)"
+        return f"a Unix socket in {self.socket_dir} (no TCP port)"
 
     @property
     def run_as(self) -> str | None:
@@ -389,7 +452,11 @@ class SandboxDatabase:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+        sigquit, sigkill = getattr(signal, "SIGQUIT", None), getattr(signal, "SIGKILL", None)
+        if sigquit is None or sigkill is None:
+            self._stop_without_signals(proc, timeout)
+            return
+        for sig, wait in ((signal.SIGINT, timeout), (sigquit, 5.0), (sigkill, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
             try:
@@ -397,6 +464,26 @@ class SandboxDatabase:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def _stop_without_signals(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Windows: no SIGINT for another process; `pg_ctl stop` reaches the postmaster through
+        its signal pipe (a fast shutdown), and TerminateProcess is the last resort."""
+        pg_ctl = self._bindir / _exe("pg_ctl")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [str(pg_ctl), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                env=self._child_env(),
+            )
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)
 
     @property
     def running(self) -> bool:
@@ -407,8 +494,8 @@ class SandboxDatabase:
         import psycopg
 
         return psycopg.connect(
-            host=str(self.socket_dir),
-            port=SOCKET_PORT,
+            host="127.0.0.1" if self.tcp else str(self.socket_dir),
+            port=self.tcp_port if self.tcp else SOCKET_PORT,
             user=self.user,
             password=self._password,
             dbname=dbname or self.database,
@@ -429,8 +516,8 @@ class SandboxDatabase:
                 f"'{user.pw_name}' account PostgreSQL must run as (running as root)",
                 hint="set TMPDIR=/tmp, or run `tunnelman demo` as a normal user",
             )
-        os.chown(self.root, user.pw_uid, user.pw_gid)
-        if not _reachable_by(self._bindir / "postgres", user, mode_bit=1):
+        _chown(self.root, user)
+        if not _reachable_by(self._bindir / _exe("postgres"), user, mode_bit=1):
             self._bindir = self._copy_binaries()
 
     def _copy_binaries(self) -> Path:
@@ -450,7 +537,7 @@ class SandboxDatabase:
                 extra |= stat.S_IXGRP | stat.S_IXOTH
             node.chmod(node.stat().st_mode | extra)
         bindir = dest / src_prefix.parent.name / src_prefix.name / "bin"
-        if not _reachable_by(bindir / "postgres", self._run_as):
+        if not _reachable_by(bindir / _exe("postgres"), self._run_as):
             raise DemoError(
                 f"cannot make the PostgreSQL binaries reachable by '{self._run_as.pw_name}'",
                 hint="set TMPDIR=/tmp, or run `tunnelman demo` as a normal user",
@@ -463,6 +550,7 @@ class SandboxDatabase:
             "LC_ALL": "C",
             "LANG": "C",
             "TZ": "UTC",
+            **programs.essential_env(),
         }
         if self._run_as is not None:
             env.update(HOME=str(self.root), USER=self._run_as.pw_name, LOGNAME=self._run_as.pw_name)
@@ -481,9 +569,9 @@ class SandboxDatabase:
         with os.fdopen(fd, "w") as fh:
             fh.write(self._password + "\n")
         if self._run_as is not None:
-            os.chown(pwfile, self._run_as.pw_uid, self._run_as.pw_gid)
+            _chown(pwfile, self._run_as)
         argv = [
-            str(self._bindir / "initdb"),
+            str(self._bindir / _exe("initdb")),
             "-D",
             str(self.data),
             "-U",
@@ -513,11 +601,13 @@ class SandboxDatabase:
             raise DemoError(f"initdb failed: {_last_line(result.stderr or result.stdout)}")
 
     def _launch(self) -> None:
+        if self.tcp:
+            self.tcp_port = free_loopback_port()
         settings = {
-            "listen_addresses": "",
-            "unix_socket_directories": str(self.socket_dir),
+            "listen_addresses": "127.0.0.1" if self.tcp else "",
+            "unix_socket_directories": "" if self.tcp else str(self.socket_dir),
             "unix_socket_permissions": "0700",
-            "port": str(SOCKET_PORT),
+            "port": str(self.tcp_port if self.tcp else SOCKET_PORT),
             "max_connections": "40",
             "shared_buffers": "32MB",
             # A throwaway database: durability buys nothing and costs start-up and seed time.
@@ -525,7 +615,7 @@ class SandboxDatabase:
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
-        argv = [str(self._bindir / "postgres"), "-D", str(self.data)]
+        argv = [str(self._bindir / _exe("postgres")), "-D", str(self.data)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -538,7 +628,7 @@ class SandboxDatabase:
                 env=self._child_env(),
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if callable(_libc_prctl()) else None,  # noqa: PLW1509
                 **self._as_server_user(),  # type: ignore[call-overload]
             )
         except OSError as exc:
@@ -562,7 +652,7 @@ class SandboxDatabase:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 raise DemoError(f"PostgreSQL stopped while starting: {self._log_tail()}")
-            if os.path.exists(self.socket_path):
+            if self.tcp or os.path.exists(self.socket_path):
                 try:
                     with self.connect("postgres") as conn:
                         row = conn.execute("show server_version").fetchone()

@@ -2,7 +2,8 @@
 
 Called by `tunnelman.cli.cmd_demo` (and tests). `Sandbox.start()` starts a private PostgreSQL
 (`tunnelman.demo.database`) and an in-process bastion (`tunnelman.demo.bastion`) that routes the
-endpoint `db.sandbox.invalid:5432` to the database's Unix socket, writes a fresh user key and a
+endpoint `db.sandbox.invalid:5432` to the database's Unix socket (or, without Unix sockets, or
+with `tcp=True` / `$TUNNELMAN_DEMO_TCP=1`, to its 127.0.0.1 port), writes a fresh user key and a
 known_hosts holding the bastion's key into a private 0700 directory, and adds a profile (`demo`,
 else `demo-2`, … when the user already has one) to the user's own profile file with
 `save_profile`, which keeps their comments. `close()` undoes all of it, in reverse, and is
@@ -16,6 +17,9 @@ other database of the user). That is what lets `tunnelman psql demo` work from a
 on a machine without a usable keyring; the block is removed on exit. A keyring would have been
 the production path, but a fresh machine often has no Secret Service.
 
+The private directory is made in the temp dir, or in /tmp when that is too long for a socket
+path (macOS's per-user $TMPDIR: sun_path holds 104 bytes there).
+
 A demo that died without cleaning up (SIGKILL, a crash) leaves a profile whose description names
 its pid; the next demo removes that profile, its private directory and its password block.
 """
@@ -27,7 +31,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from typing import Self
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError
 from tunnelman.core.files import atomic_write
+from tunnelman.core.platform import paths, programs
 from tunnelman.demo import DemoError
 from tunnelman.demo.bastion import InprocBastion, generate_key
 from tunnelman.demo.database import Binaries, SandboxDatabase, find_binaries
@@ -62,6 +66,10 @@ _PID_RE = re.compile(rf"^{re.escape(DESCRIPTION_PREFIX)} \(pid (\d+)\b")
 _BLOCK_BEGIN = "# tunnelman demo {pid}: begin (removed when the demo exits)"
 _BLOCK_END = "# tunnelman demo {pid}: end"
 _BLOCK_RE = re.compile(r"^# tunnelman demo (\d+): (begin|end)\b")
+ENV_TCP = "TUNNELMAN_DEMO_TCP"
+"""Set to 1 to make the sandbox database listen on loopback TCP even where Unix sockets exist."""
+# The workdir's name plus `/pg/.s.PGSQL.5432.lock` (mkdtemp adds 8 random characters).
+_SOCKET_ROOM = len(f"/{WORKDIR_PREFIX}4194304-abcdefgh/pg/.s.PGSQL.5432.lock")
 
 Progress = Callable[[str], None]
 
@@ -79,12 +87,8 @@ def _alive(pid: int) -> bool:
     """Whether a demo process `pid` still runs (a reused pid that is not tunnelman counts dead)."""
     if pid == os.getpid():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not programs.pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():
         with contextlib.suppress(OSError):
@@ -99,16 +103,30 @@ def _remove_workdir(path: Path | None) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _workdir_bases() -> list[Path]:
+    """Where sandbox directories are made: the temp dir, or a shorter one for socket paths."""
+    short = paths.socket_safe_tempdir(_SOCKET_ROOM)
+    bases = [Path(tempfile.gettempdir())]
+    if short is not None and Path(short) not in bases:
+        bases.append(Path(short))
+    return bases
+
+
+def _ours(path: Path) -> bool:
+    getuid = getattr(os, "getuid", None)  # Windows: the per-user temp dir is ours already
+    return getuid is None or path.stat().st_uid == getuid()
+
+
 def _stale_workdirs() -> list[Path]:
     """Sandbox directories in the temp dir left by dead demos of this user."""
     out: list[Path] = []
-    base = Path(tempfile.gettempdir())
-    with contextlib.suppress(OSError):
-        for path in base.glob(f"{WORKDIR_PREFIX}*"):
-            match = re.match(rf"{re.escape(WORKDIR_PREFIX)}(\d+)-", path.name)
-            with contextlib.suppress(OSError):
-                if match and path.stat().st_uid == os.getuid() and not _alive(int(match.group(1))):
-                    out.append(path)
+    for base in _workdir_bases():
+        with contextlib.suppress(OSError):
+            for path in base.glob(f"{WORKDIR_PREFIX}*"):
+                match = re.match(rf"{re.escape(WORKDIR_PREFIX)}(\d+)-", path.name)
+                with contextlib.suppress(OSError):
+                    if match and _ours(path) and not _alive(int(match.group(1))):
+                        out.append(path)
     return out
 
 
@@ -117,12 +135,7 @@ def _stale_workdirs() -> list[Path]:
 
 def pgpass_path() -> Path:
     """The password file libpq reads: `$PGPASSFILE`, else ~/.pgpass (%APPDATA% on Windows)."""
-    env = os.environ.get("PGPASSFILE")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", "~")).expanduser() / "postgresql" / "pgpass.conf"
-    return Path.home() / ".pgpass"
+    return paths.pgpass_file()
 
 
 def _without_blocks(text: str, drop: Callable[[int], bool]) -> str:
@@ -184,6 +197,8 @@ class Sandbox:
     `config`: the profile file (already resolved from --config / $TUNNELMAN_CONFIG / default).
     `postgres`: auto | system | embedded | a bin directory (else `$TUNNELMAN_DEMO_POSTGRES`).
     `local_port`: written into the profile (the TUI's tunnel then uses it).
+    `tcp`: the database listens on 127.0.0.1 at a random port instead of a Unix socket; default
+    where Unix sockets are missing (Windows) or when `$TUNNELMAN_DEMO_TCP` is 1.
     """
 
     def __init__(
@@ -193,8 +208,12 @@ class Sandbox:
         progress: Progress | None = None,
         postgres: str | None = None,
         local_port: int | None = None,
+        tcp: bool | None = None,
     ) -> None:
         self.config = config
+        if tcp is None:
+            tcp = os.environ.get(ENV_TCP, "") == "1" or not paths.unix_sockets()
+        self.tcp = tcp
         self.progress: Progress = progress or (lambda _text: None)
         self.postgres = postgres
         self.local_port = local_port
@@ -233,8 +252,14 @@ class Sandbox:
         self._clean_stale()
         name = self._choose_name()
         binaries = find_binaries(self.postgres)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
-        if os.geteuid() == 0:
+        self.workdir = Path(
+            tempfile.mkdtemp(
+                prefix=f"{WORKDIR_PREFIX}{os.getpid()}-",
+                dir=None if self.tcp else paths.socket_safe_tempdir(_SOCKET_ROOM),
+            )
+        )
+        geteuid = getattr(os, "geteuid", None)
+        if geteuid is not None and geteuid() == 0:
             # The server runs as another account (PostgreSQL refuses root): let it reach its
             # own subdirectory; everything else in here stays 0600.
             self.workdir.chmod(0o711)
@@ -243,9 +268,20 @@ class Sandbox:
 
         self.progress(f"starting a sandbox database ({binaries.describe()})…")
         self.database = SandboxDatabase(
-            self.workdir / "pg", binaries, password=password, user=role, database=DATABASE
+            self.workdir / "pg",
+            binaries,
+            password=password,
+            user=role,
+            database=DATABASE,
+            tcp=self.tcp,
         )
         self.database.start()
+        if self.tcp:
+            self.progress(
+                f"the sandbox database listens on {self.database.describe_listener()}: "
+                + ("no Unix sockets on this system" if not paths.unix_sockets() else f"{ENV_TCP}=1")
+                + "; its password is made for this run"
+            )
         if self.database.postgis_version is None:
             self.progress(
                 "PostGIS not available in this sandbox: public.places has lon/lat columns"
@@ -259,7 +295,7 @@ class Sandbox:
         user_key = generate_key()
         self.bastion = InprocBastion(
             user_key.pkey,
-            routes={(ENDPOINT_HOST, ENDPOINT_PORT): self.database.socket_path},
+            routes={(ENDPOINT_HOST, ENDPOINT_PORT): self.database.target},
             username=BASTION_USER,
         ).start()
         self.progress(f"starting a sandbox bastion on 127.0.0.1:{self.bastion.port}…")

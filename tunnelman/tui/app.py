@@ -427,15 +427,41 @@ class TunnelmanApp(App[None]):
         return out
 
     def copy_setting(self, name: str, fmt: str) -> None:
-        """y: the shown setting to the clipboard (OSC 52: works over SSH)."""
+        """y: the shown setting to the clipboard: OSC 52 (works over SSH) where the terminal
+        takes it, else the system's clipboard program (`core.platform.clipboard`)."""
+        from tunnelman.core.platform import clipboard
+
         try:
             text = services.render_conn(fmt, self.profiles[name], self._need_port(name))
         except TunnelmanError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.copy_to_clipboard(text)
         title = dict(services.CONN_TABS).get(fmt, fmt)
-        self.notify(f"Copied the {title} setting of '{name}' to the clipboard.")
+        method = clipboard.choose()
+        if method is None:
+            self.notify(
+                "Not copied: this terminal ignores OSC 52 and no clipboard program (clip.exe, "
+                "pbcopy, wl-copy, xclip, xsel) was found. Select the setting with the mouse "
+                f"(Shift+drag in most terminals), or run `tunnelman conn {name} --format {fmt}`.",
+                severity="warning",
+                timeout=12,
+            )
+            return
+        if method.osc52:
+            self.copy_to_clipboard(text)
+        else:
+            try:
+                clipboard.copy_with(method, text)
+            except clipboard.ClipboardError as exc:
+                self.notify(
+                    f"Not copied: {exc}. Select the setting with the mouse, or run "
+                    f"`tunnelman conn {name} --format {fmt}`.",
+                    severity="error",
+                )
+                return
+        self.notify(
+            f"Copied the {title} setting of '{name}' to the clipboard (via {method.label})."
+        )
 
     def _need_port(self, name: str) -> int:
         port = self.conn_port(name)
