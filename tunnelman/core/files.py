@@ -30,12 +30,12 @@ import contextlib
 import errno
 import os
 import stat
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunnelman.core.errors import ConfigError, TunnelmanError
+from tunnelman.core.platform import paths
 
 # Linux's own limit on links followed while resolving one path.
 _MAX_LINKS = 40
@@ -91,13 +91,6 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _link_is_trusted(st: os.stat_result) -> bool:
-    if sys.platform == "win32":
-        return True  # creating a symlink needs a privilege there; st_uid means nothing
-    else:  # noqa: RET505 - the else keeps mypy --platform win32 from calling this unreachable
-        return st.st_uid in (os.geteuid(), 0)
-
-
 @dataclass(frozen=True)
 class Target:
     """Where a write named `named` lands: `real`, the regular file (or new path) it resolves to."""
@@ -139,7 +132,7 @@ def resolve_target(
                     f"{named}: is a symlink; tunnelman does not write through it",
                     hint="move it away",
                 )
-            if not _link_is_trusted(st):
+            if not paths.link_is_trusted(st):
                 raise error(
                     f"{named}: the symlink {current} belongs to another user (uid {st.st_uid}); "
                     "tunnelman writes only through your own links",
@@ -236,12 +229,8 @@ def atomic_write(
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-            if sys.platform != "win32" and old is not None:
-                owner = (old.st_uid, old.st_gid)
-                if owner != (os.geteuid(), os.getegid()):
-                    # Root rewriting a user's file must not leave it owned by root.
-                    with contextlib.suppress(PermissionError):
-                        os.fchown(fh.fileno(), *owner)
+            if old is not None:
+                paths.keep_owner(fh.fileno(), old)
         os.chmod(tmp, mode)
         # The path may have changed since it was checked: never rename over a device or a FIFO.
         _recheck(target, error)

@@ -16,6 +16,7 @@ and the demo (its pgpass block, its socket directory).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -164,3 +165,26 @@ def socket_safe_tempdir(room: int, base: str | None = None) -> str | None:
     if len(os.fsencode(default)) + room <= SUN_PATH_MAX:
         return None
     return "/tmp" if os.path.isdir("/tmp") else None
+
+
+def link_is_trusted(st: os.stat_result) -> bool:
+    """Whether a symlink with this lstat() may be written through: one of ours or root's.
+
+    On Windows creating a symlink needs a privilege and st_uid means nothing: trusted.
+    """
+    if sys.platform == "win32":
+        return True
+    else:  # noqa: RET505 - the else keeps mypy --platform win32 from calling this unreachable
+        return st.st_uid in (os.geteuid(), 0)
+
+
+def keep_owner(fd: int, old: os.stat_result) -> None:
+    """Give a rewritten file (open as `fd`) the owner of the file it replaces, where we may.
+
+    Root rewriting a user's file must not leave it owned by root; Windows has no such owners.
+    """
+    if sys.platform != "win32":
+        owner = (old.st_uid, old.st_gid)
+        if owner != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *owner)
