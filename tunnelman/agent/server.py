@@ -121,7 +121,7 @@ def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
             f"key {path} is passphrase-protected and the background agent cannot ask for "
             f"passphrases: add it to ssh-agent (ssh-add {path})",
             hint=(
-                "then try again (the key is used through ssh-agent), or run "
+                "then run it again: a key that ssh-agent holds is used through it; or run "
                 f"`tunnelman up {profile_name}` without --detach to be asked in the terminal"
             ),
         )
