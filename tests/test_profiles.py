@@ -48,6 +48,30 @@ def test_example_file_loads_with_the_real_loader() -> None:
     assert iam.sslmode == "verify-full"  # its own value wins over [defaults]
 
 
+def test_example_file_shows_every_key_and_its_commented_values_load(tmp_path: Path) -> None:
+    """Every schema key is in the example (set or commented); uncommented, the file still loads."""
+    import re
+    import tomllib
+
+    text = (REPO / "profiles.example.toml").read_text("utf-8")
+    key_line = re.compile(r"^#?\s*([a-z_]+)\s*=", re.MULTILINE)
+    shown = set(key_line.findall(text))
+    missing = [key for key in prof.PROFILE_KEYS if key not in shown]
+    assert not missing, f"profiles.example.toml does not show: {', '.join(missing)}"
+    # Each commented key line turned on: still valid, every key's example value accepted.
+    uncommented = re.sub(r"^# ?([a-z_]+\s*=)", r"\1", text, flags=re.MULTILINE)
+    assert uncommented != text
+    path = write(tmp_path, uncommented)
+    prod = prof.load(path, missing_ok=False).get("prod")
+    assert prod.engine == "openssh"
+    assert prod.instance_connect is True
+    assert prod.bastion_instance_id == "i-0123456789abcdef0"
+    assert (prod.connect_timeout, prod.keepalive) == (15, 15)
+    assert prod.secret is not None
+    raw = tomllib.loads(uncommented)["profiles"]["prod"]
+    assert set(raw) == set(prof.PROFILE_KEYS), set(prof.PROFILE_KEYS) ^ set(raw)
+
+
 def test_defaults_apply_and_profile_wins(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -225,6 +249,28 @@ def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
     again = run_cli("--config", str(path), "profile", "add", "geo", "--endpoint", "x")
     assert again.returncode != 0
     assert "--force" in again.stderr
+
+
+def test_cli_profile_add_engine(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.toml"
+    result = run_cli(
+        "--config", str(path), "profile", "add", "sys",
+        "--endpoint", "db.example", "--bastion", "ec2-user@bastion.example.com",
+        "--engine", "openssh",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert prof.load(path).get("sys").engine == "openssh"
+    plain = run_cli("--config", str(path), "profile", "add", "plain", "--endpoint", "db.example")
+    assert plain.returncode == 0, plain.stderr
+    assert prof.load(path).get("plain").engine == "sshtunnel"
+    assert "engine" not in path.read_text().split("[profiles.plain]", 1)[1]
+    bad = run_cli(
+        "--config", str(path), "profile", "add", "x", "--endpoint", "d", "--engine", "ssh"
+    )
+    assert bad.returncode != 0
+    assert "sshtunnel" in bad.stderr
+    assert "openssh" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------------------ every value checked at load

@@ -21,8 +21,9 @@ that connects and sends nothing, or sends a line without end, costs a file descr
 
 It cannot ask a person anything: an unknown host key comes back as `HostKeyUnknown` with the
 fingerprint (the client asks on its terminal or in the TUI, then retries with `accept_fingerprint`,
-which accepts that key and only that key); a passphrase-protected key is refused with the ssh-agent
-way out. It never needs a database password: it only forwards a port.
+which accepts that key and only that key). A passphrase-protected key is used through ssh-agent when
+the agent holds it (the client sends its SSH_AUTH_SOCK with `up`; see `ssh.load_identity`), else it is
+refused with the ssh-add way out. It never needs a database password: it only forwards a port.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
             f"key {path} is passphrase-protected and the background agent cannot ask for "
             f"passphrases: add it to ssh-agent (ssh-add {path})",
             hint=(
-                "then remove identity_file from the profile so the agent's keys are used, or run "
+                "then run it again: a key that ssh-agent holds is used through it; or run "
                 f"`tunnelman up {profile_name}` without --detach to be asked in the terminal"
             ),
         )

@@ -109,6 +109,14 @@ class Doctor:
             assert identity.path is not None
             protection = platform_keys.describe_protection(identity.path)
             return f"{identity.path} ({key.get_name()} {fingerprint(key)}, {protection})"
+        if identity.through_agent:
+            with identity.keys() as keys:
+                found = agents.find_agent() or "ssh-agent"
+                key = keys[0]
+                return (
+                    f"{identity.path} ({key.get_name()} {fingerprint(key)}, passphrase-protected): "
+                    f"used through {found}, which holds it"
+                )
         if identity.source == "agent":
             with identity.keys() as keys:
                 found = agents.find_agent() or "ssh-agent"

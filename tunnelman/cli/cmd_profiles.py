@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import get_args
 
 import click
 
@@ -85,6 +86,12 @@ def _endpoint_option(value: str | None) -> str | None:
     type=click.Choice(["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
     help="libpq sslmode for clients (verify-full works through the tunnel).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(get_args(prof.Engine)),
+    help="sshtunnel (default: paramiko, in-process) or openssh (the system `ssh -N -L`, "
+    "with your ssh_config).",
+)
 @click.option("--description", metavar="TEXT", help="A line shown in lists.")
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
 @click.pass_context
@@ -103,6 +110,7 @@ def profile_add(
     local_port: int | None,
     password_source: str | None,
     sslmode: str | None,
+    engine: str | None,
     description: str | None,
     force: bool,
 ) -> None:
@@ -124,6 +132,7 @@ def profile_add(
         "cluster": cluster,
         "region": region,
         "aws_profile": aws_profile,
+        "engine": engine,
     }
     # Refuse a taken name before asking AWS: no point in a look-up whose result is thrown away.
     if prof.load(path).profiles.get(name) is not None and not force:

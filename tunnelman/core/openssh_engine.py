@@ -14,7 +14,8 @@ The same rules as the paramiko engine:
 - Keys: only the profile's key (`-i KEY -o IdentitiesOnly=yes`, permissions checked first) or
   ssh-agent when the profile names none (`IdentityFile=none`: never the default ~/.ssh/id_*).
 - Never a prompt: `BatchMode=yes`, stdin is /dev/null and ssh runs in its own session (no
-  controlling terminal). A passphrase-protected key must be in ssh-agent.
+  controlling terminal). A passphrase-protected key must be in ssh-agent: checked before ssh runs
+  (the agent must hold that very key, matched by KEY.pub or the OpenSSH file's public header).
 - Listens on 127.0.0.1 only. Readiness: ssh's LocalCommand (run once the -L listener is bound)
   prints a line on a pipe, and the port is polled as well (the kernel's listening sockets on
   Linux, else a connect) until a deadline; ssh's exit and its stderr become tunnelman's errors.
@@ -322,12 +323,29 @@ class OpenSSHTunnel(Tunnel):
                 raise ssh.no_agent_error()
             return
         ssh.check_key_permissions(path)
-        if _key_encrypted(path) and not ssh.agent_available():
+        if not _key_encrypted(path):
+            return
+        if not ssh.agent_available():
             raise SSHKeyError(
                 f'key {path} is passphrase-protected: with engine = "openssh" it must be in '
                 f"ssh-agent (tunnelman never lets ssh prompt)",
                 hint=f"run `ssh-add {path}`",
             )
+        blob = ssh.public_key_blob(path)
+        if blob is None:
+            # ssh finds the agent's copy by the public key; an encrypted PEM file has none.
+            raise SSHKeyError(
+                f"key {path} is passphrase-protected and has no public key beside it "
+                f'({path.name}.pub): with engine = "openssh", ssh cannot match it to ssh-agent',
+                hint=f"write it with `ssh-keygen -y -f {path} > {path}.pub`, then `ssh-add {path}`",
+            )
+        if not ssh.agent_has_key(blob):
+            raise SSHKeyError(
+                f"key {path} is passphrase-protected and ssh-agent does not hold it: "
+                f'with engine = "openssh" it must be in ssh-agent (tunnelman never lets ssh prompt)',
+                hint=f"run `ssh-add {path}`",
+            )
+        self._log.info("key %s: ssh-agent holds it, ssh will sign through the agent", path)
 
     def _host_key_first(self) -> str:
         """Make sure known_hosts holds the bastion's key (asking as the policy says).

@@ -9,8 +9,11 @@ the profile's one key, or with the ssh-agent's keys when the profile names none.
 
 Keys follow OpenSSH's rules: a private key that group or others can read is refused with the
 `chmod 600` fix (on Windows: judged by the file's ACL, with the `icacls` fix; see
-`tunnelman.core.platform.keys`); an encrypted key needs a `PassphrasePrompt`, and without one the message says to
-use ssh-agent. Blocking calls honour a `cancel` event by closing the socket under them.
+`tunnelman.core.platform.keys`). An encrypted key whose public half (KEY.pub beside it, or the
+clear header of an OpenSSH-format file) ssh-agent holds is used through the agent, as ssh does:
+no passphrase, and that one agent key only. Otherwise an encrypted key needs a `PassphrasePrompt`,
+and without one the message says to use ssh-agent. Blocking calls honour a `cancel` event by
+closing the socket under them.
 """
 
 from __future__ import annotations
@@ -61,10 +64,12 @@ __all__ = [
     "HostKeyUnknown",
     "Identity",
     "PassphrasePrompt",
+    "agent_has_key",
     "check_key_permissions",
     "connect",
     "load_identity",
     "load_private_key",
+    "public_key_blob",
 ]
 
 # paramiko imports `invoke` (~80 ms, a third of its import time, on every one-shot command) only
@@ -105,6 +110,7 @@ class _KeyFile:
     kind: Literal["rsa", "ecdsa", "ed25519", "pkcs8", "unknown"]
     encrypted: bool
     detail: str = ""
+    public: bytes | None = None  # the public key blob an OpenSSH-format file carries in clear
 
 
 def _sniff(path: Path, data: bytes) -> _KeyFile:
@@ -155,6 +161,8 @@ def _sniff_openssh(text: str) -> _KeyFile:
     read_string()  # kdf name
     read_string()  # kdf options
     pos += 4  # number of keys
+    # The public key sits here unencrypted, before the (possibly encrypted) private part: it is
+    # what lets an encrypted key be matched to ssh-agent's copy without the passphrase.
     public = read_string()
     size = int.from_bytes(public[:4], "big")
     key_type = public[4 : 4 + size].decode("ascii", errors="replace")
@@ -165,7 +173,108 @@ def _sniff_openssh(text: str) -> _KeyFile:
     kind = kinds.get(key_type) or ("ecdsa" if key_type.startswith("ecdsa-sha2-") else None)
     if kind is None:
         return _KeyFile("unknown", False, f"a {key_type} key, which tunnelman cannot use")
-    return _KeyFile(kind, cipher != b"none")
+    return _KeyFile(kind, cipher != b"none", public=public if size and len(public) > 4 else None)
+
+
+def _read_pub_file(pub: Path) -> bytes | None:
+    """The key blob of an OpenSSH public key line (`TYPE BASE64 [comment]`); None if unusable."""
+    try:
+        text = pub.read_text("ascii", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) < 2:
+            return None
+        try:
+            blob = base64.b64decode(fields[1], validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        size = int.from_bytes(blob[:4], "big")
+        # A line whose type disagrees with its blob is damaged: better no match than a wrong one.
+        return blob if blob[4 : 4 + size] == fields[0].encode() else None
+    return None
+
+
+def _public_blob(path: Path, info: _KeyFile) -> bytes | None:
+    if info.public is not None:
+        return info.public  # the file's own header: cannot be stale, unlike a KEY.pub
+    return _read_pub_file(path.with_name(path.name + ".pub"))
+
+
+def public_key_blob(path: Path) -> bytes | None:
+    """The public key of the private key file at `path`, found without its passphrase.
+
+    From the file itself for OpenSSH-format keys (their header holds the public key in clear), else
+    from KEY.pub beside it, as ssh looks. None: neither (e.g. an encrypted PEM key without .pub).
+    """
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return _public_blob(path, _sniff(path, data))
+
+
+def agent_has_key(blob: bytes) -> bool:
+    """Whether ssh-agent holds the key with this public blob (False: no agent, or not in it)."""
+    if not agent_available():
+        return False
+    import paramiko
+
+    try:
+        agent = paramiko.Agent()
+    except (paramiko.SSHException, OSError) as exc:
+        _log.info("cannot list ssh-agent's keys: %s", exc)
+        return False
+    try:
+        return any(key.asbytes() == blob for key in agent.get_keys())
+    finally:
+        agent.close()
+
+
+def _in_agent(path: Path) -> bytes | None:
+    """For an encrypted key ssh-agent holds: its public blob. None: load the file as usual."""
+    check_key_permissions(path)  # OpenSSH's rule holds even when the agent will sign
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # load_private_key says why
+    info = _sniff(path, data)
+    if not info.encrypted or not agent_available():
+        return None
+    blob = _public_blob(path, info)
+    if blob is None:
+        _log.info("key %s is encrypted and has no public half to match in ssh-agent", path)
+        return None
+    return blob if agent_has_key(blob) else None
+
+
+@contextlib.contextmanager
+def _agent_key(blob: bytes, path: Path | None) -> Iterator[paramiko.PKey]:
+    """The one agent key with this public blob, usable while the context is open."""
+    import paramiko
+
+    if not agent_available():
+        raise SSHKeyError(
+            f"key {path} was used through ssh-agent, and no ssh-agent is running now "
+            f"({agents.missing_reason()})",
+            hint=f"{agents.start_hint()} (ssh-add {path})",
+        )
+    agent = paramiko.Agent()
+    try:
+        for key in agent.get_keys():
+            if key.asbytes() == blob:
+                yield key
+                return
+        raise SSHKeyError(
+            f"key {path} is no longer in ssh-agent (removed, or its lifetime ran out)",
+            hint=f"add it again with `ssh-add {path}`",
+        )
+    finally:
+        agent.close()
 
 
 def _load_once(path: Path, info: _KeyFile, passphrase: str | None) -> paramiko.PKey:
@@ -285,16 +394,28 @@ def agent_keys() -> Iterator[list[paramiko.PKey]]:
 
 @dataclass
 class Identity:
-    """What we offer the bastion: the profile's one key, or whatever ssh-agent holds."""
+    """What we offer the bastion: the profile's one key, or whatever ssh-agent holds.
+
+    source "agent" with `path` and `public_blob` set: the profile's (encrypted) key, signed by
+    ssh-agent, which holds it. Only that key is offered, never the agent's others.
+    """
 
     source: Literal["file", "agent", "instance-connect"]
     path: Path | None = None
     key: paramiko.PKey | None = None
     profile: Profile | None = field(default=None, repr=False)
+    public_blob: bytes | None = field(default=None, repr=False)
+
+    @property
+    def through_agent(self) -> bool:
+        """The profile's own key, used through ssh-agent."""
+        return self.source == "agent" and self.public_blob is not None
 
     def describe(self) -> str:
         if self.source == "file":
             return f"key {self.path}"
+        if self.through_agent:
+            return f"key {self.path} (through ssh-agent)"
         if self.source == "agent":
             return "the keys in ssh-agent"
         return "an EC2 Instance Connect key"
@@ -302,6 +423,10 @@ class Identity:
     @contextlib.contextmanager
     def keys(self) -> Iterator[list[paramiko.PKey]]:
         """The keys to offer for one connection (the agent is asked afresh every time)."""
+        if self.public_blob is not None:
+            with _agent_key(self.public_blob, self.path) as held:
+                yield [held]
+            return
         if self.source == "agent":
             with agent_keys() as keys:
                 yield keys
@@ -319,11 +444,19 @@ class Identity:
 
 
 def load_identity(profile: Profile, passphrase: PassphrasePrompt | None = None) -> Identity:
-    """The profile's identity: its key file (loaded now, once), else the agent."""
+    """The profile's identity: its key file (loaded now, once), else the agent.
+
+    An encrypted key file that ssh-agent holds is used through the agent (no passphrase asked),
+    as ssh does; `passphrase` is asked only when the agent does not have it.
+    """
     if profile.instance_connect:
         return Identity(source="instance-connect", profile=profile)
     if profile.identity_file is not None:
-        path = profile.identity_file
+        path = Path(profile.identity_file).expanduser()
+        blob = _in_agent(path)
+        if blob is not None:
+            _log.info("key %s is in ssh-agent: signing through the agent", path)
+            return Identity(source="agent", path=path, public_blob=blob)
         return Identity(source="file", path=path, key=load_private_key(path, passphrase))
     with agent_keys():
         pass  # fails now, with the fix, when there is no agent or it is empty
