@@ -8,8 +8,6 @@ profile holds the port and the `tunnelman down NAME` that frees it. Core cannot 
 
 from __future__ import annotations
 
-import os
-
 from tunnelman.core.errors import PortBusyError, TunnelmanError
 
 # Commands that hold a local port in their own process while they run.
@@ -21,7 +19,8 @@ _VALUED = ("--config", "--port")
 def _is_tunnelman(argv: list[str]) -> int | None:
     """Index of the program word (`…/tunnelman`, `-m tunnelman…`) in a command line, if any."""
     for i, word in enumerate(argv):
-        base = os.path.basename(word).lower().removesuffix(".exe")
+        # Either separator: a Windows path read on any system still names the program.
+        base = word.replace("\\", "/").rsplit("/", 1)[-1].lower().removesuffix(".exe")
         if base in ("tunnelman", "tunnelman-script.py"):
             return i
         if word == "-m" and i + 1 < len(argv) and argv[i + 1].startswith("tunnelman"):
