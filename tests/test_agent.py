@@ -421,7 +421,7 @@ def test_an_unknown_host_key_is_asked_on_the_terminal_before_the_agent_opens_it(
     lab_profile.known_hosts.write_text("")
     fingerprint = lab_profile.sshd.host_key_fingerprint()
     command = f"{sys.executable} -m tunnelman up lab --detach; echo exit=$?"
-    for answer, expected in (("no", "exit=1"), ("yes", "exit=0")):
+    for answer, expected in (("no", "exit=4"), ("yes", "exit=0")):  # 4: host key refused
         prefix, _out = tmux_run(tmp_path, command, answer)
         try:
             wait_for(lambda p=prefix: "(yes/no" in screen(p), 60, "the host key question")  # type: ignore[misc]
