@@ -354,7 +354,7 @@ def test_a_busy_port_is_reported_by_the_agent(lab_profile: LabProfile) -> None:
         result = run_cli("up", "lab", "--detach", "--port", str(busy))
     finally:
         holder.close()
-    assert result.returncode == 1
+    assert result.returncode == 5  # port busy, through the agent
     assert str(busy) in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tunnelman: error: ")
     assert status_json() == []
@@ -366,7 +366,7 @@ def test_a_passphrase_protected_key_points_to_ssh_add(
     key, _pub = make_key(tmp_path, "ed25519", passphrase="correct horse")
     lab_profile.write(identity_file=key)
     result = run_cli("up", "lab", "--detach")
-    assert result.returncode == 1
+    assert result.returncode == 4  # the key cannot be used: authentication
     assert "passphrase-protected" in result.stderr
     assert f"ssh-add {key}" in result.stderr
 
@@ -380,7 +380,7 @@ def test_an_unknown_host_key_without_a_terminal_names_the_way_out(
     lab_profile.known_hosts.write_text("")
     fingerprint = lab_profile.sshd.host_key_fingerprint()
     refused = run_cli("up", "lab", "--detach")
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # host key refused
     assert fingerprint in refused.stderr
     assert "--accept-new-host-key" in refused.stderr
     assert lab_profile.known_hosts.read_text() == ""
@@ -421,7 +421,7 @@ def test_an_unknown_host_key_is_asked_on_the_terminal_before_the_agent_opens_it(
     lab_profile.known_hosts.write_text("")
     fingerprint = lab_profile.sshd.host_key_fingerprint()
     command = f"{sys.executable} -m tunnelman up lab --detach; echo exit=$?"
-    for answer, expected in (("no", "exit=1"), ("yes", "exit=0")):
+    for answer, expected in (("no", "exit=4"), ("yes", "exit=0")):  # 4: host key refused
         prefix, _out = tmux_run(tmp_path, command, answer)
         try:
             wait_for(lambda p=prefix: "(yes/no" in screen(p), 60, "the host key question")  # type: ignore[misc]

@@ -401,6 +401,9 @@ def test_passphrase_key_without_a_terminal_names_ssh_add(
 # ----------------------------------------------------------------------------- failures
 
 
+EXIT = {"busy port": 5, "unknown name": 3, "refused": 3, "wrong key": 4, "endpoint unreachable": 6}
+
+
 @pytest.mark.parametrize(
     "case", ["busy port", "unknown name", "refused", "wrong key", "endpoint unreachable"]
 )
@@ -435,7 +438,7 @@ def test_each_failure_has_its_own_message_within_15_s(
         result, elapsed = run(*args)
     finally:
         holder.close()
-    assert result.returncode == 1
+    assert result.returncode == EXIT[case]
     line = errline(result.stderr)
     for text in expect:
         assert text in line
@@ -451,7 +454,7 @@ def test_forwarding_refused_by_the_bastion(lab_profile: LabProfile, make_sshd: A
     shutil.copy(bastion.key_path, lab_profile.identity_file)
     lab_profile.write(bastion=bastion.destination)
     result, elapsed = run("up", "lab")
-    assert result.returncode == 1
+    assert result.returncode == 6  # forwarding refused
     line = errline(result.stderr)
     assert "refuses to forward" in line
     assert "administratively prohibited" in line

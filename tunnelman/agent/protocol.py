@@ -19,7 +19,11 @@ may carry several requests in turn::
     TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections"}
     failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown", "message", "hint",
                "host_key": {"host", "port", "key_type", "fingerprint"}?, "known_hosts": path?,
-               "expected": fp?, "line": n?, "known": [{"key_type", "fingerprint", "line"}]?}
+               "expected": fp?, "line": n?, "known": [{"key_type", "fingerprint", "line"}]?,
+               "exit_code": n, "port": n?, "pid": n?}
+    (`down`'s TUNNEL counts in "connections" the client connections it cut. "exit_code" keeps the
+    CLI's exit status for an error class the client does not know by name; "port"/"pid" are a
+    PortBusyError's port and holder.)
 
 Over TCP (no AF_UNIX) every request also carries `"token"`, read from the agent's 0600 state file.
 
@@ -280,6 +284,7 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
         "kind": type(exc).__name__,
         "message": exc.message,
         "hint": exc.hint,
+        "exit_code": exc.exit_code,
     }
     info = getattr(exc, "info", None)
     if info is not None and hasattr(info, "fingerprint"):
@@ -292,7 +297,7 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
     known_hosts = getattr(exc, "known_hosts", None)
     if known_hosts is not None:
         reply["known_hosts"] = str(known_hosts)
-    for key in ("expected", "line"):
+    for key in ("expected", "line", "port", "pid"):
         value = getattr(exc, key, None)
         if isinstance(value, str | int):
             reply[key] = value
@@ -362,8 +367,24 @@ def error_from_wire(reply: dict[str, Any]) -> errors.TunnelmanError:
             line=line if isinstance(line, int) else 0,
             hint=hint,
         )
+    if kind == "PortBusyError":
+        return errors.PortBusyError(
+            message, hint=hint, port=_small_int(reply.get("port")), pid=_small_int(reply.get("pid"))
+        )
     cls = getattr(errors, kind, None)
     if isinstance(cls, type) and issubclass(cls, errors.TunnelmanError):
         return cls(message, hint=hint)
-    # A subclass we do not know by name (e.g. from a newer agent): keep the message.
-    return errors.AgentError(message, hint=hint)
+    # A subclass we do not know by name (an engine's own, or from a newer agent): keep the
+    # message, and the exit status scripts rely on.
+    unknown = errors.AgentError(message, hint=hint)
+    code = _small_int(reply.get("exit_code"))
+    if code is not None and 0 < code < 256:
+        unknown.exit_code = code
+    return unknown
+
+
+def _small_int(value: object) -> int | None:
+    """A non-negative int field of a reply (a port, a pid, an exit code), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return value
+    return None

@@ -784,21 +784,28 @@ class Agent:
                 hint=f"it holds: {', '.join(others)}" if others else "it holds no tunnels",
             )
         _log.info("down %s", name)
+        open_before = held.status().connections
         self._stop_all([held])
         self._write_state()
         self._publish({"event": "removed", "name": name})
-        return {"tunnel": protocol.status_to_wire(held.status())}
+        return {"tunnel": protocol.status_to_wire(_closed_status(held, open_before))}
 
     def _op_down_all(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
         with self._lock:
             held = list(self._held.values())
             self._held.clear()
         _log.info("down --all (%d tunnel(s))", len(held))
+        open_before = [h.status().connections for h in held]
         self._stop_all(held)
         self._write_state()
         for h in held:
             self._publish({"event": "removed", "name": h.name})
-        return {"tunnels": [protocol.status_to_wire(h.status()) for h in held]}
+        return {
+            "tunnels": [
+                protocol.status_to_wire(_closed_status(h, n))
+                for h, n in zip(held, open_before, strict=True)
+            ]
+        }
 
     def _op_up(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
         from tunnelman.core import profiles
@@ -980,6 +987,13 @@ class Agent:
         finally:
             with self._lock:
                 self._subscribers.discard(sub)
+
+
+def _closed_status(held: Held, cut: int) -> TunnelStatus:
+    """`down`'s reply: the stopped tunnel, its `connections` the client connections it cut."""
+    import dataclasses
+
+    return dataclasses.replace(held.status(), connections=cut)
 
 
 def _settings(profile: Profile) -> Profile:

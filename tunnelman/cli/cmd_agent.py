@@ -16,16 +16,21 @@ import click
 
 from tunnelman.agent.client import AgentClient
 from tunnelman.cli.main import get_ctx
-from tunnelman.cli.output import err, json_out, out, progress, table
+from tunnelman.cli.output import err, json_line, json_out, out, progress, table
 from tunnelman.core.errors import AgentError
 
 if TYPE_CHECKING:
     from tunnelman.core.tunnel import TunnelStatus
 
 
-def detach_up(ctx: click.Context, name: str, port: int | None, accept_new: bool) -> None:
-    """`tunnelman up NAME --detach`: hand the tunnel to the agent, return once its port is ready."""
-    from tunnelman.cli.cmd_tunnel import psql_command
+def detach_up(
+    ctx: click.Context, name: str, port: int | None, accept_new: bool, *, as_json: bool = False
+) -> None:
+    """`tunnelman up NAME --detach`: hand the tunnel to the agent, return once its port is ready.
+
+    `as_json`: the tunnel object on stdout (one line), the human lines on stderr.
+    """
+    from tunnelman.cli.cmd_tunnel import psql_command, tunnel_object
     from tunnelman.cli.prompts import host_key_policy
     from tunnelman.core import profiles as prof
 
@@ -39,8 +44,11 @@ def detach_up(ctx: click.Context, name: str, port: int | None, accept_new: bool)
     bound = status.local_port
     if bound is None:
         raise AgentError(f"the agent opened '{name}' but reports no local port")
-    out(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
-    out(f"  {psql_command(profile, bound)}")
+    say = err if as_json else out
+    if as_json:
+        json_line(tunnel_object(profile, status, detached=True))
+    say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+    say(f"  {psql_command(profile, bound)}")
     err(
         "The background agent holds it: it outlives this terminal. "
         f"`tunnelman status` shows it, `tunnelman down {name}` closes it."
@@ -84,8 +92,9 @@ def status_cmd(as_json: bool) -> None:
     """Show the tunnels the background agent holds (never starts the agent).
 
     \b
-    JSON: [{name, state, local_port, since, reconnects, error}], state one of
-    starting, up, reconnecting, failed, stopped; since is when it last came up (ISO 8601).
+    JSON: [{name, state, local_port, since, reconnects, error, connections}], state one of
+    starting, up, reconnecting, failed, stopped; since is when it last came up (ISO 8601);
+    connections is how many client connections are open through it.
     """
     client = AgentClient()
     statuses = client.status()
@@ -112,26 +121,53 @@ def status_cmd(as_json: bool) -> None:
 # ----------------------------------------------------------------------------- down
 
 
+def _cut(count: int) -> str:
+    if count == 0:
+        return "no client connection was open"
+    return f"cut {count} open client connection{'' if count == 1 else 's'}"
+
+
+def _closed_line(status: TunnelStatus) -> str:
+    where = f" (127.0.0.1:{status.local_port})" if status.local_port else ""
+    return f"Closed '{status.name}'{where}; {_cut(status.connections)}."
+
+
+def _closed_json(status: TunnelStatus) -> dict[str, object]:
+    return {**status.to_json(), "cut": status.connections}
+
+
 @click.command("down")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Close every tunnel the agent holds.")
-def down_cmd(name: str | None, all_: bool) -> None:
-    """Close NAME's tunnel held by the background agent (or every one with --all)."""
+@click.option("--json", "as_json", is_flag=True, help="What was closed, as JSON, for scripts.")
+def down_cmd(name: str | None, all_: bool, as_json: bool) -> None:
+    """Close NAME's tunnel held by the background agent (or every one with --all).
+
+    Says how many client connections (QGIS, psql, …) were still open and got cut.
+
+    \b
+    JSON: the closed tunnel (a list with --all) as `status --json` shows it, with
+    `cut` (and `connections`) the number of client connections it cut.
+    """
     if bool(name) == all_:
         raise click.UsageError("give a profile NAME or --all")
     client = AgentClient()
     if all_:
         closed = client.down_all()
+        if as_json:
+            json_out([_closed_json(s) for s in closed])
+            return
         if not closed:
             out("No tunnels to close.")
         for status in closed:
-            where = f" (127.0.0.1:{status.local_port})" if status.local_port else ""
-            out(f"Closed '{status.name}'{where}.")
+            out(_closed_line(status))
         return
     assert name is not None
     status = client.down(name)
-    where = f" (127.0.0.1:{status.local_port})" if status.local_port else ""
-    out(f"Closed '{name}'{where}.")
+    if as_json:
+        json_out(_closed_json(status))
+        return
+    out(_closed_line(status))
 
 
 # ----------------------------------------------------------------------------- agent

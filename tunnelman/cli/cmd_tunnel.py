@@ -2,7 +2,9 @@
 
 Prints the local address and a ready psql command (never a password), reports reconnects on
 stderr, and closes cleanly on SIGINT or SIGTERM (exit 0). `--detach` hands the tunnel to the
-background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agent).
+background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agent). `--json`
+prints the tunnel object (`tunnel_object`) as one line on stdout once it is up, and every human
+line on stderr. A failure exits with its family's code (`tunnelman.core.errors.EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ from __future__ import annotations
 import queue
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tunnelman.cli.main import get_ctx
-from tunnelman.cli.output import err, out, progress
+from tunnelman.cli.main import exit_code_help, get_ctx
+from tunnelman.cli.output import err, json_line, out, progress
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
 from tunnelman.cli.signals import interrupt, routed
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelError
 from tunnelman.core.profiles import Profile
+
+if TYPE_CHECKING:
+    from tunnelman.core.tunnel import TunnelStatus
 
 
 def psql_command(profile: Profile, port: int) -> str:
@@ -28,6 +33,21 @@ def psql_command(profile: Profile, port: int) -> str:
     from tunnelman.core import clients
 
     return clients.render("psql", profile, port).strip()
+
+
+def tunnel_object(profile: Profile, status: TunnelStatus, *, detached: bool) -> dict[str, object]:
+    """What `up --json` prints: `status --json`'s object plus where it leads and who holds it."""
+    port = status.local_port
+    return {
+        **status.to_json(),
+        "address": f"127.0.0.1:{port}" if port else None,
+        "engine": profile.engine,
+        "bastion": str(profile.bastion) if profile.bastion else None,
+        "endpoint": str(profile.endpoint) if profile.endpoint else None,
+        "database": profile.database,
+        "user": profile.user,
+        "detached": detached,
+    }
 
 
 def announce_resume(profile: Profile) -> None:
@@ -45,13 +65,15 @@ def announce_resume(profile: Profile) -> None:
         progress(f"tunnelman: {note}")
 
 
-def _detach(ctx: click.Context, name: str, port: int | None, accept_new: bool) -> None:
+def _detach(
+    ctx: click.Context, name: str, port: int | None, accept_new: bool, as_json: bool
+) -> None:
     from tunnelman.cli.cmd_agent import detach_up
 
-    detach_up(ctx, name, port, accept_new)
+    detach_up(ctx, name, port, accept_new, as_json=as_json)
 
 
-@click.command("up")
+@click.command("up", epilog=exit_code_help())
 @click.argument("name")
 @click.option(
     "--port",
@@ -71,20 +93,36 @@ def _detach(ctx: click.Context, name: str, port: int | None, accept_new: bool) -
     is_flag=True,
     help="Hand the tunnel to the background agent and return (see `tunnelman status`).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Once it is up, print the tunnel as one JSON line on stdout (messages go to stderr).",
+)
 @click.pass_context
 def up_cmd(
-    ctx: click.Context, name: str, port: int | None, accept_new_host_key: bool, detach: bool
+    ctx: click.Context,
+    name: str,
+    port: int | None,
+    accept_new_host_key: bool,
+    detach: bool,
+    as_json: bool,
 ) -> None:
     """Open NAME's tunnel on 127.0.0.1 and hold it until Ctrl-C.
 
     Prints the local address and a ready psql command; point QGIS, pgAdmin or ArcGIS at the same
     address. The tunnel reconnects by itself if the bastion drops, keeping the port.
+
+    \b
+    JSON (--json): {name, state, local_port, since, reconnects, error, connections,
+    address, engine, bastion, endpoint, database, user, detached}, one line, printed
+    when the tunnel is up (with --detach: then it exits; without: it holds until Ctrl-C).
     """
     if detach:
-        _detach(ctx, name, port, accept_new_host_key)
+        _detach(ctx, name, port, accept_new_host_key, as_json)
         return
     profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
-    from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus
+    from tunnelman.core.tunnel import Tunnel, TunnelState
 
     events: queue.Queue[TunnelStatus | None] = queue.Queue()
     tunnel = Tunnel(
@@ -112,8 +150,11 @@ def up_cmd(
         events.put(None)
 
     with routed(request_stop):
-        out(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
-        out(f"  {psql_command(profile, bound)}")
+        say = err if as_json else out
+        if as_json:
+            json_line(tunnel_object(profile, tunnel.status, detached=False))
+        say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+        say(f"  {psql_command(profile, bound)}")
         err("Press Ctrl-C to close it.")
         failure = _hold(events, stop, TunnelState)
         tunnel.stop()

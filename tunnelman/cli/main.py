@@ -2,7 +2,8 @@
 
 Each command lives in a `cmd_*` module that is imported only when that command runs, so
 `tunnelman psql prod` never pays for Textual or boto3. `tunnelman` with no command opens the TUI.
-`main()` turns every `TunnelmanError` into one line on stderr and a non-zero exit.
+`main()` turns every `TunnelmanError` into one line on stderr and its family's exit code
+(`tunnelman.core.errors.EXIT_CODES`, listed by `tunnelman --help` and `tunnelman up --help`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import click
 
 from tunnelman import __version__
-from tunnelman.core.errors import TunnelmanError
+from tunnelman.core.errors import EXIT_CODES, PortBusyError, TunnelmanError
 
 # name -> (module, attribute, one-line help). The help is here so `tunnelman --help` imports nothing.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -89,9 +90,16 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def exit_code_help() -> str:
+    """The exit-code table, as a help epilog (click keeps `\b` paragraphs as they are)."""
+    rows = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
+    return f"\b\nExit codes:\n{rows}"
+
+
 @click.group(
     cls=LazyGroup,
     invoke_without_command=True,
+    epilog=exit_code_help(),
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
@@ -141,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="tunnelman", standalone_mode=False)
     except TunnelmanError as exc:
+        if isinstance(exc, PortBusyError):
+            from tunnelman.cli.held_port import name_own_holder
+
+            exc = name_own_holder(exc)
         _error_lines(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -64,6 +64,12 @@ def json_out(data: Any) -> None:
     sys.stdout.flush()
 
 
+def json_line(data: Any) -> None:
+    """Compact JSON on one stdout line, flushed at once (a script may read it while we run)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 100) -> None:
     """A plain, aligned table that fits `max_width` by trimming the widest column."""
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]

@@ -3,6 +3,10 @@
 Every error a person can cause or fix carries a message they can act on: what is wrong, and the way
 out. The CLI prints `str(error)` on one line and exits with `exit_code`; the TUI shows it as a
 notification or a modal. Anything that is not a `TunnelmanError` is a bug and may show a traceback.
+
+The exit codes are a documented contract for scripts (EXIT_CODES, shown by `tunnelman --help` and
+in the README): a family's code is a class attribute, so subclasses (host-key kinds, engine
+specific errors) inherit it, and the agent sends it along with the class name.
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ class ProfileNotFound(ConfigError):
 class SSHKeyError(TunnelmanError):
     """The private key cannot be used: permissions, format, passphrase."""
 
+    exit_code = 4
+
 
 class HostKeyError(TunnelmanError):
     """The bastion's host key is unknown (and nobody can confirm it) or has changed."""
+
+    exit_code = 4
 
 
 class TunnelError(TunnelmanError):
@@ -42,19 +50,43 @@ class TunnelError(TunnelmanError):
 
 
 class PortBusyError(TunnelError):
-    """The local port is taken by another process."""
+    """The local port is taken by another process.
+
+    `port` and `pid` (the holder, when it could be found) let the CLI name the holder when it is
+    one of tunnelman's own tunnels.
+    """
+
+    exit_code = 5
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        port: int | None = None,
+        pid: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.port = port
+        self.pid = pid
 
 
 class BastionUnreachable(TunnelError):
     """The bastion's name does not resolve, refuses, or times out."""
 
+    exit_code = 3
+
 
 class AuthenticationFailed(TunnelError):
     """The bastion refused our key."""
 
+    exit_code = 4
+
 
 class ForwardingFailed(TunnelError):
     """The bastion refused to forward, or could not reach the database endpoint."""
+
+    exit_code = 6
 
 
 class CredentialError(TunnelmanError):
@@ -71,3 +103,20 @@ class AWSError(TunnelmanError):
 
 class AgentError(TunnelmanError):
     """The background agent could not be reached or refused a request."""
+
+
+# code -> what it means; `tunnelman --help`, `up --help` and the README show this table.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "any other error (the message says what and how to fix it)"),
+    (2, "bad profile file, unknown profile or bad command line"),
+    (3, "the bastion cannot be reached (name does not resolve, refused, timed out, hung up)"),
+    (
+        4,
+        "authentication: the key was refused or cannot be used, or the host key is unknown/changed",
+    ),
+    (5, "the local port is already in use"),
+    (6, "the bastion refuses to forward, or cannot reach the database endpoint"),
+    (127, "a client program (psql, pg_dump, ...) was not found"),
+    (130, "interrupted (Ctrl-C)"),
+)

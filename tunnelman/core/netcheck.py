@@ -54,6 +54,21 @@ def _describe_process(pid: str, proc: Path) -> str:
 
 def port_holder(port: int, *, proc: Path = Path("/proc")) -> str | None:
     """'pid 1234 (postgres …)' for the process listening on TCP `port`, or None if not found."""
+    pid = port_holder_pid(port, proc=proc)
+    return None if pid is None else _describe_process(str(pid), proc)
+
+
+def process_argv(pid: int, *, proc: Path = Path("/proc")) -> list[str] | None:
+    """The command line of process `pid`, or None when it cannot be read (gone, no /proc)."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return [os.fsdecode(part) for part in raw.split(b"\0") if part] or None
+
+
+def port_holder_pid(port: int, *, proc: Path = Path("/proc")) -> int | None:
+    """The pid of the process listening on TCP `port`, or None if not found."""
     inodes = _listening_inodes(port, proc)
     if not inodes:
         return None
@@ -74,13 +89,14 @@ def port_holder(port: int, *, proc: Path = Path("/proc")) -> str | None:
             except OSError:
                 continue
             if target in wanted:
-                return _describe_process(pid, proc)
+                return int(pid)
     return None
 
 
 def port_busy_error(port: int, host: str = "127.0.0.1") -> PortBusyError:
     """The error for a busy local port, naming the holder when it can be found."""
-    holder = port_holder(port)
+    pid = port_holder_pid(port)
+    holder = None if pid is None else _describe_process(str(pid), Path("/proc"))
     by = f" by {holder}" if holder else " by another program"
     return PortBusyError(
         f"local port {port} is already in use{by}",
@@ -88,6 +104,8 @@ def port_busy_error(port: int, host: str = "127.0.0.1") -> PortBusyError:
             "pick another port with --port N or local_port in the profile, or stop that program"
             + ("; a local PostgreSQL?" if port in (5432, 5433) else "")
         ),
+        port=port,
+        pid=pid,
     )
 
 

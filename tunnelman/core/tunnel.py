@@ -122,6 +122,7 @@ class TunnelStatus:
             "since": since,
             "reconnects": self.reconnects,
             "error": self.error,
+            "connections": self.connections,
         }
 
 
