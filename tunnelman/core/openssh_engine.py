@@ -393,7 +393,13 @@ class OpenSSHTunnel(Tunnel):
         if profile.jump:
             # The first jump host is reachable: its key gets tunnelman's policy (ssh's -J child
             # would only refuse it). The others are checked by ssh against known_hosts.
-            self._probe_host_key(self._host_keys, profile.jump[0])
+            from tunnelman.core import ssh
+
+            try:
+                self._probe_host_key(self._host_keys, profile.jump[0])
+            except TunnelmanError as exc:
+                ssh.name_hop(exc, profile.jump[0], 1, len(profile.jump), profile.bastion)
+                raise
         if any(e.marker is None for e in entries):
             return "yes"  # ssh checks it against the same file; a refusal is explained below
         try:

@@ -870,7 +870,7 @@ class _HopSocket:
         self._transport.close()
 
 
-def _hop_label(exc: TunnelmanError, hop: Bastion, index: int, count: int, bastion: Bastion) -> None:
+def name_hop(exc: TunnelmanError, hop: Bastion, index: int, count: int, bastion: Bastion) -> None:
     """Say in an error which jump host it is about (the steps' messages say "bastion")."""
     message = exc.message.replace("bastion ", "jump host ", 1)
     if "jump host" not in message:
@@ -948,7 +948,7 @@ def open_route(
                 raise
         except TunnelmanError as exc:
             if not (canceller is not None and canceller.cancelled):
-                _hop_label(exc, hop, index, count, profile.bastion)
+                name_hop(exc, hop, index, count, profile.bastion)
             raise
         _log.info("jump host %s:%d: through to %s:%d", hop.host, hop.port, target.host, target.port)
         sock = _HopSocket(channel, transport)
