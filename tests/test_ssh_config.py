@@ -133,6 +133,7 @@ def test_the_profile_wins_and_ssh_config_false_turns_it_off(tmp_home: Path) -> N
     bare, lines = ssh_config.effective(sets.get("bare"))
     assert bare.bastion == prof.Bastion("127.0.0.1", "ec2-user", 2222)
     assert bare.identity_file == tmp_home / ".ssh" / "id_geo"
+    assert "identityfile ~/.ssh/id_geo (from ~/.ssh/config line 7)" in lines
     assert bare.keepalive == 7
     assert "port 2222 (from ~/.ssh/config line 5)" in lines
     off, lines = ssh_config.effective(sets.get("off"))
@@ -212,9 +213,8 @@ def test_up_and_check_with_only_an_alias_in_both_engines(
     assert f"port {server.port} (from ~/.ssh/config line 5)" in text, text
     assert f"user {server.user} (from ~/.ssh/config line 6)" in text
     assert "hostname 127.0.0.1 (from ~/.ssh/config line 4)" in text
-    assert "identityfile " in text
-    assert "id_geo (from ~/.ssh/config line 7)" in text
-    assert f"✓ reach bastion        127.0.0.1:{server.port} answers" in text
+    assert "identityfile ~/.ssh/id_geo (from ~/.ssh/config line 7)" in text
+    assert f"127.0.0.1:{server.port} answers" in text
     assert "✓ log in to bastion" in text
     assert "✓ open forward" in text
     show = ok(run_cli("profile", "show", "geo")).stdout
@@ -328,13 +328,14 @@ def test_proxyjump_from_ssh_config_in_both_engines(
         pytest.skip("no ssh client")
     hop, bastion, pg = hidden_bastion
     known = tmp_home / ".ssh" / "known_hosts"
+    key = tmp_home / ".ssh" / "id_lab"
+    # ssh's -J child finds `~` from the passwd entry, not this test's HOME: full paths.
     write_config(
         tmp_home,
         f"Host db-bastion\n  HostName {bastion.host}\n  User {bastion.user}\n"
-        f"  ProxyJump the-hop\n  IdentityFile ~/.ssh/id_lab\n"
+        f"  ProxyJump the-hop\n  IdentityFile {key}\n"
         f"Host the-hop\n  HostName {hop.host}\n  User {hop.user}\n"
-        f"  IdentityFile ~/.ssh/id_lab\n  IdentitiesOnly yes\n"
-        # ssh's -J child reads ~ from the passwd entry: name the files outright.
+        f"  IdentityFile {key}\n  IdentitiesOnly yes\n"
         f"Host *\n  UserKnownHostsFile {known}\n  BatchMode yes\n  IdentityAgent none\n",
     )
     write_profile(

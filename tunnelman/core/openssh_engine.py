@@ -133,9 +133,9 @@ def ssh_argv(
     """The `ssh -N -L 127.0.0.1:PORT:endpoint` command line for a profile (no secrets in it).
 
     `profile` has ssh_config applied (`ssh_config.effective`); `given` is the profile as the file
-    says (default: the same). ssh resolves the bastion's alias itself, so -p, -l, -i and -J are
-    passed only for what the profile states, and ssh_config's Port, User, IdentityFile and
-    ProxyJump stay in force otherwise.
+    says (default: the same). ssh resolves the bastion's alias itself, so -p, -l and -J are
+    passed only for what the profile states, and ssh_config's Port, User and ProxyJump stay in
+    force otherwise.
     """
     given = given or profile
     assert given.bastion is not None
@@ -172,11 +172,12 @@ def ssh_argv(
         "-o", "PasswordAuthentication=no",
         "-o", "KbdInteractiveAuthentication=no",
     ]  # fmt: skip
-    if given.identity_file is not None:
-        argv += ["-i", str(given.identity_file), "-o", "IdentitiesOnly=yes"]
-    elif profile.identity_file is None:
+    # The key is the profile's or ssh_config's, resolved by tunnelman (`~` from $HOME) and
+    # permission-checked: named outright, and only it.
+    if profile.identity_file is not None:
+        argv += ["-i", str(profile.identity_file), "-o", "IdentitiesOnly=yes"]
+    else:
         argv += ["-o", "IdentityFile=none"]  # the agent's keys only, never ~/.ssh/id_*
-    # else: ssh_config names the key, and ssh takes it (with its IdentitiesOnly) from there.
     argv += ["--", given.bastion.host]
     return argv
 

@@ -302,8 +302,11 @@ def resolve(host: str, path: Path | None) -> Resolution:
         given = _ssh_g(ssh, str(path), host)
         plain = _ssh_g(ssh, os.devnull, host)
         for key in KEYS:
-            if key not in given or given[key] == plain.get(key):
+            if key not in given:
                 continue
+            written = key in found and _same(found[key][0], given[key])
+            if given[key] == plain.get(key) and not written:
+                continue  # ssh's default, not the file's (a Host line may say the same)
             # A Host line's value ssh did not take was beaten by an earlier Match block.
             if key in found and _same(found[key][0], given[key]):
                 line = found[key][1]
@@ -389,7 +392,7 @@ def effective(profile: Profile) -> tuple[Profile, list[str]]:
         elif first.lower() != "none":
             key = _expand(first, host=host, user=login, port=port)
             changes["identity_file"] = key
-            took("identityfile", str(key))
+            took("identityfile", _shown(key))
     if "identitiesonly" in settings:
         took("identitiesonly", settings["identitiesonly"].value)
         lines[-1] += "; tunnelman offers only that key (or ssh-agent's) either way"
@@ -400,7 +403,7 @@ def effective(profile: Profile) -> tuple[Profile, list[str]]:
         elif first.lower() != "none":
             known = _expand(first, host=host, user=login, port=port)
             changes["known_hosts"] = known
-            took("userknownhostsfile", str(known))
+            took("userknownhostsfile", _shown(known))
     if "serveraliveinterval" in settings:
         text = settings["serveraliveinterval"].value
         low, high = prof.KEEPALIVE_RANGE
