@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -274,14 +275,11 @@ def test_jump_key_reaches_a_bastion_only_the_hop_can_reach(
             "profile", "add", "vpc", "--endpoint", f"{pg.host}:{pg.port}",
             "--bastion", bastion.destination, "--jump", hop.destination,
             "--identity-file", str(tmp_home / ".ssh" / "id_lab"),
+            "--database", pg.database, "--user", pg.user, "--password", "none",
         )
     )  # fmt: skip
-    write_profile(os.environ["TUNNELMAN_CONFIG"], "vpc", password="none", database=pg.database,
-                  user=pg.user)  # fmt: skip
     show = ok(run_cli("profile", "show", "vpc")).stdout
-    assert f"jump  {hop.destination}".replace("  ", " ") in " ".join(show.split()) or (
-        hop.destination in show
-    )
+    assert f"\njump                 {hop.user}@{hop.host}\n" in show, show
     port = up_detached("vpc")
     assert query(port, pg, "select inet_server_addr()::text") == f"{pg.host}/32"
     check = run_cli("check", "vpc").stdout
@@ -304,19 +302,24 @@ def test_reconnect_goes_through_the_jump_host(
         **_db_keys(pg),
     )
     profile = prof.load(path).get("vpc")
-    with Tunnel(profile, local_port=0, supervise=True) as tunnel:
-        port = tunnel.start()
+    with Tunnel(profile, local_port=0, supervise=True) as tunnel:  # started by `with`
+        port = tunnel.local_port
+        assert port is not None
         assert query(port, pg) == 1
         hop.kill_sessions()  # the hop drops: the bastion's session under it goes too
         deadline = 30.0
-        import time
-
         start = time.monotonic()
         while tunnel.status.reconnects < 1:
             assert time.monotonic() - start < deadline, tunnel.status
             time.sleep(0.1)
         assert tunnel.status.state == TunnelState.UP
         assert query(port, pg) == 1
+        assert hop.sessions()
+    # Closing the tunnel closes the hop's connection under it too.
+    start = time.monotonic()
+    while hop.sessions():
+        assert time.monotonic() - start < 10, "the jump host's session outlived the tunnel"
+        time.sleep(0.1)
 
 
 @pytest.mark.usefixtures("agent_home")
