@@ -280,6 +280,13 @@ def test_jump_key_reaches_a_bastion_only_the_hop_can_reach(
     )  # fmt: skip
     show = ok(run_cli("profile", "show", "vpc")).stdout
     assert f"\njump                 {hop.user}@{hop.host}\n" in show, show
+    if shutil.which("psql"):
+        pgpass = tmp_home / ".pgpass"
+        pgpass.write_text(f"*:*:*:{pg.user}:{pg.password}\n")
+        pgpass.chmod(0o600)
+        # One-shot: an in-process tunnel through the hop, closed when psql exits.
+        psql = ok(run_cli("psql", "vpc", "-Atc", "select inet_server_addr()::text"))
+        assert psql.stdout.strip() == f"{pg.host}/32"
     port = up_detached("vpc")
     assert query(port, pg, "select inet_server_addr()::text") == f"{pg.host}/32"
     check = run_cli("check", "vpc").stdout
