@@ -88,6 +88,8 @@ def test_a_host_alias_resolves_with_the_line_of_each_value(
     other = ssh_config.resolve("db.example.com", path).settings
     assert set(other) == {"port", "serveraliveinterval"}
     assert other["port"].value == "9"
+    assert found.named
+    assert not ssh_config.resolve("db.example.com", path).named
 
 
 def test_include_is_followed(tmp_home: Path) -> None:
@@ -137,6 +139,10 @@ def test_the_profile_wins_and_ssh_config_false_turns_it_off(tmp_home: Path) -> N
     assert "identityfile ~/.ssh/id_geo (from ~/.ssh/config line 7)" in lines
     assert bare.keepalive == 7
     assert "port 2222 (from ~/.ssh/config line 5)" in lines
+    # A bastion the file does not name keeps its own values: `Host *` alone changes nothing.
+    plain = prof.Profile(name="p", bastion=prof.parse_bastion("db.example.com"))
+    unchanged, lines = ssh_config.effective(plain)
+    assert (unchanged.bastion, unchanged.keepalive, lines) == (plain.bastion, 15, [])
     off, lines = ssh_config.effective(sets.get("off"))
     assert off.bastion == prof.Bastion("geo-bastion", None, 22)
     assert lines == []

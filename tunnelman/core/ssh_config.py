@@ -73,6 +73,7 @@ class Resolution:
     settings: dict[str, Setting] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     resolver: str = "none"
+    named: bool = False  # a Host line names this host (a pattern other than a bare `*`)
 
 
 def _home() -> Path:
@@ -205,17 +206,29 @@ def _patterns_match(patterns: tuple[str, ...], host: str) -> bool:
     return matched
 
 
-def _scan(path: Path, host: str) -> tuple[dict[str, tuple[str, _Line]], list[str], list[_Line]]:
-    """First value of each KEY in blocks that match `host`; notes; the Match-block lines."""
+def _names(patterns: tuple[str, ...], host: str) -> bool:
+    """Whether a Host line names `host` itself, not merely `*` (which names every host)."""
+    specific = tuple(p for item in patterns for p in item.split(",") if p != "*")
+    return _patterns_match(specific, host) and _patterns_match(patterns, host)
+
+
+def _scan(
+    path: Path, host: str
+) -> tuple[dict[str, tuple[str, _Line]], list[str], list[_Line], bool]:
+    """First value of each KEY in blocks that match `host`; notes; the Match-block lines; whether
+    a Host line names the host (`_names`)."""
     base = path.parent if path.parent.name == ".ssh" else _home() / ".ssh"
     found: dict[str, tuple[str, _Line]] = {}
     notes: list[str] = []
     in_match: list[_Line] = []
     active = True
     block_is_match = False
+    named = False
     for line in _read(path, base):
         if line.keyword == "host":
             active, block_is_match = _patterns_match(line.args, host), False
+            if _names(line.args, host):
+                named = True
             continue
         if line.keyword == "match":
             block_is_match = True
@@ -227,7 +240,7 @@ def _scan(path: Path, host: str) -> tuple[dict[str, tuple[str, _Line]], list[str
             in_match.append(line)
         if active and line.keyword not in found and line.args:
             found[line.keyword] = (" ".join(line.args), line)
-    return found, notes, in_match
+    return found, notes, in_match, named
 
 
 def _match_applies(line: _Line, host: str, notes: list[str]) -> bool:
@@ -295,7 +308,7 @@ def resolve(host: str, path: Path | None) -> Resolution:
     """What `path` (an ssh_config file) says about `host`, for KEYS; empty when path is None."""
     if path is None:
         return Resolution(path=None)
-    found, notes, in_match = _scan(path, host)
+    found, notes, in_match, named = _scan(path, host)
     ssh = _find_ssh()
     settings: dict[str, Setting] = {}
     if ssh is not None:
@@ -315,10 +328,16 @@ def resolve(host: str, path: Path | None) -> Resolution:
                 lines = [f"line {m.number}" for m in in_match if m.keyword == key]
                 origin = f"{_shown(path)} (a Match block, {', '.join(lines) or 'evaluated by ssh'})"
             settings[key] = Setting(key, given[key], origin)
-        return Resolution(path=path, settings=settings, resolver="ssh -G")
+        return Resolution(path=path, settings=settings, resolver="ssh -G", named=named)
     for key, (value, line) in found.items():
         settings[key] = Setting(key, value, f"{_shown(line.file)} line {line.number}")
-    return Resolution(path=path, settings=settings, notes=tuple(notes), resolver="built-in reader")
+    return Resolution(
+        path=path,
+        settings=settings,
+        notes=tuple(notes),
+        resolver="built-in reader",
+        named=named,
+    )
 
 
 # ----------------------------------------------------------------------------- applying
@@ -351,7 +370,8 @@ def effective(profile: Profile) -> tuple[Profile, list[str]]:
     path = config_file(profile.ssh_config)
     found = resolve(bastion.host, path)
     lines: list[str] = list(found.notes)
-    if not found.settings:
+    if not found.named or not found.settings:
+        # Only a bastion the file names: a `Host *` alone changes no existing profile.
         return replace(profile, ssh_config=False), lines
     settings = found.settings
     stated = profile.stated
@@ -438,7 +458,8 @@ def hop_through_config(hop: Bastion, path: Path | None) -> Bastion:
 
     if path is None:
         return hop
-    settings = resolve(hop.host, path).settings
+    found = resolve(hop.host, path)
+    settings = found.settings if found.named else {}
     host = settings["hostname"].value if "hostname" in settings else hop.host
     user = hop.user or (settings["user"].value if "user" in settings else None)
     port = hop.port
