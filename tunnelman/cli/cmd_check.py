@@ -61,6 +61,7 @@ def _from_error(exc: TunnelmanError) -> StepFailed:
 @dataclass
 class _State:
     profile: Profile | None = None
+    given: Profile | None = None  # as the file says (before ssh_config)
     identity: Identity | None = None
     sock: Any = None
     transport: paramiko.Transport | None = None
@@ -92,8 +93,15 @@ class Doctor:
                 f"profile '{self.name}' has no endpoint",
                 'add endpoint = "HOST[:PORT]", the database as the bastion sees it',
             )
-        self.s.profile = profile
-        return f"{sets.path}: {profile.bastion} → {profile.endpoint}, {profile.user}@{profile.database}"
+        from tunnelman.core import ssh_config
+
+        self.s.given = profile
+        resolved, notes = ssh_config.effective(profile)
+        self.s.profile = resolved
+        route = " → ".join(str(hop) for hop in (*resolved.jump, resolved.bastion))
+        detail = f"{sets.path}: {route} → {profile.endpoint}, {profile.user}@{profile.database}"
+        indent = f"\n  {''.ljust(_WIDTH)}"
+        return detail + "".join(f"{indent}ssh_config: {prof.printable(n)}" for n in notes)
 
     def key_step(self) -> str:
         from tunnelman.core import ssh
@@ -129,14 +137,15 @@ class Doctor:
         profile = self._profile()
         assert profile.bastion is not None
         timeout = float(profile.connect_timeout)
-        sock = ssh.open_socket(profile.bastion, timeout, profile.keepalive)
+        sock = ssh.open_route(profile, self.s.identity, host_key_policy(self.accept_new))
         try:
             self.s.transport = ssh.start_transport(sock, profile, timeout)
         except BaseException:
             sock.close()
             raise
         version = self.s.transport.remote_version or "SSH"
-        return f"{profile.bastion.host}:{profile.bastion.port} answers ({version})"
+        through = f" through {', '.join(str(h) for h in profile.jump)}" if profile.jump else ""
+        return f"{profile.bastion.host}:{profile.bastion.port} answers ({version}){through}"
 
     def host_key_step(self) -> str:
         from tunnelman.core import ssh
@@ -167,7 +176,8 @@ class Doctor:
         profile = self._profile()
         assert self.s.transport is not None
         assert self.s.identity is not None
-        tunnel = Tunnel(profile, local_port=0)
+        # The profile as written: the openssh engine hands ssh the alias and its ssh_config.
+        tunnel = Tunnel(self.s.given or profile, local_port=0)
         transport, self.s.transport = self.s.transport, None  # the tunnel owns it now
         self.s.tunnel = tunnel
         self.s.port = tunnel.adopt(transport, self.s.identity)

@@ -92,6 +92,13 @@ def _endpoint_option(value: str | None) -> str | None:
     help="sshtunnel (default: paramiko, in-process) or openssh (the system `ssh -N -L`, "
     "with your ssh_config).",
 )
+@click.option(
+    "--jump",
+    "jump",
+    multiple=True,
+    metavar="[USER@]HOST[:PORT]",
+    help="A jump host the bastion is reached through (repeat for several, in order).",
+)
 @click.option("--description", metavar="TEXT", help="A line shown in lists.")
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
 @click.pass_context
@@ -111,6 +118,7 @@ def profile_add(
     password_source: str | None,
     sslmode: str | None,
     engine: str | None,
+    jump: tuple[str, ...],
     description: str | None,
     force: bool,
 ) -> None:
@@ -133,6 +141,7 @@ def profile_add(
         "region": region,
         "aws_profile": aws_profile,
         "engine": engine,
+        "jump": (list(jump) if len(jump) > 1 else jump[0]) if jump else None,
     }
     # Refuse a taken name before asking AWS: no point in a look-up whose result is thrown away.
     if prof.load(path).profiles.get(name) is not None and not force:
@@ -166,8 +175,14 @@ def profile_show(ctx: click.Context, name: str, as_json: bool) -> None:
         json_out(data)
         return
     width = max(len(k) for k in data)
-    for key, value in data.items():
+    for key, raw in data.items():
+        value = ", ".join(raw) if isinstance(raw, list) else raw
         out(f"{key.ljust(width)}  {'-' if value in (None, '') else prof.printable(str(value))}")
+    from tunnelman.core import ssh_config
+
+    _resolved, notes = ssh_config.effective(profile)
+    for line in notes:
+        out(f"{'ssh_config'.ljust(width)}  {prof.printable(line)}")
 
 
 def _stdin_is_terminal() -> bool:

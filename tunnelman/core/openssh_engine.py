@@ -61,7 +61,7 @@ from tunnelman.core.tunnel import BACKOFF_FIRST, BACKOFF_MAX, Tunnel, TunnelStat
 if TYPE_CHECKING:
     import paramiko
 
-    from tunnelman.core.profiles import Profile
+    from tunnelman.core.profiles import Bastion, Profile
     from tunnelman.core.ssh import Identity
 
 __all__ = ["OpenSSHMissing", "OpenSSHTunnel", "find_ssh", "ssh_argv"]
@@ -108,18 +108,49 @@ def _forward_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def ssh_argv(ssh: str, profile: Profile, port: int, *, strict: str = "yes") -> list[str]:
-    """The `ssh -N -L 127.0.0.1:PORT:endpoint` command line for a profile (no secrets in it)."""
+def _config_args(given: Profile) -> list[str]:
+    """`-F FILE` when ssh would otherwise read another file than tunnelman resolved.
+
+    ssh finds `~` from the passwd entry, tunnelman from $HOME; `ssh_config = false` means none.
+    Without a -F, ssh also reads /etc/ssh/ssh_config, as it always did here.
+    """
+    from tunnelman.core import ssh_config
+
+    setting = given.ssh_config
+    if setting is False:
+        return ["-F", os.devnull]
+    if setting is not True:
+        return ["-F", str(setting)]
+    ours = ssh_config.config_file(True)
+    if ssh_config.passwd_config() == ssh_config.user_config():
+        return []
+    return ["-F", str(ours) if ours is not None else os.devnull]
+
+
+def ssh_argv(
+    ssh: str, profile: Profile, port: int, *, strict: str = "yes", given: Profile | None = None
+) -> list[str]:
+    """The `ssh -N -L 127.0.0.1:PORT:endpoint` command line for a profile (no secrets in it).
+
+    `profile` has ssh_config applied (`ssh_config.effective`); `given` is the profile as the file
+    says (default: the same). ssh resolves the bastion's alias itself, so -p, -l and -J are
+    passed only for what the profile states, and ssh_config's Port, User and ProxyJump stay in
+    force otherwise.
+    """
+    given = given or profile
+    assert given.bastion is not None
     assert profile.bastion is not None
     assert profile.endpoint is not None
-    bastion, endpoint = profile.bastion, profile.endpoint
+    endpoint = profile.endpoint
     forward = f"127.0.0.1:{port}:{_forward_host(endpoint.host)}:{endpoint.port}"
-    argv = [
-        ssh,
-        "-N",
-        "-L", forward,
-        "-p", str(bastion.port),
-        "-l", bastion.login,
+    argv = [ssh, "-N", *_config_args(given), "-L", forward]
+    if given.bastion.port_given:
+        argv += ["-p", str(given.bastion.port)]
+    if given.bastion.user:
+        argv += ["-l", given.bastion.user]
+    if given.jump:
+        argv += ["-J", ",".join(str(hop) for hop in given.jump)]
+    argv += [
         "-o", "ExitOnForwardFailure=yes",
         "-o", "BatchMode=yes",
         "-o", f"StrictHostKeyChecking={strict}",
@@ -141,11 +172,13 @@ def ssh_argv(ssh: str, profile: Profile, port: int, *, strict: str = "yes") -> l
         "-o", "PasswordAuthentication=no",
         "-o", "KbdInteractiveAuthentication=no",
     ]  # fmt: skip
+    # The key is the profile's or ssh_config's, resolved by tunnelman (`~` from $HOME) and
+    # permission-checked: named outright, and only it.
     if profile.identity_file is not None:
         argv += ["-i", str(profile.identity_file), "-o", "IdentitiesOnly=yes"]
     else:
         argv += ["-o", "IdentityFile=none"]  # the agent's keys only, never ~/.ssh/id_*
-    argv += ["--", bastion.host]
+    argv += ["--", given.bastion.host]
     return argv
 
 
@@ -274,8 +307,8 @@ class OpenSSHTunnel(Tunnel):
     _ssh_proc: _SSHProcess | None = None
 
     def _start(self) -> int:
-        profile = self.profile
         self._require_route()
+        profile = self._apply_ssh_config()
         if profile.instance_connect:
             raise ConfigError(
                 f"profile '{profile.name}': engine = \"openssh\" cannot use EC2 Instance Connect",
@@ -358,6 +391,16 @@ class OpenSSHTunnel(Tunnel):
         entries = known_hosts.entries_for(
             profile.known_hosts, profile.bastion.host, profile.bastion.port
         )
+        if profile.jump:
+            # The first jump host is reachable: its key gets tunnelman's policy (ssh's -J child
+            # would only refuse it). The others are checked by ssh against known_hosts.
+            from tunnelman.core import ssh
+
+            try:
+                self._probe_host_key(self._host_keys, profile.jump[0])
+            except TunnelmanError as exc:
+                ssh.name_hop(exc, profile.jump[0], 1, len(profile.jump), profile.bastion)
+                raise
         if any(e.marker is None for e in entries):
             return "yes"  # ssh checks it against the same file; a refusal is explained below
         try:
@@ -373,11 +416,26 @@ class OpenSSHTunnel(Tunnel):
             ) from None
         return "yes"
 
-    def _probe_host_key(self, policy: HostKeyPolicy) -> None:
-        """A paramiko handshake (no login) to check / record the key with tunnelman's policy."""
+    def _probe_host_key(self, policy: HostKeyPolicy, hop: Bastion | None = None) -> None:
+        """A paramiko handshake (no login) to check / record the key with tunnelman's policy.
+
+        `hop`: the first jump host instead of the bastion. A bastion behind jump hosts cannot be
+        reached directly: BastionUnreachable saying so.
+        """
+        from dataclasses import replace
+
         from tunnelman.core import ssh
 
         profile = self.profile
+        bastion = profile.bastion
+        assert bastion is not None
+        if hop is not None:
+            profile = replace(profile, bastion=hop, jump=())
+        elif profile.jump:
+            raise BastionUnreachable(
+                f"bastion {bastion.host}:{bastion.port} is reached through "
+                f"jump host {profile.jump[0]}"
+            )
         assert profile.bastion is not None
         timeout = float(profile.connect_timeout)
         sock = ssh.open_socket(profile.bastion, timeout, profile.keepalive, self._cancel)
@@ -405,7 +463,7 @@ class OpenSSHTunnel(Tunnel):
             self._log.info("ssh (%s): %s", self.profile.name, line)
 
     def _spawn(self, port: int, strict: str) -> _SSHProcess:
-        argv = ssh_argv(self._ssh, self.profile, port, strict=strict)
+        argv = ssh_argv(self._ssh, self.profile, port, strict=strict, given=self._given)
         try:
             return _SSHProcess(argv, self._on_stderr)
         except OSError as exc:

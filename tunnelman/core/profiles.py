@@ -221,6 +221,8 @@ class Bastion:
     host: str
     user: str | None = None
     port: int = DEFAULT_SSH_PORT
+    # Whether the text named the port: an unstated port may come from ~/.ssh/config.
+    port_given: bool = field(default=True, compare=False, repr=False)
 
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user else ""
@@ -275,6 +277,10 @@ class Profile:
     instance_connect: bool = False
     connect_timeout: int = 15
     keepalive: int = 15
+    ssh_config: bool | Path = True
+    jump: tuple[Bastion, ...] = ()
+    # The keys the file (the profile or [defaults]) set: those win over ~/.ssh/config.
+    stated: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def uses_aws(self) -> bool:
@@ -290,11 +296,13 @@ class Profile:
         """A JSON-ready view (the `ls --json` shape). Never holds a secret: none are stored here."""
         out: dict[str, Any] = {"name": self.name}
         for f in fields(self):
-            if f.name == "name":
+            if f.name in ("name", "stated"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, Bastion | Endpoint | Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
             out[f.name] = value
         return out
 
@@ -452,8 +460,8 @@ def parse_bastion(text: str) -> Bastion:
             raise ValueError("has an empty user before '@'")
         if any(c.isspace() for c in user):
             raise ValueError(f"has a bad user name {_show(user)} (no spaces)")
-    host, port = parse_host_port(text, DEFAULT_SSH_PORT)
-    return Bastion(host=host, user=user, port=port)
+    host, port = parse_host_port(text, 0)
+    return Bastion(host=host, user=user, port=port or DEFAULT_SSH_PORT, port_given=port != 0)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -467,6 +475,31 @@ def _bastion(value: Any, key: str) -> Bastion:
         return parse_bastion(_nonempty_str(value, key))
     except ValueError as exc:
         raise _bad(key, f"{exc}; expected [user@]host[:port]") from None
+
+
+def _jump(value: Any, key: str) -> tuple[Bastion, ...]:
+    """One hop or a list of hops, each `[user@]host[:port]`, in the order they are crossed."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise _bad(key, "must name at least one hop; remove the key for none")
+    hops: list[Bastion] = []
+    for index, item in enumerate(items):
+        where = f"{key}[{index}]" if isinstance(value, list) else key
+        if not isinstance(item, str):
+            raise _bad(where, f"must be a string [user@]host[:port], not {_tname(item)}")
+        hops.append(_bastion(item, where))
+    return tuple(hops)
+
+
+def _ssh_config(value: Any, key: str) -> bool | Path:
+    """true (~/.ssh/config), false (none), or the path of an ssh_config file."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise _bad(
+            key, f"must be true, false or the path of an ssh_config file, not {_tname(value)}"
+        )
+    return _path(value, key)
 
 
 def _endpoint(value: Any, key: str) -> Endpoint:
@@ -497,6 +530,8 @@ SCHEMA: dict[str, _Converter] = {
     "instance_connect": _bool,
     "connect_timeout": _seconds(CONNECT_TIMEOUT_RANGE),
     "keepalive": _seconds(KEEPALIVE_RANGE),
+    "ssh_config": _ssh_config,
+    "jump": _jump,
 }
 """Every key a profile (or `[defaults]`) may hold, with its converter."""
 
@@ -611,7 +646,7 @@ def _convert_table(table: Mapping[str, Any], where: str, report: _Report) -> dic
         try:
             out[key] = converter(value, dotted)
         except _BadValue as exc:
-            report(dotted, exc.reason, None)
+            report(exc.key, exc.reason, None)
     return out
 
 
@@ -672,7 +707,7 @@ def parse_profiles(data: Mapping[str, Any], path: Path) -> dict[str, Profile]:
                 'add bastion_instance_id = "i-…"',
             )
         if len(problems) == before:
-            out[name] = Profile(name=name, **values)
+            out[name] = Profile(name=name, stated=frozenset(values), **values)
     _raise_problems(problems)
     return out
 
@@ -785,6 +820,8 @@ def _to_toml_value(key: str, value: Any) -> Any:
         return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
     if isinstance(value, Bastion | Endpoint):
         return str(value)
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
     return value
 
 
@@ -793,7 +830,7 @@ def profile_to_table(profile: Profile, *, base: Profile | None = None) -> dict[s
     reference = base or Profile(name=profile.name)
     out: dict[str, Any] = {}
     for f in fields(profile):
-        if f.name == "name":
+        if f.name in ("name", "stated"):
             continue
         value = getattr(profile, f.name)
         if value is None or value == getattr(reference, f.name):

@@ -40,6 +40,7 @@ from tunnelman.core.errors import (
     ForwardingFailed,
     SSHKeyError,
     TunnelError,
+    TunnelmanError,
 )
 from tunnelman.core.known_hosts import (
     HostKeyChanged,
@@ -73,7 +74,8 @@ __all__ = [
 ]
 
 # paramiko imports `invoke` (~80 ms, a third of its import time, on every one-shot command) only
-# for ssh_config "Match exec", which tunnelman never uses: it reads no ssh_config through paramiko.
+# for ssh_config "Match exec", which tunnelman never uses: tunnelman.core.ssh_config reads
+# ssh_config with `ssh -G` or its own reader, never through paramiko.
 sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
 
 PassphrasePrompt = Callable[[Path], str | None]
@@ -848,6 +850,116 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
     chan.close()
 
 
+class _HopSocket:
+    """A channel through a jump host, as the socket of the next hop's Transport.
+
+    Closing it (the next Transport does when it closes) closes the channel, then the jump host's
+    own Transport, whose socket is the hop before it: a chain of hops closes in reverse order.
+    """
+
+    def __init__(self, channel: paramiko.Channel, transport: paramiko.Transport) -> None:
+        self._channel = channel
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._channel, name)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._channel.close()
+        self._transport.close()
+
+
+def name_hop(exc: TunnelmanError, hop: Bastion, index: int, count: int, bastion: Bastion) -> None:
+    """Say in an error which jump host it is about (the steps' messages say "bastion")."""
+    message = exc.message.replace("bastion ", "jump host ", 1)
+    if "jump host" not in message:
+        message = f"jump host {hop.host}:{hop.port}: {message}"
+    exc.message = f"{message} (hop {index} of {count} on the way to bastion {bastion.host})"
+    exc.args = (exc.message if exc.hint is None else f"{exc.message} ({exc.hint})",)
+
+
+def _channel_to(
+    transport: paramiko.Transport, hop: Bastion, target: Bastion, timeout: float
+) -> paramiko.Channel:
+    import paramiko
+
+    where = f"{target.host}:{target.port}"
+    try:
+        return transport.open_channel(
+            "direct-tcpip", (target.host, target.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except paramiko.ChannelException as exc:
+        raise BastionUnreachable(
+            f"jump host {hop.host}:{hop.port} cannot reach {where} ({exc.text or exc.code})",
+            hint="check the next host's address and port, and that the jump host may forward "
+            "to it (AllowTcpForwarding)",
+        ) from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise BastionUnreachable(
+            f"jump host {hop.host}:{hop.port} did not open a connection to {where} ({exc})"
+        ) from None
+
+
+def open_route(
+    profile: Profile,
+    identity: Identity | None,
+    policy: HostKeyPolicy,
+    *,
+    cancel: threading.Event | None = None,
+    canceller: _Canceller | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> socket.socket:
+    """A connection to the bastion: TCP, or a channel through the profile's jump hosts.
+
+    Each hop is connected, its host key checked with `policy` and logged in to with `identity`,
+    as the bastion is; an error names the hop. The returned object is a socket, or behaves as one
+    for paramiko; closing it closes the hops too (in reverse order).
+    """
+    assert profile.bastion is not None
+    timeout = float(profile.connect_timeout)
+    if not profile.jump:
+        return open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
+    if identity is None:
+        raise TunnelError("internal error: a route through jump hosts needs an identity")
+    from dataclasses import replace
+
+    count = len(profile.jump)
+    sock: socket.socket | _HopSocket | None = None
+    for index, hop in enumerate(profile.jump, 1):
+        target = profile.jump[index] if index < count else profile.bastion
+        hop_profile = replace(profile, bastion=hop, jump=())
+        if on_step:
+            on_step(f"jump {index}")
+        try:
+            if sock is None:
+                sock = open_socket(hop, timeout, profile.keepalive, cancel, canceller)
+            try:
+                transport = start_transport(cast_socket(sock), hop_profile, timeout, canceller)
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                check_host_key(transport, hop_profile, policy)
+                authenticate(transport, hop_profile, identity, timeout)
+                channel = _channel_to(transport, hop, target, timeout)
+            except BaseException:
+                transport.close()
+                raise
+        except TunnelmanError as exc:
+            if not (canceller is not None and canceller.cancelled):
+                name_hop(exc, hop, index, count, profile.bastion)
+            raise
+        _log.info("jump host %s:%d: through to %s:%d", hop.host, hop.port, target.host, target.port)
+        sock = _HopSocket(channel, transport)
+    return cast_socket(sock)
+
+
+def cast_socket(sock: object) -> socket.socket:
+    """paramiko takes any socket-like object; the annotations say socket."""
+    return sock  # type: ignore[return-value]
+
+
 def connect(
     profile: Profile,
     identity: Identity,
@@ -857,7 +969,11 @@ def connect(
     pinned: bytes | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[paramiko.Transport, HostKeyInfo]:
-    """TCP, handshake, host key, authentication: an authenticated Transport to the bastion."""
+    """TCP (or the jump hosts), handshake, host key, authentication: a Transport to the bastion.
+
+    `pinned` (a reconnect) applies to the bastion itself; jump hosts are checked with `policy`.
+    Closing the Transport closes the jump hosts' connections too.
+    """
     if profile.bastion is None:
         raise ConfigError(
             f"profile '{profile.name}' has no bastion",
@@ -869,7 +985,9 @@ def connect(
     try:
         if on_step:
             on_step("connect")
-        sock = open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
+        sock = open_route(
+            profile, identity, policy, cancel=cancel, canceller=canceller, on_step=on_step
+        )
         try:
             transport = start_transport(sock, profile, timeout, canceller)
         except BaseException:

@@ -228,6 +228,7 @@ class Tunnel:
         supervise: bool = False,
     ) -> None:
         self.profile = profile
+        self._given = profile  # as the file says, before ssh_config is applied (at start)
         self._requested_port = local_port if local_port is not None else profile.local_port
         self._host_keys = host_keys
         self._passphrase = passphrase
@@ -295,7 +296,12 @@ class Tunnel:
         For `tunnelman check`, which runs the connection steps one by one to report each; the
         identity is kept for reconnects. Otherwise as `start()`.
         """
-        return self._run_start(lambda: self._serve(transport, identity, self._local_port_wanted()))
+
+        def body() -> int:
+            self._apply_ssh_config()
+            return self._serve(transport, identity, self._local_port_wanted())
+
+        return self._run_start(body)
 
     def _run_start(self, body: Callable[[], int]) -> int:
         with self._lock:
@@ -343,9 +349,18 @@ class Tunnel:
                 hint='add bastion = "user@host" to the profile',
             )
 
+    def _apply_ssh_config(self) -> Profile:
+        """The profile with ~/.ssh/config applied (HostName, Port, User, ProxyJump…), kept."""
+        from tunnelman.core import ssh_config
+
+        self.profile, notes = ssh_config.effective(self.profile)
+        for line in notes:
+            self._log.info("ssh_config: %s", line)
+        return self.profile
+
     def _start(self) -> int:
-        profile = self.profile
         self._require_route()
+        profile = self._apply_ssh_config()
         port = self._local_port_wanted()
         netcheck.ensure_port_free(port)  # milliseconds, before any SSH work
         identity = ssh.load_identity(profile, self._passphrase)
