@@ -81,7 +81,13 @@ def default_pgpass_file() -> Path:
 
 
 def _lines(text: str) -> list[str]:
-    return text.splitlines()
+    # Only "\n" (or "\r\n") ends a line for libpq. str.splitlines also breaks at \x0b, \x0c,
+    # \x1c-\x1e, \x85, U+2028 and U+2029, which may sit inside a password or a name: splitting
+    # there rewrote another entry's password and made a second identical write "updated".
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _join(lines: list[str]) -> str:
