@@ -367,3 +367,12 @@ def test_merge_pgpass_splits_lines_only_at_newlines(odd: str) -> None:
     assert cf.merge_pgpass(new, f"127.0.0.1:5433:geo:postgres:x{odd}y") == (new, "unchanged")
     service, _ = cf.merge_service(f"[a]\nuser=b{odd}c\n", "z", ["[z]", "user=y"])
     assert f"user=b{odd}c\n" in service
+
+
+def test_qgis_xml_second_identical_write_is_unchanged() -> None:
+    """Found by tests/fuzz: a user named `"` was written as '"' first, then as "&quot;"."""
+    profile = Profile(name="q", user='"', database="d")
+    element = clients.qgis_element_xml(profile, clients.conn_settings(profile, 5433))
+    first, _ = cf.merge_qgis_xml("", "q", element)
+    assert cf.merge_qgis_xml(first, "q", element) == (first, "unchanged")
+    assert ElementTree.fromstring(first).find("postgis").get("username") == '"'  # type: ignore[union-attr]

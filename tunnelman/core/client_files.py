@@ -193,7 +193,11 @@ def merge_qgis_xml(
     from xml.parsers.expat import ExpatError
 
     if not text.strip():
-        body = f'<!DOCTYPE connections>\n<qgsPgConnections version="1.0">\n    {element_xml}\n</qgsPgConnections>\n'
+        # Spelled as minidom spells it (`"` as &quot;), as the merge below writes it: otherwise a
+        # second identical write would differ in quoting and count as "updated".
+        new_el = minidom.parseString(element_xml).documentElement  # noqa: S318 (our own text)
+        element = new_el.toxml() if new_el is not None else element_xml
+        body = f'<!DOCTYPE connections>\n<qgsPgConnections version="1.0">\n    {element}\n</qgsPgConnections>\n'
         return body, "added"
     # The user's own file, parsed by expat (no external entities; expat ≥ 2.4 caps expansion).
     try:
