@@ -19,6 +19,7 @@ import time
 from collections import Counter
 
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 MODE = os.environ.get("TUNNELMAN_FUZZ", "ci")
@@ -28,6 +29,10 @@ _SUPPRESSED = [
     HealthCheck.function_scoped_fixture,
     HealthCheck.data_too_large,
 ]
+
+# Hypothesis keeps caches (e.g. `constants/`) in `.hypothesis/` of the working directory even with
+# no example database: keep them out of the repo tree.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "tunnelman-fuzz-hypothesis-home"))
 
 settings.register_profile(
     "ci",
