@@ -189,6 +189,7 @@ def write_all(profile: Profile, port: int, password: str, directory: Path) -> No
             for key, path in targets.items():
                 path.write_text(_OTHER[key], encoding="utf-8")
         for key, path in targets.items():
+            refused = False
             for attempt in (1, 2):
                 try:
                     if key == "service":
@@ -201,6 +202,7 @@ def write_all(profile: Profile, port: int, password: str, directory: Path) -> No
                         result = client_files.write_qgis_xml(profile, port, path)
                 except TunnelmanError:
                     count("writes refused (TunnelmanError)")
+                    refused = True
                     break
                 count("file writes")
                 result.describe()
@@ -209,6 +211,9 @@ def write_all(profile: Profile, port: int, password: str, directory: Path) -> No
             if not path.exists():
                 continue
             text = path.read_text(encoding="utf-8")
+            if refused:  # nothing half-written: the file is as it was
+                assert text == (_OTHER[key] if existing else text), (key, text)
+                continue
             if key == "service":
                 parser = configparser.ConfigParser(interpolation=None)
                 parser.read_string(text)
