@@ -353,3 +353,26 @@ def test_qgis_xml_new_file_and_wrong_root(tmp_path: Path) -> None:
     wrong.write_text('<!DOCTYPE connections>\n<qgsWMSConnections version="1.0"/>\n')
     with pytest.raises(ClientError, match="not <qgsPgConnections>"):
         cf.write_qgis_xml(PROD, 5433, wrong)
+
+
+@pytest.mark.parametrize("odd", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\r"])
+def test_merge_pgpass_splits_lines_only_at_newlines(odd: str) -> None:
+    """Found by tests/fuzz: str.splitlines broke a line at U+2028 (and \\x0b, \\x0c, \\x85 …),
+    so another entry's password holding one was rewritten, and a repeated write was 'updated'."""
+    other = f"10.0.0.1:5432:db:u:pa{odd}ss"
+    text = f"# mine\n{other}\r\n"
+    new, action = cf.merge_pgpass(text, f"127.0.0.1:5433:geo:postgres:x{odd}y")
+    assert action == "added"
+    assert new == f"# mine\n{other}\n127.0.0.1:5433:geo:postgres:x{odd}y\n"
+    assert cf.merge_pgpass(new, f"127.0.0.1:5433:geo:postgres:x{odd}y") == (new, "unchanged")
+    service, _ = cf.merge_service(f"[a]\nuser=b{odd}c\n", "z", ["[z]", "user=y"])
+    assert f"user=b{odd}c\n" in service
+
+
+def test_qgis_xml_second_identical_write_is_unchanged() -> None:
+    """Found by tests/fuzz: a user named `"` was written as '"' first, then as "&quot;"."""
+    profile = Profile(name="q", user='"', database="d")
+    element = clients.qgis_element_xml(profile, clients.conn_settings(profile, 5433))
+    first, _ = cf.merge_qgis_xml("", "q", element)
+    assert cf.merge_qgis_xml(first, "q", element) == (first, "unchanged")
+    assert ElementTree.fromstring(first).find("postgis").get("username") == '"'  # type: ignore[union-attr]

@@ -393,3 +393,13 @@ def test_qgis_xml_as_qgis_reads_it(profile_key: str) -> None:
             s.dbname,
         )
         assert attrs["username"] == s.user
+
+
+@pytest.mark.parametrize("odd", ["\ufffe", "\uffff", "\x01"])
+def test_qgis_xml_refuses_what_xml_cannot_hold(odd: str) -> None:
+    """Found by tests/fuzz: a database named U+FFFE rendered XML that no parser reads."""
+    from tunnelman.core.errors import ClientError
+
+    profile = Profile(name="q", database=f"a{odd}b")
+    with pytest.raises(ClientError, match="QGIS XML cannot hold"):
+        clients.render("qgis-xml", profile, 5433)

@@ -320,6 +320,12 @@ VALUE_CASES = [
     ('bastion = "u@host:' + "9" * 100 + '"', "bastion", "bad port"),
     ('bastion = "a b@host"', "bastion", "bad user name"),
     ('endpoint = "db:0"', "endpoint", "bad port '0'"),
+    # Found by tests/fuzz: these passed, then cut the rendered postgresql:// and jdbc: URLs.
+    ('endpoint = "@.x"', "endpoint", "no '@' in a host name"),
+    ('endpoint = "?.x:5432"', "endpoint", "no '?' in a host name"),
+    ('endpoint = "db#1"', "endpoint", "no '#' in a host name"),
+    ('endpoint = "[::1?x]:5432"', "endpoint", "bad IPv6 address '::1?x'"),
+    ('bastion = "u@fe80::1%e#t"', "bastion", "bad IPv6 zone 'e#t'"),
     ('endpoint = "db\\u0000x"', "endpoint", "NUL"),
     ("endpoint = 5432", "endpoint", "must be a string, not an integer"),
     ('region = "us east 2"', "region", "AWS region name such as 'us-east-2'"),

@@ -95,8 +95,10 @@ def decode(line: bytes, limit: int = MAX_LINE) -> dict[str, Any]:
         raise ProtocolError(f"message longer than {limit} bytes")
     try:
         data = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from None
+    except RecursionError:  # `[[[[…` a few thousand deep: json recurses once per level
+        raise ProtocolError("not a JSON line: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("not a JSON object")
     return data

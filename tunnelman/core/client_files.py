@@ -67,7 +67,13 @@ def default_pgpass_file() -> Path:
 
 
 def _lines(text: str) -> list[str]:
-    return text.splitlines()
+    # Only "\n" (or "\r\n") ends a line for libpq. str.splitlines also breaks at \x0b, \x0c,
+    # \x1c-\x1e, \x85, U+2028 and U+2029, which may sit inside a password or a name: splitting
+    # there rewrote another entry's password and made a second identical write "updated".
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _join(lines: list[str]) -> str:
@@ -173,7 +179,11 @@ def merge_qgis_xml(
     from xml.parsers.expat import ExpatError
 
     if not text.strip():
-        body = f'<!DOCTYPE connections>\n<qgsPgConnections version="1.0">\n    {element_xml}\n</qgsPgConnections>\n'
+        # Spelled as minidom spells it (`"` as &quot;), as the merge below writes it: otherwise a
+        # second identical write would differ in quoting and count as "updated".
+        new_el = minidom.parseString(element_xml).documentElement  # noqa: S318 (our own text)
+        element = new_el.toxml() if new_el is not None else element_xml
+        body = f'<!DOCTYPE connections>\n<qgsPgConnections version="1.0">\n    {element}\n</qgsPgConnections>\n'
         return body, "added"
     # The user's own file, parsed by expat (no external entities; expat ≥ 2.4 caps expansion).
     try:

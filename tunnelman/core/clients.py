@@ -511,11 +511,24 @@ def qgis_element_xml(profile: Profile, s: ConnSettings) -> str:
         "username": f["username"],
         "savePassword": f["savePassword"],
     }
+    for key, value in attrs.items():
+        bad = _XML_ILLEGAL.search(value)
+        if bad:
+            raise ClientError(
+                f"QGIS XML cannot hold the character U+{ord(bad.group()):04X} of the {key} "
+                f"{value[:40]!r}",
+                hint="XML 1.0 has no such character: rename it in the profile, or use "
+                "--format pg-service",
+            )
     # Imported here: xml.sax.saxutils pulls in urllib.request, http.client, email and ssl (~40 ms),
     # which every one-shot `tunnelman psql` would otherwise pay for through oneshot → clients.
     from xml.sax.saxutils import quoteattr
 
     return "<postgis " + " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items()) + "/>"
+
+
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""What XML 1.0 cannot carry even escaped: most C0 controls, U+FFFE, U+FFFF, lone surrogates."""
 
 
 def _xml_comment(text: str) -> str:

@@ -59,6 +59,8 @@ MAX_PROBLEMS_SHOWN = 20
 
 _REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's own rule
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ZONE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_URL_DELIMITERS = frozenset("@?#[]\\%<>\"'`{}|^,;=!$&()*+~")
 # Bidirectional overrides and isolates: they reorder what a terminal shows ("Trojan Source").
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -408,8 +410,21 @@ def _host_problem(host: str) -> str | None:
     problem = _text_problem(host)
     if problem:
         return f"has a host name that {problem}"
-    if ":" in host:  # an IPv6 literal (maybe with a %zone): no DNS labels to check
+    if ":" in host:  # an IPv6 literal, maybe with a %zone: no DNS labels, but a real address
+        import ipaddress
+
+        address, _, zone = host.partition("%")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return f"has a bad IPv6 address {_show(host)}"
+        if "%" in host and not _ZONE_RE.fullmatch(zone):
+            return f"has a bad IPv6 zone {_show(zone)} in {_show(host)}"
         return None
+    bad = next((c for c in host if c in _URL_DELIMITERS), None)
+    if bad is not None:
+        # No DNS name holds these, and each one cuts a URI (postgresql://, jdbc:) in the wrong place.
+        return f"has a bad host name {_show(host)} (no {bad!r} in a host name)"
     if len(host) > MAX_HOST:
         return f"has a host name of {len(host)} characters; DNS allows {MAX_HOST}"
     try:
