@@ -264,6 +264,20 @@ def test_the_limits_on_one_connection() -> None:
     assert AgentClient().ping() is not None
 
 
+@pytest.mark.parametrize(
+    "op", ["[1, 2]", '{"x": 1}', "null", "7", '"nope"'], ids=["list", "dict", "null", "int", "str"]
+)
+def test_an_op_of_the_wrong_type_costs_only_that_connection(op: str) -> None:
+    """Found by the live fuzz: `"op": [...]` (unhashable) once stopped the agent's loop."""
+    pid = AgentClient().ensure_running().pid
+    sock = connect()
+    sock.sendall(b'{"v":1,"op":' + op.encode() + b"}\n")
+    drain(sock, 2)
+    info = AgentClient().ping()
+    assert info is not None
+    assert info.pid == pid
+
+
 def test_workers_are_capped_and_status_still_answers() -> None:
     pid = AgentClient().ensure_running().pid
     rest = thread_count(pid)

@@ -462,7 +462,15 @@ class Agent:
             line = bytes(conn.buf[:end])
             del conn.buf[: end + 1]
             start = 0
-            if not self._on_line(conn, line):
+            try:
+                keep = self._on_line(conn, line)
+            except Exception:
+                # The loop serves every connection: one request it cannot handle must cost only
+                # that connection, never the agent (and the owner's tunnels with it).
+                _log.exception("a request on the agent's socket could not be handled")
+                self._drop(conn, "sent a request the agent could not handle")
+                return
+            if not keep:
                 return
 
     def _on_line(self, conn: _Conn, line: bytes) -> bool:
@@ -481,7 +489,8 @@ class Agent:
                 return False
             conn.authed = True
             self._unauth.pop(conn.sock.fileno(), None)
-        if message.get("op") in _INLINE_OPS:
+        op = message.get("op")
+        if isinstance(op, str) and op in _INLINE_OPS:  # an `op` that is a list is unhashable
             self._reply(conn, self._handle(message, protocol.LineSocket(conn.sock)))
             return not conn.closed
         self._hand_off(conn, message)
