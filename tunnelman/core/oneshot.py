@@ -42,23 +42,11 @@ if TYPE_CHECKING:
 
 _PG_CLIENT = (
     "install the PostgreSQL client tools: Debian/Ubuntu `sudo apt install postgresql-client`, "
-    "Fedora/RHEL `sudo dnf install postgresql`, macOS `brew install libpq && brew link --force libpq`, "
+    "Fedora/RHEL `sudo dnf install postgresql`, macOS `brew install libpq` (found where Homebrew puts it), "
     "Windows: the PostgreSQL installer's command line tools"
 )
 INSTALL_HINTS: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "psql",
-            "pg_dump",
-            "pg_dumpall",
-            "pg_restore",
-            "pg_isready",
-            "pgbench",
-            "createdb",
-            "dropdb",
-        ),
-        _PG_CLIENT,
-    ),
+    **dict.fromkeys(sorted(programs.PG_TOOLS), _PG_CLIENT),
     "ogr2ogr": "install GDAL: Debian/Ubuntu `sudo apt install gdal-bin`, macOS `brew install gdal`",
     "ogrinfo": "install GDAL: Debian/Ubuntu `sudo apt install gdal-bin`, macOS `brew install gdal`",
     "raster2pgsql": "install PostGIS's client tools: Debian/Ubuntu `sudo apt install postgis`",
