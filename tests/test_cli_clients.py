@@ -27,7 +27,7 @@ from tests.conftest import LabProfile
 from tests.lab import need
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
-from tunnelman.core.tunnel import Tunnel
+from tunnelman.core.tunnel import open_tunnel
 
 TM = [sys.executable, "-m", "tunnelman"]
 
@@ -389,7 +389,7 @@ def test_conn_write_refuses_bad_targets_in_one_line(writer: str, tmp_path: Path,
 def tunnel_port(lab_profile: LabProfile) -> Iterator[int]:
     """An in-process tunnel for the lab profile, standing in for `tunnelman up`."""
     profile = prof.load(lab_profile.config).get("lab")
-    with Tunnel(profile, local_port=0) as tunnel:
+    with open_tunnel(profile, local_port=0) as tunnel:
         assert tunnel.local_port is not None
         yield tunnel.local_port
 

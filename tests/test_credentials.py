@@ -21,7 +21,7 @@ from tunnelman.core import client_files, credentials, oneshot
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import CredentialError
 from tunnelman.core.profiles import Endpoint, Profile
-from tunnelman.core.tunnel import Tunnel
+from tunnelman.core.tunnel import open_tunnel
 
 FAKE_ENDPOINT = "database-1.cluster-abc.us-east-2.rds.amazonaws.com"
 
@@ -238,7 +238,7 @@ def test_aws_logins_reach_the_database_through_the_temp_passfile(
     assert iam_login.password is not None
     _create_role(private_pg, "gis_admin", "a:b\\c")
     _create_role(private_pg, "iam_user", iam_login.password)
-    with Tunnel(tunnel_profile, local_port=0) as tunnel:
+    with open_tunnel(tunnel_profile, local_port=0) as tunnel:
         assert tunnel.local_port is not None
         for profile, login, who in (
             (sm_profile, sm_login, "gis_admin"),

@@ -16,7 +16,7 @@ import pytest
 
 from tests.lab import need
 from tunnelman.core.known_hosts import HostKeyPolicy
-from tunnelman.core.tunnel import Tunnel
+from tunnelman.core.tunnel import open_tunnel
 from tunnelman.demo import DemoError
 from tunnelman.demo.database import find_binaries
 from tunnelman.demo.sandbox import ENV_TCP, Sandbox
@@ -73,7 +73,7 @@ def test_tcp_mode_reaches_the_database_through_the_bastion(
         assert _listeners(db.tcp_port) == ["0100007F"]
         assert not any(p.name.startswith(".s.PGSQL") for p in (info.workdir / "pg").iterdir())
 
-        tunnel = Tunnel(info.profile, local_port=0, host_keys=HostKeyPolicy())
+        tunnel = open_tunnel(info.profile, local_port=0, host_keys=HostKeyPolicy())
         port = tunnel.start()
         try:
             with psycopg.connect(

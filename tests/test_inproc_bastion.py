@@ -21,7 +21,7 @@ import pytest
 
 from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.profiles import Profile, parse_bastion, parse_endpoint
-from tunnelman.core.tunnel import Tunnel
+from tunnelman.core.tunnel import open_tunnel
 from tunnelman.demo.bastion import InprocBastion, fingerprint, generate_key, public_line
 
 
@@ -326,7 +326,7 @@ def test_tunnel_engine_through_the_inproc_bastion(echo: EchoServer, tmp_path: Pa
     with InprocBastion(user.pkey, allowed=[("127.0.0.1", echo.port)], username="demo") as bastion:
         known.write_text(bastion.host_key_line() + "\n")
         profile = _profile(bastion, key, known, f"127.0.0.1:{echo.port}")
-        with Tunnel(profile, host_keys=HostKeyPolicy()) as tunnel:
+        with open_tunnel(profile, host_keys=HostKeyPolicy()) as tunnel:
             port = tunnel.local_port
             assert port is not None
             for _ in range(3):

@@ -165,7 +165,7 @@ def test_listener_options_per_platform() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux hot path")
 def test_relay_keeps_msg_dontwait_on_linux() -> None:
-    from tunnelman.core import relay
+    from tunnelman.core.tunnel import relay
 
     assert net.NOWAIT_FLAG == socket.MSG_DONTWAIT
     assert relay._NOWAIT == socket.MSG_DONTWAIT

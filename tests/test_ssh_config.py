@@ -303,7 +303,7 @@ def test_jump_key_reaches_a_bastion_only_the_hop_can_reach(
 def test_reconnect_goes_through_the_jump_host(
     hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path
 ) -> None:
-    from tunnelman.core.tunnel import Tunnel, TunnelState
+    from tunnelman.core.tunnel import TunnelState, open_tunnel
 
     hop, bastion, pg = hidden_bastion
     path = write_profile(
@@ -315,7 +315,7 @@ def test_reconnect_goes_through_the_jump_host(
         **_db_keys(pg),
     )
     profile = prof.load(path).get("vpc")
-    with Tunnel(profile, local_port=0, supervise=True) as tunnel:  # started by `with`
+    with open_tunnel(profile, local_port=0, supervise=True) as tunnel:  # started by `with`
         port = tunnel.local_port
         assert port is not None
         assert query(port, pg) == 1

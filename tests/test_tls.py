@@ -23,7 +23,7 @@ from tunnelman.core import client_files, clients, oneshot
 from tunnelman.core import profiles as prof
 from tunnelman.core.credentials import Login
 from tunnelman.core.profiles import Endpoint, Profile
-from tunnelman.core.tunnel import Tunnel
+from tunnelman.core.tunnel import open_tunnel
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def tls_lab(
         sslmode="verify-full",
         sslrootcert=postgres_tls.ca_path,
     )
-    with Tunnel(tunnel_profile, local_port=0) as tunnel:
+    with open_tunnel(tunnel_profile, local_port=0) as tunnel:
         assert tunnel.local_port is not None
         yield user_profile, tunnel.local_port, postgres_tls
 

@@ -32,7 +32,7 @@ from tunnelman.core.errors import (
 )
 from tunnelman.core.known_hosts import HostKeyChanged, HostKeyPolicy, HostKeyUnknown
 from tunnelman.core.profiles import Bastion, Endpoint, Profile, with_overrides
-from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus
+from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus, open_tunnel
 
 FAST = 15.0  # every failure must be reported within this many seconds
 
@@ -157,7 +157,7 @@ def test_rows_through_the_tunnel_on_loopback_only(
     sshd: Sshd, postgres: Postgres, tmp_path: Path
 ) -> None:
     recorder = Recorder()
-    with Tunnel(make_profile(sshd, postgres, tmp_path), on_status=recorder) as tunnel:
+    with open_tunnel(make_profile(sshd, postgres, tmp_path), on_status=recorder) as tunnel:
         port = tunnel.local_port
         assert port is not None
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 and nothing else
@@ -179,7 +179,7 @@ def test_rows_through_the_tunnel_on_loopback_only(
 
 def test_fixed_port_and_connection_count(sshd: Sshd, postgres: Postgres, tmp_path: Path) -> None:
     port = closed_port()
-    with Tunnel(make_profile(sshd, postgres, tmp_path, local_port=port)) as tunnel:
+    with open_tunnel(make_profile(sshd, postgres, tmp_path, local_port=port)) as tunnel:
         assert tunnel.local_port == port
         conns = [
             psycopg.connect(
@@ -205,7 +205,7 @@ def test_local_port_argument_beats_the_profile(
 ) -> None:
     wanted = closed_port()
     profile = make_profile(sshd, postgres, tmp_path, local_port=closed_port())
-    with Tunnel(profile, local_port=wanted) as tunnel:
+    with open_tunnel(profile, local_port=wanted) as tunnel:
         assert tunnel.local_port == wanted
 
 
@@ -216,7 +216,7 @@ def test_stop_is_idempotent_fast_and_leaks_no_threads_or_fds(
     threads_before = threading.active_count()
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        tunnel = Tunnel(profile, supervise=True)
+        tunnel = open_tunnel(profile, supervise=True)
         port = tunnel.start()
         assert query(postgres, port) == 4
         started = time.monotonic()
@@ -232,14 +232,14 @@ def test_stop_is_idempotent_fast_and_leaks_no_threads_or_fds(
 
 
 def test_start_twice_is_an_error(sshd: Sshd, postgres: Postgres, tmp_path: Path) -> None:
-    with Tunnel(make_profile(sshd, postgres, tmp_path)) as tunnel, pytest.raises(TunnelError):
+    with open_tunnel(make_profile(sshd, postgres, tmp_path)) as tunnel, pytest.raises(TunnelError):
         tunnel.start()
 
 
 def test_sshtunnel_logs_go_to_our_logger_not_the_terminal(
     sshd: Sshd, postgres: Postgres, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with Tunnel(make_profile(sshd, postgres, tmp_path)) as tunnel:
+    with open_tunnel(make_profile(sshd, postgres, tmp_path)) as tunnel:
         assert tunnel.local_port is not None
         query(postgres, tunnel.local_port)
     captured = capfd.readouterr()
@@ -254,7 +254,7 @@ def assert_fast_failure(
     profile: Profile, error: type[Exception], *words: str, port: int | None = None
 ) -> str:
     recorder = Recorder()
-    tunnel = Tunnel(profile, on_status=recorder)
+    tunnel = open_tunnel(profile, on_status=recorder)
     started = time.monotonic()
     with pytest.raises(error) as caught:
         tunnel.start()
@@ -406,7 +406,7 @@ def test_accept_new_records_the_key(sshd: Sshd, postgres: Postgres, tmp_path: Pa
 
     profile = make_profile(sshd, postgres, tmp_path)
     profile.known_hosts.unlink()
-    with Tunnel(profile, host_keys=HostKeyPolicy(accept_new=True)) as tunnel:
+    with open_tunnel(profile, host_keys=HostKeyPolicy(accept_new=True)) as tunnel:
         assert tunnel.local_port is not None
         assert query(postgres, tunnel.local_port) == 4
     found = subprocess.run(
@@ -430,7 +430,7 @@ def test_ask_callback_sees_the_openssh_fingerprint(
         seen.append(info)
         return True
 
-    with Tunnel(profile, host_keys=HostKeyPolicy(ask=ask)):
+    with open_tunnel(profile, host_keys=HostKeyPolicy(ask=ask)):
         pass
     assert [i.fingerprint for i in seen] == [sshd.host_key_fingerprint()]
     assert seen[0].host == "127.0.0.1"
@@ -443,7 +443,7 @@ def test_hashed_known_hosts_entry_is_recognised(
     profile = make_profile(sshd, postgres, tmp_path)
     sshd.write_known_hosts(profile.known_hosts, hashed=True)
     assert profile.known_hosts.read_text().startswith("|1|")
-    with Tunnel(profile) as tunnel:
+    with open_tunnel(profile) as tunnel:
         assert tunnel.status.state == TunnelState.UP
 
 
@@ -454,7 +454,7 @@ def test_known_key_type_is_preferred_in_the_handshake(
     server = make_sshd(host_key_types=("ed25519", "rsa"))
     profile = make_profile(server, postgres, tmp_path)
     profile.known_hosts.write_text(server.host_key_line(kind="rsa") + "\n")
-    with Tunnel(profile) as tunnel:
+    with open_tunnel(profile) as tunnel:
         assert tunnel.status.state == TunnelState.UP
 
 
@@ -473,7 +473,7 @@ def test_cancel_aborts_start(sshd: Sshd, postgres: Postgres, tmp_path: Path) -> 
         threading.Timer(0.5, cancel.set).start()
         started = time.monotonic()
         with pytest.raises(TunnelError, match="cancelled"):
-            Tunnel(profile, cancel=cancel).start()
+            open_tunnel(profile, cancel=cancel).start()
         assert time.monotonic() - started < 3
 
 
@@ -484,7 +484,9 @@ def test_dropped_sessions_reconnect_on_the_same_port(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnel = open_tunnel(
+        make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder
+    )
     tunnels.append(tunnel)
     port = tunnel.start()
     assert query(postgres, port) == 4
@@ -503,7 +505,9 @@ def test_bastion_away_for_5_s_then_back(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnel = open_tunnel(
+        make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder
+    )
     tunnels.append(tunnel)
     port = tunnel.start()
     bastion.stop()
@@ -524,7 +528,9 @@ def test_host_key_changed_on_reconnect_fails_and_closes_the_port(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnel = open_tunnel(
+        make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder
+    )
     tunnels.append(tunnel)
     port = tunnel.start()
     bastion.rotate_host_key()
@@ -543,7 +549,7 @@ def test_unsupervised_tunnel_fails_when_the_bastion_drops(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), on_status=recorder)
+    tunnel = open_tunnel(make_profile(bastion, postgres, tmp_path), on_status=recorder)
     tunnels.append(tunnel)
     port = tunnel.start()
     bastion.kill_sessions()
@@ -556,7 +562,7 @@ def test_clock_jump_reconnects_at_once(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     """A suspend/resume is simulated through the tunnel's wall clock (the system clock is shared)."""
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True)
+    tunnel = open_tunnel(make_profile(bastion, postgres, tmp_path), supervise=True)
     tunnels.append(tunnel)
     port = tunnel.start()
     tunnel._wall = lambda: time.time() + 3600
@@ -572,7 +578,9 @@ def test_stop_during_reconnect_is_fast(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnel = open_tunnel(
+        make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder
+    )
     port = tunnel.start()
     bastion.stop()
     recorder.wait_for(TunnelState.RECONNECTING, timeout=5)
@@ -587,7 +595,9 @@ def test_key_refused_on_reconnect_fails_for_good(
     bastion: Sshd, postgres: Postgres, tmp_path: Path, tunnels: list[Tunnel]
 ) -> None:
     recorder = Recorder()
-    tunnel = Tunnel(make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder)
+    tunnel = open_tunnel(
+        make_profile(bastion, postgres, tmp_path), supervise=True, on_status=recorder
+    )
     tunnels.append(tunnel)
     port = tunnel.start()
     bastion.clear_authorized()

@@ -2,7 +2,7 @@
 
 Started on demand by `tunnelman up --detach` and the TUI (through `client.AgentClient`, as a
 detached `python -m tunnelman.agent` in its own session, stdio on /dev/null), or in the foreground
-by `tunnelman agent run`. It holds `Tunnel(supervise=True)` objects, so the tunnels outlive the
+by `tunnelman agent run`. It holds `open_tunnel(…, supervise=True)` objects, so the tunnels outlive the
 terminal or TUI that asked for them and reconnect by themselves, and answers the JSON-lines protocol
 of `protocol` on a socket only its user can open (see `paths`).
 
@@ -819,7 +819,7 @@ class Agent:
     def _op_up(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
         from tunnelman.core import profiles
         from tunnelman.core.known_hosts import HostKeyPolicy
-        from tunnelman.core.tunnel import Tunnel
+        from tunnelman.core.tunnel import open_tunnel
 
         name = _text(message, "name")
         config = _text(message, "config")
@@ -857,7 +857,7 @@ class Agent:
                     name=name,
                     profile=profile,
                     cancel=cancel,
-                    tunnel=Tunnel(
+                    tunnel=open_tunnel(
                         profile,
                         local_port=port,
                         host_keys=policy,

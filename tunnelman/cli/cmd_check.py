@@ -171,13 +171,13 @@ class Doctor:
         return f"as {profile.bastion.login} with {self.s.identity.describe()}"
 
     def forward_step(self) -> str:
-        from tunnelman.core.tunnel import Tunnel
+        from tunnelman.core.tunnel import open_tunnel
 
         profile = self._profile()
         assert self.s.transport is not None
         assert self.s.identity is not None
         # The profile as written: the openssh engine hands ssh the alias and its ssh_config.
-        tunnel = Tunnel(self.s.given or profile, local_port=0)
+        tunnel = open_tunnel(self.s.given or profile, local_port=0)
         transport, self.s.transport = self.s.transport, None  # the tunnel owns it now
         self.s.tunnel = tunnel
         self.s.port = tunnel.adopt(transport, self.s.identity)

@@ -113,13 +113,13 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
 def _hold(info: object, port: int | None) -> None:
     """Open the sandbox's tunnel here, print how to use it, wait for Ctrl-C."""
     from tunnelman.core.known_hosts import HostKeyPolicy
-    from tunnelman.core.tunnel import Tunnel, TunnelState
+    from tunnelman.core.tunnel import TunnelState, open_tunnel
     from tunnelman.demo.sandbox import SandboxInfo
 
     assert isinstance(info, SandboxInfo)
     profile = info.profile
     # Port 0 (a free one) unless asked: a local_port inherited from [defaults] may be in use.
-    tunnel = Tunnel(profile, local_port=port or 0, host_keys=HostKeyPolicy(), supervise=True)
+    tunnel = open_tunnel(profile, local_port=port or 0, host_keys=HostKeyPolicy(), supervise=True)
     try:
         bound = tunnel.start()
         _print_ready(info, bound)

@@ -122,10 +122,10 @@ def up_cmd(
         _detach(ctx, name, port, accept_new_host_key, as_json)
         return
     profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
-    from tunnelman.core.tunnel import Tunnel, TunnelState
+    from tunnelman.core.tunnel import TunnelState, open_tunnel
 
     events: queue.Queue[TunnelStatus | None] = queue.Queue()
-    tunnel = Tunnel(
+    tunnel = open_tunnel(
         profile,
         local_port=port,
         host_keys=host_key_policy(accept_new_host_key),

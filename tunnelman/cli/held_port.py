@@ -64,12 +64,12 @@ def _agent_holder(port: int) -> str | None:
 
 def name_own_holder(exc: PortBusyError) -> PortBusyError:
     """`exc`, or a clearer one when tunnelman itself (agent or `tunnelman up`) holds the port."""
-    from tunnelman.core import netcheck
+    from tunnelman.core.tunnel import ports
 
     port = exc.port
     if not port:
         return exc
-    argv = netcheck.process_argv(exc.pid) if exc.pid is not None else None
+    argv = ports.process_argv(exc.pid) if exc.pid is not None else None
     if exc.pid is None or (argv is not None and _is_tunnelman(argv) is not None):
         name = _agent_holder(port)
         if name is not None:

@@ -302,9 +302,9 @@ def run(
     with ChildRunner() as runner, contextlib.ExitStack() as stack:
         if port is None:
             from tunnelman.core.known_hosts import HostKeyPolicy
-            from tunnelman.core.tunnel import Tunnel
+            from tunnelman.core.tunnel import open_tunnel
 
-            tunnel = Tunnel(
+            tunnel = open_tunnel(
                 profile,
                 local_port=0,  # a free port: a one-shot never collides with `tunnelman up`
                 host_keys=host_keys or HostKeyPolicy(),

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tunnelman.core import relay
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
@@ -52,6 +51,7 @@ from tunnelman.core.known_hosts import (
 from tunnelman.core.known_hosts import verify as verify_host_key
 from tunnelman.core.logs import get_logger
 from tunnelman.core.platform import agents, keys, net
+from tunnelman.core.tunnel import relay
 
 if TYPE_CHECKING:
     import paramiko
@@ -800,6 +800,48 @@ def authenticate(
     )
 
 
+_RESOLVER_FAILURES = ("not known", "name resolution", "no address associated", "no such host")
+
+
+def forward_error(endpoint: Endpoint, reason: str, *, prohibited: bool = False) -> ForwardingFailed:
+    """The error for a forward the bastion refused or could not make, in both engines' words.
+
+    `reason`: sshd's text (paramiko's ChannelException text, or ssh's "open failed: …" line);
+    `prohibited`: the bastion said "administratively prohibited".
+    """
+    target = f"{endpoint.host}:{endpoint.port}"
+    low = reason.lower()
+    if prohibited or "administratively prohibited" in low:
+        return ForwardingFailed(
+            f"the bastion refuses to forward to {target}: administratively prohibited, "
+            "TCP forwarding is disabled for this user or this target is not allowed",
+            hint="ask the bastion's administrator for `AllowTcpForwarding yes` "
+            f"and a `PermitOpen` covering {target} in sshd_config",
+        )
+    detail = reason.strip()
+    for prefix in ("open failed:", "connect failed:"):
+        if prefix in detail.lower():
+            detail = detail[detail.lower().rindex(prefix) + len(prefix) :].strip()
+    if any(text in low for text in _RESOLVER_FAILURES):
+        return ForwardingFailed(
+            f"the database endpoint name {endpoint.host} does not resolve on the bastion "
+            f"({detail or 'connect failed'})",
+            hint="check the endpoint in the profile (`tunnelman discover` lists the clusters' "
+            "endpoints); a deleted and re-created cluster gets a new name",
+        )
+    if detail and detail.lower() not in ("connect failed", "open failed"):
+        return ForwardingFailed(
+            f"the bastion cannot reach the database endpoint {target} (connect failed: {detail})",
+            hint="check the endpoint name and port, that the cluster is available "
+            "with `tunnelman cluster status`, and that its security group lets the bastion in",
+        )
+    return ForwardingFailed(
+        f"the bastion cannot reach the database endpoint {target} (connect failed)",
+        hint="check the endpoint name and port, that the cluster is available "
+        "with `tunnelman cluster status`, and that its security group lets the bastion in",
+    )
+
+
 def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: float) -> None:
     """Open (and close) one forwarded connection to the endpoint, to fail early with the reason."""
     import paramiko
@@ -811,20 +853,9 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
         )
     except paramiko.ChannelException as exc:
         if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
-            raise ForwardingFailed(
-                f"the bastion refuses to forward to {target}: administratively prohibited, "
-                "TCP forwarding is disabled for this user or this target is not allowed",
-                hint="ask the bastion's administrator for `AllowTcpForwarding yes` "
-                f"and a `PermitOpen` covering {target} in sshd_config",
-            ) from None
+            raise forward_error(endpoint, exc.text or "", prohibited=True) from None
         if exc.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
-            raise ForwardingFailed(
-                f"the bastion cannot reach the database endpoint {target} (connect failed"
-                + (f": {exc.text}" if exc.text and exc.text.lower() != "connect failed" else "")
-                + ")",
-                hint="check the endpoint name and port, that the cluster is available "
-                "with `tunnelman cluster status`, and that its security group lets the bastion in",
-            ) from None
+            raise forward_error(endpoint, exc.text or "") from None
         raise ForwardingFailed(
             f"the bastion refused the forward to {target} ({exc.text or exc.code})"
         ) from None

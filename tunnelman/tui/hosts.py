@@ -150,7 +150,7 @@ class InProcessHost:
     ) -> TunnelView:
         del config_path  # only the agent needs to know where the profile came from
         tunnel_mod = _core("tunnelman.core.tunnel")
-        tunnel = tunnel_mod.Tunnel(
+        tunnel = tunnel_mod.open_tunnel(
             profile,
             local_port=profile.local_port,
             host_keys=host_key_policy(ask_host_key),

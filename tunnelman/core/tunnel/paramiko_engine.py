@@ -1,56 +1,49 @@
-"""The tunnel engine: one profile's 127.0.0.1 port forwarded through the bastion, and its life.
+"""The default engine (`engine = "sshtunnel"`): paramiko for SSH, sshtunnel's forwarder for the port.
 
-Called by the CLI (`up`, one-shot `psql`/`exec`, `check`), the agent (`supervise=True`) and the TUI.
-The SSH connection is made by `tunnelman.core.ssh` (precise errors, host key checked before
-authenticating, only the profile's key or the agent); the authenticated paramiko Transport is then
-handed to a small `sshtunnel.SSHTunnelForwarder` subclass that serves the local port. Before `start()`
-returns, one test channel to the endpoint is opened and closed, so "forwarding refused" and
-"database unreachable from the bastion" show up at `up` rather than at the first psql.
+Built by `tunnelman.core.tunnel.open_tunnel`; the state machine, reconnect loop and status are the
+base's (`base.Tunnel`). The SSH connection is made by `tunnelman.core.ssh` (precise errors, host
+key checked before authenticating, only the profile's key or the agent, jump hosts); the
+authenticated paramiko Transport is then handed to a small `sshtunnel.SSHTunnelForwarder`
+subclass that serves the local port, with our relay (`relay.py`) moving the bytes. Before
+`start()` returns, one test channel to the endpoint is opened and closed, so "forwarding refused"
+and "database unreachable from the bastion" show up at `up` rather than at the first psql.
 
-Supervision: a thread watches the transport. Without `supervise` a dead transport means FAILED and
-the port closes. With it, the port stays bound while we reconnect with backoff (0.5 s doubling to
-30 s, with jitter); local connections made meanwhile wait for the new transport instead of being
-refused. A changed host key or a refused login on reconnect is final (FAILED, port closed, so nothing
-is forwarded to the wrong host). A wall-clock jump (suspend/resume) triggers an immediate reconnect.
+Supervision: a thread watches the transport and asks the bastion for a keepalive reply (a silent
+link is noticed within ~15 s by default). Without `supervise` a dead transport means FAILED and
+the port closes. With it, the port stays bound while the base reconnects with backoff; local
+connections made meanwhile wait for the new transport instead of being refused. A changed host
+key or a refused login on reconnect is final. A wall-clock jump (suspend/resume) triggers an
+immediate make-before-break reconnect.
+
+sshtunnel's private API used, and why (sshtunnel has no public hook for any of these; each is a
+method its own code overrides in the same way): `_consolidate_auth` and `_connect_to_gateway`
+(we authenticate ourselves and hand it the Transport), `_make_ssh_forward_handler_class` (our
+relay and the wait-for-transport), `_make_ssh_forward_server` (a bind error keeps its errno,
+backlog 128, exclusive bind on Windows), `_server_list` / `_transport` (closing the listener at
+once, and swapping in the reconnected Transport).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import random
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-from tunnelman.core import netcheck, relay, ssh
-from tunnelman.core.errors import (
-    AuthenticationFailed,
-    ConfigError,
-    HostKeyError,
-    SSHKeyError,
-    TunnelError,
-    TunnelmanError,
-)
+from tunnelman.core import ssh
+from tunnelman.core.errors import TunnelmanError
 from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.logs import get_logger
 from tunnelman.core.platform import net
-from tunnelman.core.ssh import PassphrasePrompt
+from tunnelman.core.tunnel import ports, relay
+from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel
 
 if TYPE_CHECKING:
     import paramiko
 
-    from tunnelman.core.profiles import Profile
+__all__ = ["ParamikoTunnel", "probe_timing"]
 
-__all__ = ["Tunnel", "TunnelState", "TunnelStatus"]
-
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
 CLOCK_JUMP = 5.0  # seconds of wall-clock vs monotonic drift that mean "we were asleep"
 WATCH_INTERVAL = 0.2
 KEEPALIVE_REQUEST = "keepalive@openssh.com"  # what OpenSSH's ServerAliveInterval sends
@@ -86,46 +79,6 @@ class _Probe:
                 self.answered.set()
 
 
-_FINAL_ERRORS = (HostKeyError, AuthenticationFailed, SSHKeyError, ConfigError)
-
-
-class TunnelState(StrEnum):
-    STARTING = "starting"
-    UP = "up"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class TunnelStatus:
-    """A snapshot of one tunnel, as `status --json` and the TUI show it."""
-
-    name: str
-    state: TunnelState
-    local_port: int | None
-    since: float | None  # epoch of the last time it came UP
-    reconnects: int
-    error: str | None
-    connections: int
-
-    def to_json(self) -> dict[str, object]:
-        since = (
-            dt.datetime.fromtimestamp(self.since, tz=dt.UTC).isoformat()
-            if self.since is not None
-            else None
-        )
-        return {
-            "name": self.name,
-            "state": str(self.state),
-            "local_port": self.local_port,
-            "since": since,
-            "reconnects": self.reconnects,
-            "error": self.error,
-            "connections": self.connections,
-        }
-
-
 def _make_forwarder_class() -> type[Any]:
     """Built on first use: importing sshtunnel (and paramiko) costs ~0.3 s."""
     import sshtunnel
@@ -137,7 +90,7 @@ def _make_forwarder_class() -> type[Any]:
         to SSH gateway", checks no host key and loads every key in ~/.ssh: we bypass all of it.
         """
 
-        def __init__(self, owner: Tunnel, **kwargs: Any) -> None:
+        def __init__(self, owner: ParamikoTunnel, **kwargs: Any) -> None:
             self._owner = owner
             super().__init__(**kwargs)
 
@@ -150,7 +103,7 @@ def _make_forwarder_class() -> type[Any]:
 
         def _make_ssh_forward_handler_class(self, remote_address_: Any) -> type[Any]:
             owner = self._owner
-            # Our relay instead of sshtunnel's 16 KiB select loop (see tunnelman/core/relay.py).
+            # Our relay instead of sshtunnel's 16 KiB select loop (see tunnelman/core/tunnel/relay.py).
             base = relay.handler_base()
 
             class Handler(base):  # type: ignore[misc,valid-type]
@@ -204,91 +157,27 @@ def _forwarder() -> type[Any]:
     return _forwarder_class
 
 
-class Tunnel:
-    """127.0.0.1:port → bastion → endpoint for one profile. See the module docstring."""
+class ParamikoTunnel(Tunnel):
+    """The default engine. See the module docstring."""
 
-    def __new__(cls, profile: Profile, *args: Any, **kwargs: Any) -> Tunnel:
-        # engine = "openssh": the same class interface over the system ssh, so every caller
-        # (up, one-shot, agent, TUI) gets it (tunnelman/core/openssh_engine.py).
-        if cls is Tunnel and profile.engine == "openssh":
-            from tunnelman.core.openssh_engine import OpenSSHTunnel
+    capabilities = Capabilities(
+        engine="sshtunnel",
+        instance_connect=True,
+        decrypts_keys=True,
+        serves_checked_transport=True,
+        counts_connections=True,
+    )
 
-            return object.__new__(OpenSSHTunnel)
-        return object.__new__(cls)
-
-    def __init__(
-        self,
-        profile: Profile,
-        *,
-        local_port: int | None = None,
-        host_keys: HostKeyPolicy = HostKeyPolicy(),  # noqa: B008 - frozen, shared safely
-        passphrase: PassphrasePrompt | None = None,
-        on_status: Callable[[TunnelStatus], None] | None = None,
-        cancel: threading.Event | None = None,
-        supervise: bool = False,
-    ) -> None:
-        self.profile = profile
-        self._given = profile  # as the file says, before ssh_config is applied (at start)
-        self._requested_port = local_port if local_port is not None else profile.local_port
-        self._host_keys = host_keys
-        self._passphrase = passphrase
-        self._on_status = on_status
-        self._cancel = cancel
-        self._supervise = supervise
-        self._log = get_logger(f"tunnel.{profile.name}")
-
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._state = TunnelState.STOPPED
-        self._started = False
-        self._error: str | None = None
-        self._since: float | None = None
-        self._reconnects = 0
-        self._connections = 0
-        self._port: int | None = None
-
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._identity: ssh.Identity | None = None
         self._pinned: bytes | None = None
         self._transport: paramiko.Transport | None = None
         self._channels: dict[int, int] = {}  # id(transport) -> open forwarded connections
         self._retired: list[paramiko.Transport] = []
         self._server: Any = None  # the Forwarder
-        self._watcher: threading.Thread | None = None
         self._probe: _Probe | None = None
         self._handlers: set[threading.Thread] = set()
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._last_attempt = 0.0
-        # Clocks are attributes so tests can simulate a suspend without touching the system clock.
-        self._wall: Callable[[], float] = time.time
-        self._mono: Callable[[], float] = time.monotonic
-
-    # ------------------------------------------------------------------------- public API
-
-    @property
-    def local_port(self) -> int | None:
-        return self._port
-
-    @property
-    def status(self) -> TunnelStatus:
-        with self._lock:
-            return self._snapshot()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> int:
-        """Connect, check the forward, listen on 127.0.0.1; return the port. See the docstring."""
-        return self._run_start(self._start)
 
     def adopt(self, transport: paramiko.Transport, identity: ssh.Identity) -> int:
         """Serve an already connected, host-key-checked and authenticated transport.
@@ -298,71 +187,19 @@ class Tunnel:
         """
 
         def body() -> int:
+            self._require_route()
             self._apply_ssh_config()
             return self._serve(transport, identity, self._local_port_wanted())
 
         return self._run_start(body)
 
-    def _run_start(self, body: Callable[[], int]) -> int:
-        with self._lock:
-            if self._started or self._stopping.is_set():
-                raise TunnelError(f"tunnel '{self.profile.name}' was already started or stopped")
-            self._started = True
-        self._set_state(TunnelState.STARTING)
-        try:
-            return body()
-        except BaseException as exc:
-            self._teardown()
-            if isinstance(exc, TunnelmanError):
-                self._set_state(TunnelState.FAILED, error=str(exc))
-            elif isinstance(exc, KeyboardInterrupt):
-                self._set_state(TunnelState.FAILED, error="interrupted")
-            else:
-                self._set_state(TunnelState.FAILED, error=f"internal error: {exc!r}")
-            raise
-
-    def stop(self) -> None:
-        """Close the port and the SSH session; wait for our threads. Idempotent, fast."""
-        with self._lock:
-            if self._state == TunnelState.STOPPED and self._stopping.is_set():
-                return
-        self._teardown()
-        if self._started:
-            self._set_state(TunnelState.STOPPED)
-
     # ------------------------------------------------------------------------- starting
-
-    def _local_port_wanted(self) -> int:
-        return self._requested_port or 0
-
-    def _require_route(self) -> None:
-        """Both ends of the forward must be known before any work (every engine)."""
-        profile = self.profile
-        if profile.endpoint is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no endpoint",
-                hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
-            )
-        if profile.bastion is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no bastion",
-                hint='add bastion = "user@host" to the profile',
-            )
-
-    def _apply_ssh_config(self) -> Profile:
-        """The profile with ~/.ssh/config applied (HostName, Port, User, ProxyJump…), kept."""
-        from tunnelman.core import ssh_config
-
-        self.profile, notes = ssh_config.effective(self.profile)
-        for line in notes:
-            self._log.info("ssh_config: %s", line)
-        return self.profile
 
     def _start(self) -> int:
         self._require_route()
         profile = self._apply_ssh_config()
         port = self._local_port_wanted()
-        netcheck.ensure_port_free(port)  # milliseconds, before any SSH work
+        ports.ensure_port_free(port)  # milliseconds, before any SSH work
         identity = ssh.load_identity(profile, self._passphrase)
         self._check_cancel()
         transport, _info = ssh.connect(profile, identity, self._host_keys, cancel=self._cancel)
@@ -382,28 +219,10 @@ class Tunnel:
         try:
             self._server.start()
         except OSError as exc:
-            raise netcheck.bind_error(port, exc) from None
-        bound = int(self._server.local_bind_port)
-        with self._lock:
-            self._port = bound
-            self._since = self._wall()
-        self._watcher = threading.Thread(
-            target=self._watch, name=f"tunnelman-watch-{profile.name}", daemon=True
-        )
-        self._watcher.start()
-        self._set_state(TunnelState.UP)
-        self._log.info(
-            "tunnel %s up: 127.0.0.1:%d -> %s -> %s",
-            profile.name,
-            bound,
-            profile.bastion,
-            profile.endpoint,
-        )
-        return bound
-
-    def _check_cancel(self) -> None:
-        if self._cancel is not None and self._cancel.is_set():
-            raise TunnelError("cancelled")
+            raise ports.bind_error(port, exc) from None
+        self._came_up(int(self._server.local_bind_port))
+        assert self._port is not None
+        return self._port
 
     def _make_server(self, port: int) -> Any:
         profile = self.profile
@@ -429,35 +248,27 @@ class Tunnel:
     def _enter_connection(self) -> paramiko.Transport | None:
         """A local client arrived: the transport to use, waiting through a reconnect if needed."""
         me = threading.current_thread()
-        deadline = time.monotonic() + self.profile.connect_timeout
+        chosen: list[paramiko.Transport] = []
+
+        def ready() -> bool:
+            transport = self._transport
+            if transport is None or not transport.is_active():
+                return False
+            chosen.append(transport)
+            return True
+
         with self._lock:
             self._handlers.add(me)
-            while True:
-                if self._stopping.is_set() or self._state in (
-                    TunnelState.FAILED,
-                    TunnelState.STOPPED,
-                ):
-                    break
-                transport = self._transport
-                if (
-                    self._state == TunnelState.UP
-                    and transport is not None
-                    and transport.is_active()
-                ):
-                    self._connections += 1
-                    self._channels[id(transport)] = self._channels.get(id(transport), 0) + 1
-                    return transport
-                self._wake.set()  # someone needs the tunnel now: retry without waiting
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, 0.5))
+            if self._await_up(ready):
+                transport = chosen[-1]
+                self._channels[id(transport)] = self._channels.get(id(transport), 0) + 1
+                return transport
             self._handlers.discard(me)
         return None
 
     def _leave_connection(self, transport: paramiko.Transport) -> None:
         with self._lock:
-            self._connections -= 1
+            self._client_left()
             key = id(transport)
             self._channels[key] = self._channels.get(key, 1) - 1
             self._handlers.discard(threading.current_thread())
@@ -516,7 +327,8 @@ class Tunnel:
         )
         return transport
 
-    def _install(self, transport: paramiko.Transport) -> None:
+    def _swap(self, transport: paramiko.Transport) -> None:
+        """Serve new connections over `transport`; the old one closes once its last one ends."""
         with self._lock:
             old = self._transport
             self._transport = transport
@@ -524,17 +336,21 @@ class Tunnel:
                 self._server._transport = transport
             if old is not None and old is not transport:
                 self._retired.append(old)
-            self._reconnects += 1
-            self._since = self._wall()
-            self._error = None
-        self._set_state(TunnelState.UP)
+
+    def _reconnect_once(self) -> bool:
+        transport = self._connect_again()
+        if self._stopping.is_set():
+            transport.close()
+            return False
+        self._swap(transport)
         self._close_idle_retired()
+        return True
 
     def _refresh(self) -> bool:
         """Make-before-break after a clock jump: True when a new transport replaced the old one."""
         try:
             transport = self._connect_again()
-        except _FINAL_ERRORS as exc:
+        except FINAL_ERRORS as exc:
             self._fail(str(exc))
             return True
         except TunnelmanError as exc:
@@ -543,57 +359,14 @@ class Tunnel:
         if self._stopping.is_set():
             transport.close()
             return True
-        self._install(transport)
+        self._swap(transport)
+        self._back_up()
+        self._close_idle_retired()
         return True
 
-    def _reconnect_loop(self) -> bool:
-        """Reconnect until it works (True) or must stop (False: stopped or failed for good)."""
-        self._set_state(TunnelState.RECONNECTING, error="the connection to the bastion was lost")
-        delay = BACKOFF_FIRST
-        while not self._stopping.is_set():
-            self._wake.clear()
-            self._last_attempt = time.monotonic()
-            try:
-                transport = self._connect_again()
-            except _FINAL_ERRORS as exc:
-                self._fail(str(exc))
-                return False
-            except TunnelmanError as exc:
-                self._log.info("reconnect of %s failed: %s", self.profile.name, exc)
-                self._set_state(TunnelState.RECONNECTING, error=str(exc))
-            except Exception as exc:  # a bug or an odd paramiko error: keep trying
-                self._log.exception("reconnect of %s failed", self.profile.name)
-                self._set_state(TunnelState.RECONNECTING, error=f"reconnect failed: {exc}")
-            else:
-                if self._stopping.is_set():
-                    transport.close()
-                    return False
-                self._install(transport)
-                self._log.info("tunnel %s reconnected", self.profile.name)
-                return True
-            pause = min(delay, BACKOFF_MAX) * random.uniform(0.8, 1.2)
-            delay = min(delay * 2, BACKOFF_MAX)
-            deadline = time.monotonic() + pause
-            while not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # A waiting local client cuts the pause short (but not below 0.5 s between tries).
-                if self._wake.wait(remaining):
-                    self._wake.clear()
-                    if time.monotonic() - self._last_attempt >= BACKOFF_FIRST:
-                        break
-                    self._stopping.wait(BACKOFF_FIRST)
-                    break
-        return False
-
-    def _fail(self, reason: str) -> None:
-        """Give up for good: close the port so nothing is forwarded anywhere, report why."""
-        self._log.warning("tunnel %s failed: %s", self.profile.name, reason)
-        # Port closed before FAILED is reported: whoever reacts to it finds nothing listening.
+    def _close_for_failure(self) -> None:
         self._close_server()
         self._close_transports()
-        self._set_state(TunnelState.FAILED, error=reason)
 
     def _close_idle_retired(self) -> None:
         with self._lock:
@@ -636,7 +409,7 @@ class Tunnel:
 
     def _teardown(self) -> None:
         self._stopping.set()
-        self._wake.set()
+        self._backoff.wake()
         with self._lock:
             self._changed.notify_all()
         watcher = self._watcher
@@ -658,39 +431,3 @@ class Tunnel:
             for thread in threading.enumerate():
                 if thread.name == f"Srv-{port}" and thread is not threading.current_thread():
                     thread.join(timeout=max(0.1, deadline - time.monotonic()))
-
-    # ------------------------------------------------------------------------- status
-
-    def _snapshot(self) -> TunnelStatus:
-        return TunnelStatus(
-            name=self.profile.name,
-            state=self._state,
-            local_port=self._port,
-            since=self._since,
-            reconnects=self._reconnects,
-            error=self._error,
-            connections=max(0, self._connections),
-        )
-
-    def _set_state(self, state: TunnelState, *, error: str | None = None) -> None:
-        with self._lock:
-            changed = (state, error) != (self._state, self._error)
-            self._state = state
-            if state in (TunnelState.UP, TunnelState.STARTING):
-                self._error = None
-            elif error is not None:
-                self._error = error
-            snapshot = self._snapshot()
-            self._changed.notify_all()
-        if changed and self._on_status is not None:
-            try:
-                self._on_status(snapshot)
-            except Exception:
-                self._log.exception("on_status callback failed")
-
-
-def free_local_port() -> int:
-    """A port 127.0.0.1 can listen on right now (for callers that must know it in advance)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -1,9 +1,21 @@
 """The OpenSSH engine: `engine = "openssh"` runs the system `ssh -N -L` instead of paramiko.
 
-Called only through `tunnelman.core.tunnel.Tunnel`, which hands a profile with that engine to
-`OpenSSHTunnel` (a `Tunnel` with the same states, callbacks and supervision), so `up`, the one-shot
-commands, the agent and the TUI all get it. For people who want OpenSSH's speed (the relay is C,
-not Python) or their ssh_config (ProxyJump, ControlMaster-free options, certificates).
+Built by `tunnelman.core.tunnel.open_tunnel`; states, reconnects and status are the base's
+(`base.Tunnel`), so `up`, the one-shot commands, the agent and the TUI all get it. For people who
+want OpenSSH's own crypto, its ssh_config (ProxyJump, certificates, Match) or its client.
+
+Our own listener in front, as the default engine has: tunnelman binds 127.0.0.1:PORT itself and
+ssh forwards from a private loopback port (`-L 127.0.0.1:INNER:endpoint`); each client is relayed
+to ssh's port (`relay.bridge`: splice(2) on Linux, no Python per byte). So the port stays held
+while ssh reconnects (a client waits, and its arrival cuts the backoff short), a busy port fails
+at once, connections are counted, and nothing is refused between two ssh processes.
+
+Before "up", one forwarded test connection goes through ssh to the endpoint and sends
+PostgreSQL's SSLRequest (8 bytes: every PostgreSQL answers it with one byte, before any login): an
+answer proves the whole path, and a closed connection comes with ssh's "open failed" line, which
+becomes the same error the default engine raises (endpoint does not resolve / cannot be reached
+from the bastion / forwarding refused). When the server answers "S" the TLS handshake is
+completed and closed cleanly, so the server logs nothing.
 
 The same rules as the paramiko engine:
 - Host keys: the profile's known_hosts with tunnelman's policy. When the file holds no key for the
@@ -16,16 +28,16 @@ The same rules as the paramiko engine:
 - Never a prompt: `BatchMode=yes`, stdin is /dev/null and ssh runs in its own session (no
   controlling terminal). A passphrase-protected key must be in ssh-agent: checked before ssh runs
   (the agent must hold that very key, matched by KEY.pub or the OpenSSH file's public header).
-- Listens on 127.0.0.1 only. Readiness: ssh's LocalCommand (run once the -L listener is bound)
-  prints a line on a pipe, and the port is polled as well (the kernel's listening sockets on
-  Linux, else a connect) until a deadline; ssh's exit and its stderr become tunnelman's errors.
+- A silent link: ServerAliveInterval is a third of `keepalive` and three probes may go
+  unanswered, so a dead link is noticed within ~15 s by default, as in the default engine.
+- Readiness: ssh's LocalCommand (run once the -L listener is bound) prints a line on a pipe, and
+  the inner port is polled as well (the kernel's listening sockets on Linux, else a connect)
+  until a deadline; ssh's exit and its stderr become tunnelman's errors.
 
 ssh runs under a small `sh` watchdog reading a pipe from us: if tunnelman dies, even by SIGKILL, the
 pipe closes and the watchdog ends ssh, so no orphan keeps the port. On Windows (ssh.exe, found in
 %SystemRoot%\\System32\\OpenSSH too) a kill-on-close Job object does that instead, and ssh gets no
-console window (tunnelman/core/platform/process.py). Unlike the paramiko engine, the
-port is not held while ssh reconnects (ssh binds it itself), and a refused forward shows only when a
-client connects (ssh cannot test it at start): it is logged and shown as the tunnel's error.
+console window (tunnelman/core/platform/process.py).
 """
 
 from __future__ import annotations
@@ -33,16 +45,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import random
+import selectors
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunnelman.core import known_hosts, netcheck
+from tunnelman.core import known_hosts
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
@@ -55,8 +68,9 @@ from tunnelman.core.errors import (
     TunnelmanError,
 )
 from tunnelman.core.known_hosts import HostKeyPolicy
-from tunnelman.core.platform import process
-from tunnelman.core.tunnel import BACKOFF_FIRST, BACKOFF_MAX, Tunnel, TunnelState
+from tunnelman.core.platform import net, process
+from tunnelman.core.tunnel import ports, relay
+from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState
 
 if TYPE_CHECKING:
     import paramiko
@@ -69,7 +83,7 @@ __all__ = ["OpenSSHMissing", "OpenSSHTunnel", "find_ssh", "ssh_argv"]
 POLL = 0.05  # readiness poll of the port, in case the LocalCommand signal never comes
 READY = "tunnelman-ready"
 STDERR_LINES = 40
-_FINAL = (HostKeyError, AuthenticationFailed, SSHKeyError, ConfigError)
+SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's, before login
 
 # Runs ssh ("$@"), ends it when our pipe on stdin closes (tunnelman exited or stop()), exits
 # with ssh's status. ssh itself gets /dev/null as stdin. (A background job's stdin is /dev/null
@@ -158,7 +172,8 @@ def ssh_argv(
         "-o", f"GlobalKnownHostsFile={os.devnull}",
         "-o", "UpdateHostKeys=no",
         "-o", "CheckHostIP=no",
-        "-o", f"ServerAliveInterval={profile.keepalive}",
+        # As the default engine: a probe every keepalive/3 s, dead after three unanswered.
+        "-o", f"ServerAliveInterval={max(1, round(profile.keepalive / 3))}",
         "-o", "ServerAliveCountMax=3",
         "-o", f"ConnectTimeout={profile.connect_timeout}",
         "-o", "ControlMaster=no",
@@ -201,19 +216,6 @@ def _key_encrypted(path: Path) -> bool:
         size = int.from_bytes(raw[len(magic) : len(magic) + 4], "big")
         return raw[len(magic) + 4 : len(magic) + 4 + size] != b"none"
     return "ENCRYPTED" in text
-
-
-def _listening(port: int) -> bool | None:
-    """Whether something listens on 127.0.0.1:`port`, from /proc (None: cannot tell here)."""
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return None
-    wanted = f"0100007F:{port:04X}"
-    return any(
-        len(fields) > 3 and fields[1] == wanted and fields[3] == "0A"
-        for fields in (line.split() for line in lines)
-    )
 
 
 def _accepts(port: int) -> bool:
@@ -301,49 +303,189 @@ class _SSHProcess:
 
 
 class OpenSSHTunnel(Tunnel):
-    """A `Tunnel` whose forward is the system ssh. Built by `Tunnel(profile)` for the engine."""
+    """The system ssh behind our own listener. See the module docstring."""
 
-    _ssh: str = "ssh"
-    _ssh_proc: _SSHProcess | None = None
+    capabilities = Capabilities(
+        engine="openssh",
+        instance_connect=False,
+        decrypts_keys=False,
+        serves_checked_transport=False,
+        counts_connections=True,
+    )
 
-    def _start(self) -> int:
-        self._require_route()
-        profile = self._apply_ssh_config()
-        if profile.instance_connect:
-            raise ConfigError(
-                f"profile '{profile.name}': engine = \"openssh\" cannot use EC2 Instance Connect",
-                hint='remove engine = "openssh" from the profile (the built-in engine supports it)',
-            )
-        self._ssh = find_ssh()
-        port = self._local_port_wanted()
-        netcheck.ensure_port_free(port)
-        self._check_identity()
-        self._check_cancel()
-        strict = self._host_key_first()
-        self._check_cancel()
-        bound = self._launch(port, strict)
-        with self._lock:
-            self._port = bound
-            self._since = self._wall()
-        self._watcher = threading.Thread(
-            target=self._watch, name=f"tunnelman-watch-{profile.name}", daemon=True
-        )
-        self._watcher.start()
-        self._set_state(TunnelState.UP)
-        self._log.info(
-            "tunnel %s up (openssh): 127.0.0.1:%d -> %s -> %s",
-            profile.name,
-            bound,
-            profile.bastion,
-            profile.endpoint,
-        )
-        return bound
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ssh = "ssh"
+        self._ssh_proc: _SSHProcess | None = None
+        self._inner: int | None = None  # ssh's own -L port, on 127.0.0.1
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._acceptor: threading.Thread | None = None
+        self._clients: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
+        self._open_failed: collections.deque[str] = collections.deque(maxlen=8)
+        self._open_failed_seen = threading.Event()
 
     def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
         """`tunnelman check` connected with paramiko: close that, and start ssh as usual."""
         with contextlib.suppress(Exception):
             transport.close()
         return self.start()
+
+    def _start(self) -> int:
+        self._require_route()
+        self._apply_ssh_config()
+        self._ssh = find_ssh()
+        bound = self._listen(self._local_port_wanted())  # a busy port fails here, in ms
+        self._check_identity()
+        self._check_cancel()
+        strict = self._host_key_first()
+        self._check_cancel()
+        self._launch(strict)
+        self._check_cancel()
+        self._test_forward()
+        self._check_cancel()
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name=f"tunnelman-listen-{bound}", daemon=True
+        )
+        self._acceptor.start()
+        self._came_up(bound, " (openssh)")
+        return bound
+
+    # ------------------------------------------------------------------------- our listener
+
+    def _listen(self, port: int) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            net.prepare_listener(sock)
+            net.exclusive_listener(sock)
+            sock.bind(("127.0.0.1", port))  # loopback only, never 0.0.0.0
+            sock.listen(128)  # GIS clients open connections in bursts
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ports.bind_error(port, exc) from None
+        self._listener = sock
+        bound = int(sock.getsockname()[1])
+        self._port = bound
+        return bound
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                events = sel.select()
+                if self._stopping.is_set() or any(k.fileobj is self._wake_r for k, _ in events):
+                    return
+                try:
+                    client, _addr = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return  # the listener was closed
+                client.setblocking(True)
+                thread = threading.Thread(
+                    target=self._serve_client, args=(client,), name="tunnelman-client", daemon=True
+                )
+                with self._lock:
+                    self._handlers.add(thread)
+                    self._clients.add(client)
+                thread.start()
+
+    def _serve_client(self, client: socket.socket) -> None:
+        counted = False
+        upstream: socket.socket | None = None
+        try:
+            counted = self._await_up(self._ssh_running)
+            inner = self._inner
+            if not counted or inner is None:
+                return
+            try:
+                upstream = socket.create_connection(
+                    ("127.0.0.1", inner), timeout=float(self.profile.connect_timeout)
+                )
+            except OSError as exc:
+                self._log.info("ssh's port %d refused a client (%s): ssh is ending?", inner, exc)
+                return
+            upstream.settimeout(None)
+            with self._lock:
+                self._clients.add(upstream)
+            relay.bridge(client, upstream)
+        finally:
+            if counted:
+                self._client_left()
+            with self._lock:
+                self._clients.discard(client)
+                if upstream is not None:
+                    self._clients.discard(upstream)
+                self._handlers.discard(threading.current_thread())
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    def _ssh_running(self) -> bool:
+        proc = self._ssh_proc
+        return proc is not None and proc.exited() is None and self._inner is not None
+
+    def _close_listener(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        with self._lock:
+            listener, self._listener = self._listener, None
+            clients = list(self._clients)
+            self._changed.notify_all()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()
+        for sock in clients:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------------------- the test forward
+
+    def _test_forward(self) -> None:
+        """One connection through ssh to the endpoint before "up" (see the module docstring)."""
+        profile = self.profile
+        assert profile.endpoint is not None
+        assert self._inner is not None
+        timeout = float(profile.connect_timeout)
+        self._open_failed_seen.clear()
+        try:
+            sock = socket.create_connection(("127.0.0.1", self._inner), timeout=timeout)
+        except OSError as exc:
+            raise TunnelError(f"ssh's forward did not accept a connection: {exc}") from None
+        answer = b""
+        try:
+            sock.sendall(SSL_REQUEST)
+            answer = sock.recv(1)
+            if answer == b"S":
+                _close_tls(sock, profile.endpoint.host, timeout)
+        except TimeoutError:
+            sock.close()
+            raise ForwardingFailed(
+                f"the bastion did not reach the database endpoint {profile.endpoint} within "
+                f"{timeout:g} s",
+                hint="a security group probably drops the bastion's traffic to the database, "
+                "or the cluster is stopped",
+            ) from None
+        except OSError:
+            answer = b""
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if answer:
+            return
+        # ssh closed it: its "open failed" line says why (it comes on stderr moments later).
+        self._open_failed_seen.wait(2.0)
+        line = self._open_failed[-1] if self._open_failed else ""
+        from tunnelman.core import ssh
+
+        raise ssh.forward_error(profile.endpoint, line)
 
     # ------------------------------------------------------------------------- before ssh
 
@@ -455,10 +597,13 @@ class OpenSSHTunnel(Tunnel):
         low = line.lower()
         if "open failed" in low or "connect_to" in low:
             # A client connected and the bastion refused or could not reach the endpoint.
+            self._open_failed.append(line)
+            self._open_failed_seen.set()
             message = _forward_message(self.profile, line)
             self._log.warning("tunnel %s: %s", self.profile.name, message)
             with self._lock:
-                self._error = message
+                if self._state != TunnelState.STARTING:
+                    self._error = message
         else:
             self._log.info("ssh (%s): %s", self.profile.name, line)
 
@@ -469,20 +614,24 @@ class OpenSSHTunnel(Tunnel):
         except OSError as exc:
             raise TunnelError(f"cannot run {self._ssh}: {exc.strerror or exc}") from None
 
-    def _launch(self, port: int, strict: str) -> int:
-        """Start ssh on `port` (0: a free one) and wait until it listens; the bound port."""
-        attempts = 3 if port == 0 else 1
+    def _launch(self, strict: str) -> None:
+        """Start ssh forwarding from a free inner port and wait until it listens there."""
+        attempts = 3
         probed = False
         while True:
-            chosen = port or _free_port()
+            chosen = ports.free_local_port()
             proc = self._spawn(chosen, strict)
             with self._lock:
                 self._ssh_proc = proc
             try:
                 self._wait_ready(proc, chosen)
-                return chosen
             except _SSHExited as exited:
                 error = self._exit_error(exited.text, chosen, exited.code)
+            else:
+                with self._lock:
+                    self._inner = chosen
+                    self._changed.notify_all()
+                return
             if isinstance(error, _HostKeyRefused) and not probed:
                 probed = True
                 # Raises tunnelman's precise HostKeyChanged / HostKeyUnknown, or accepts and
@@ -491,7 +640,7 @@ class OpenSSHTunnel(Tunnel):
                 continue
             if isinstance(error, _HostKeyRefused):
                 raise HostKeyError(error.message, hint=error.hint)
-            if isinstance(error, PortBusyError) and port == 0 and attempts > 1:
+            if isinstance(error, PortBusyError) and attempts > 1:
                 attempts -= 1  # someone took the free port we picked: pick another
                 continue
             raise error
@@ -514,7 +663,7 @@ class OpenSSHTunnel(Tunnel):
             if self._stopping.is_set():
                 proc.stop()
                 raise TunnelError("stopped")
-            up = _listening(port)
+            up = ports.listening_on_loopback(port)
             if up or (up is None and _accepts(port)):
                 return
             if time.monotonic() >= deadline:
@@ -528,7 +677,11 @@ class OpenSSHTunnel(Tunnel):
                 )
 
     def _exit_error(self, text: str, port: int, code: int) -> TunnelmanError:
-        return _map_stderr(self.profile, text, port, code)
+        error = _map_stderr(self.profile, text, port, code)
+        if isinstance(error, PortBusyError) and port != self._port:
+            # ssh's inner port, not the user's: say so if it ever reaches the user.
+            return TunnelError(f"ssh could not listen on its inner port {port}: {_last_line(text)}")
+        return error
 
     # ------------------------------------------------------------------------- supervision
 
@@ -543,62 +696,63 @@ class OpenSSHTunnel(Tunnel):
                 continue
             if self._stopping.is_set():
                 return
-            error = self._exit_error(proc.stderr_text(), self._port or 0, code)
+            with self._lock:
+                inner, self._inner = self._inner, None
+            error = self._exit_error(proc.stderr_text(), inner or 0, code)
             reason = str(error) if code != 0 else "ssh exited"
-            if not self._supervise or isinstance(error, _FINAL):
-                self._fail_ssh(reason)
+            if not self._supervise or isinstance(error, FINAL_ERRORS):
+                self._fail(reason)
                 return
-            if not self._relaunch(reason):
+            if not self._reconnect_loop(reason):
                 return
 
     def _current(self) -> _SSHProcess | None:
         with self._lock:
             return self._ssh_proc
 
-    def _relaunch(self, reason: str) -> bool:
-        """ssh died: start it again on the same port with backoff (True once it is back)."""
-        self._set_state(TunnelState.RECONNECTING, error=reason)
-        delay = BACKOFF_FIRST
-        port = self._port or 0
-        while not self._stopping.is_set():
-            try:
-                self._launch(port, "yes")
-            except _FINAL as exc:
-                self._fail_ssh(str(exc))
-                return False
-            except TunnelmanError as exc:
-                self._log.info("reconnect of %s failed: %s", self.profile.name, exc)
-                self._set_state(TunnelState.RECONNECTING, error=str(exc))
-            else:
-                if self._stopping.is_set():
-                    return False
-                with self._lock:
-                    self._reconnects += 1
-                    self._since = self._wall()
-                self._set_state(TunnelState.UP)
-                self._log.info("tunnel %s reconnected (openssh)", self.profile.name)
-                return True
-            pause = min(delay, BACKOFF_MAX) * random.uniform(0.8, 1.2)
-            delay = min(delay * 2, BACKOFF_MAX)
-            self._stopping.wait(pause)
-        return False
+    def _reconnect_once(self) -> bool:
+        """ssh died: start it again (our port stayed bound meanwhile)."""
+        self._launch("yes")
+        return not self._stopping.is_set()
 
-    def _fail_ssh(self, reason: str) -> None:
-        self._log.warning("tunnel %s failed: %s", self.profile.name, reason)
-        # ssh ended first: whoever reacts to FAILED finds the port closed (as Tunnel._fail).
+    def _stop_ssh(self) -> None:
         proc = self._current()
+        with self._lock:
+            self._inner = None
         if proc is not None:
             proc.stop()
-        self._set_state(TunnelState.FAILED, error=reason)
+
+    def _close_for_failure(self) -> None:
+        # Port first, then ssh: whoever reacts to FAILED finds nothing listening.
+        self._close_listener()
+        self._stop_ssh()
 
     def _teardown(self) -> None:
         self._stopping.set()
-        proc = self._current()
-        if proc is not None:
-            proc.stop()
-        watcher = self._watcher
-        if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout=5.0)
+        self._backoff.wake()
+        self._close_listener()
+        self._stop_ssh()
+        deadline = time.monotonic() + 3.0
+        with self._lock:
+            threads = [self._watcher, self._acceptor, *self._handlers]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        for sock in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _close_tls(sock: socket.socket, server_name: str, timeout: float) -> None:
+    """The server said yes to TLS: finish the handshake and close it cleanly (no server log)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only proving the path; nothing is sent over it
+    with contextlib.suppress(OSError, ssl.SSLError):
+        sock.settimeout(timeout)
+        tls = context.wrap_socket(sock, server_hostname=server_name or None)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            tls.unwrap()
 
 
 class _SSHExited(Exception):
@@ -610,12 +764,6 @@ class _SSHExited(Exception):
 
 class _HostKeyRefused(HostKeyError):
     """ssh refused the host key; the paramiko probe then says precisely why."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _last_line(text: str) -> str:
@@ -677,7 +825,7 @@ def _map_stderr(profile: Profile, text: str, port: int, code: int) -> TunnelmanE
         or "cannot listen to port" in low
         or ("could not request local forwarding" in low)
     ):
-        return netcheck.port_busy_error(port)
+        return ports.port_busy_error(port)
     if "permission denied" in low or "too many authentication failures" in low:
         what = f"key {profile.identity_file}" if profile.identity_file else "the keys in ssh-agent"
         return AuthenticationFailed(

@@ -1,7 +1,9 @@
 """The relay: bytes between one local client socket and one SSH channel, with as little Python
-per packet as paramiko allows.
+per packet as paramiko allows; and between two sockets (`bridge`, the OpenSSH engine's listener
+in front of ssh), with none at all on Linux (splice(2)).
 
-Called by `tunnelman.core.tunnel`, whose sshtunnel forward handler derives from `handler_base()`.
+Called by the default engine (`paramiko_engine.py`), whose sshtunnel forward handler derives from
+`handler_base()`, and by the OpenSSH engine (`openssh.py`) for each client.
 sshtunnel itself (still the forwarder: it owns the listening socket and its threads) copies 16 KiB
 at a time in one `select` loop per connection. Measured on the bench (docs/benchmarks.md), three
 things cost most there: a `select` on a paramiko channel makes paramiko write and read a pipe for
@@ -24,6 +26,7 @@ MSG_DONTWAIT (Windows), the direct path is skipped and the two threads do everyt
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import socket
 import threading
@@ -39,6 +42,7 @@ __all__ = [
     "CHUNK",
     "MAX_PACKET",
     "WINDOW",
+    "bridge",
     "handler_base",
     "install",
     "open_channel",
@@ -485,3 +489,66 @@ def handler_base() -> type[Any]:
                     self.request.close()
 
     return FastForwardHandler
+
+
+# ----------------------------------------------------------------------------- socket to socket
+
+_SPLICE = getattr(os, "splice", None)  # Linux ≥ 2.6.17 and Python ≥ 3.10
+_BRIDGE_CHUNK = 256 * 1024
+
+
+def bridge(a: socket.socket, b: socket.socket) -> None:
+    """Relay both ways between two connected sockets until both directions end; close neither.
+
+    One direction runs on a thread of its own, the other on the caller's. An end of input is
+    passed on as a half-close (the other side may still answer); an error on either side shuts
+    both sockets down, which also ends the other direction.
+    """
+    tune_socket(a)
+    tune_socket(b)
+    other = threading.Thread(target=_copy, args=(b, a), name="tunnelman-bridge", daemon=True)
+    other.start()
+    _copy(a, b)
+    other.join()
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        if _SPLICE is not None:
+            _copy_spliced(src, dst)
+        else:
+            _copy_buffered(src, dst)
+    except OSError:
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _copy_buffered(src: socket.socket, dst: socket.socket) -> None:
+    buf = bytearray(_BRIDGE_CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = src.recv_into(buf)
+        if not n:
+            return
+        dst.sendall(view[:n])
+
+
+def _copy_spliced(src: socket.socket, dst: socket.socket) -> None:
+    """socket → pipe → socket in the kernel: the bytes never enter Python (os.splice drops the GIL)."""
+    assert _SPLICE is not None
+    r, w = os.pipe()
+    try:
+        s_fd, d_fd = src.fileno(), dst.fileno()
+        while True:
+            n = _SPLICE(s_fd, w, _BRIDGE_CHUNK)
+            if not n:
+                return
+            while n:
+                n -= _SPLICE(r, d_fd, n)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,9 +1,10 @@
-"""Local port checks: is 127.0.0.1:PORT free, and if not, which process holds it.
+"""Local ports: is 127.0.0.1:PORT free, and if not, which process holds it; a free port; who listens.
 
-Called by `tunnelman.core.tunnel` before it connects (so a busy port fails in milliseconds, before
-any SSH work) and when binding fails. The holder is found the way `ss -ltnp` does it, from
-/proc/net/tcp{,6} (listening sockets and their inodes) and /proc/PID/fd (who owns the inode); on
-systems without /proc, or for another user's process, the message just names the port.
+Called by both engines before they connect (so a busy port fails in milliseconds, before any SSH
+work) and when binding fails, and by the CLI to name a port's holder. The holder is found the way
+`ss -ltnp` does it, from /proc/net/tcp{,6} (listening sockets and their inodes: the one parser of
+those tables here) and /proc/PID/fd (who owns the inode); on systems without /proc, or for another
+user's process, the message just names the port.
 """
 
 from __future__ import annotations
@@ -17,25 +18,62 @@ from pathlib import Path
 from tunnelman.core.errors import PortBusyError, TunnelError
 from tunnelman.core.platform import net
 
+__all__ = [
+    "bind_error",
+    "ensure_port_free",
+    "free_local_port",
+    "listening_on_loopback",
+    "port_busy_error",
+    "port_holder",
+    "port_holder_pid",
+    "process_argv",
+]
+
 _LISTEN = "0A"
+_LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
 
 
-def _listening_inodes(port: int, proc: Path) -> set[str]:
-    inodes: set[str] = set()
+def _listeners(port: int, proc: Path) -> list[tuple[str, str]] | None:
+    """(local address in hex, socket inode) of every TCP socket listening on `port`.
+
+    None when neither table can be read (no /proc: macOS, Windows).
+    """
+    found: list[tuple[str, str]] = []
+    readable = False
     for table in ("tcp", "tcp6"):
         try:
             lines = (proc / "net" / table).read_text().splitlines()[1:]
         except OSError:
             continue
+        readable = True
         for line in lines:
             fields = line.split()
             if len(fields) < 10 or fields[3] != _LISTEN:
                 continue
-            _addr, _, port_hex = fields[1].rpartition(":")
+            addr, _, port_hex = fields[1].rpartition(":")
             with contextlib.suppress(ValueError):
                 if int(port_hex, 16) == port:
-                    inodes.add(fields[9])
-    return inodes
+                    found.append((addr, fields[9]))
+    return found if readable else None
+
+
+def _listening_inodes(port: int, proc: Path) -> set[str]:
+    return {inode for _addr, inode in _listeners(port, proc) or []}
+
+
+def listening_on_loopback(port: int, *, proc: Path = Path("/proc")) -> bool | None:
+    """Whether a socket listens on 127.0.0.1:`port` (None: this system has no /proc to tell)."""
+    found = _listeners(port, proc)
+    if found is None:
+        return None
+    return any(addr == _LOOPBACK_HEX for addr, _inode in found)
+
+
+def free_local_port() -> int:
+    """A port 127.0.0.1 can listen on right now (for callers that must know it in advance)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _describe_process(pid: str, proc: Path) -> str:
