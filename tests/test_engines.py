@@ -9,7 +9,7 @@ through the same port within 5 s of its return, a changed host key / busy port /
 unresolvable endpoint is an error raised by `start()` before any UP, and the agent does the same
 for detached tunnels. Recovery times are printed (`pytest -s`) as `[timing] …` lines.
 
-Tunnels are built in one place, `make()`, so the engine factory can replace `Tunnel(...)` there.
+Tunnels are built in one place, `make()`, through the engine factory `open_tunnel`.
 The 30 s link cuts are marked `slow` like tests/test_faults.py's; CI runs them (.ci/run runs
 `scripts/dev test` with no `-m` filter): about 35 s per engine in-process, 35-40 s in the agent.
 """
@@ -53,7 +53,7 @@ from tests.test_tunnel import Recorder, listening_addresses, make_profile
 from tunnelman.core.errors import ForwardingFailed, PortBusyError
 from tunnelman.core.known_hosts import HostKeyChanged
 from tunnelman.core.profiles import Endpoint, Profile
-from tunnelman.core.tunnel import Tunnel, TunnelState
+from tunnelman.core.tunnel import Tunnel, TunnelState, open_tunnel
 
 pytestmark = [pytest.mark.usefixtures("tmp_home"), pytest.mark.timeout(150)]
 
@@ -62,16 +62,17 @@ FAST = 15.0  # a refusal is reported by start() within this many seconds
 BACK = 5.0  # a query through the same port works within this many seconds of the bastion's return
 CUT = 30.0  # seconds the link is cut
 NO_SUCH_DB = Endpoint("no-such-db.invalid", 5432)
-# What the default engine says today (tunnelman/core/ssh.py test_forward) when the bastion cannot
-# resolve the endpoint: sshd answers "connect failed" and paramiko drops sshd's reason text, so
-# there is no "does not resolve" in it. Both engines must say this; one place to change it.
-NO_SUCH_DB_WORDS = f"cannot reach the database endpoint {NO_SUCH_DB.host}:{NO_SUCH_DB.port}"
+# What both engines say when the bastion cannot resolve the endpoint (tunnelman/core/ssh.py
+# forward_error, from sshd's reason: paramiko's log line, or ssh's "open failed" line).
+NO_SUCH_DB_WORDS = f"the database endpoint name {NO_SUCH_DB.host} does not resolve on the bastion"
 LOOPBACK_ONLY = {"0100007F"}  # /proc/net/tcp: 127.0.0.1 and nothing else
 
 
 def make(profile: Profile, **kwargs: Any) -> Tunnel:
-    """The one place a tunnel is built (the engine factory replaces this call)."""
-    return Tunnel(profile, **kwargs)
+    """The one place a tunnel is built: the factory, which picks the profile's engine."""
+    tunnel = open_tunnel(profile, **kwargs)
+    assert tunnel.capabilities.engine == profile.engine
+    return tunnel
 
 
 @pytest.fixture(params=ENGINES)

@@ -22,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import logging
 import socket
 import stat
 import sys
@@ -847,15 +848,21 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
     import paramiko
 
     target = f"{endpoint.host}:{endpoint.port}"
+    # paramiko's ChannelException carries its own text for the code ("Connect failed") and only
+    # logs the bastion's ("Name or service not known"): listen to that one log line.
+    said = _OpenFailureText()
+    log = logging.getLogger(transport.get_log_channel())
+    log.addHandler(said)
     try:
         chan = transport.open_channel(
             "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0), timeout=timeout
         )
     except paramiko.ChannelException as exc:
+        reason = said.text or exc.text or ""
         if exc.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
-            raise forward_error(endpoint, exc.text or "", prohibited=True) from None
+            raise forward_error(endpoint, reason, prohibited=True) from None
         if exc.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
-            raise forward_error(endpoint, exc.text or "") from None
+            raise forward_error(endpoint, reason) from None
         raise ForwardingFailed(
             f"the bastion refused the forward to {target} ({exc.text or exc.code})"
         ) from None
@@ -878,7 +885,23 @@ def test_forward(transport: paramiko.Transport, endpoint: Endpoint, timeout: flo
             hint="a security group probably drops the bastion's traffic to the database, "
             "or the cluster is stopped",
         ) from None
+    finally:
+        log.removeHandler(said)
     chan.close()
+
+
+class _OpenFailureText(logging.Handler):
+    """Keeps the bastion's reason from paramiko's "Secsh channel N open FAILED: REASON: …" line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        marker = "open FAILED: "
+        if marker in message:
+            self.text = message.split(marker, 1)[1].rsplit(": ", 1)[0]
 
 
 class _HopSocket:
