@@ -205,9 +205,15 @@ class Sshd:
         proc = self.proc
         if proc is None:
             return
+        if sessions and proc.poll() is None:
+            # Freeze the listener first: a client reconnecting at once (the OpenSSH engine does,
+            # within milliseconds) must not get a fresh session between the kill and the exit.
+            proc.send_signal(signal.SIGSTOP)
         session_pids = procs.descendants(proc.pid)
         if sessions:
             procs.kill_tree(session_pids, signal.SIGKILL, timeout=timeout)
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL ends a stopped process; SIGTERM would wait for SIGCONT
         else:
             self._orphans.update(session_pids)
         if proc.poll() is None:

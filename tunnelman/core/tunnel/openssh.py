@@ -318,6 +318,7 @@ class OpenSSHTunnel(Tunnel):
         self._ssh = "ssh"
         self._ssh_proc: _SSHProcess | None = None
         self._inner: int | None = None  # ssh's own -L port, on 127.0.0.1
+        self._bound: int | None = None  # our listener's port
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._acceptor: threading.Thread | None = None
@@ -367,7 +368,7 @@ class OpenSSHTunnel(Tunnel):
             raise ports.bind_error(port, exc) from None
         self._listener = sock
         bound = int(sock.getsockname()[1])
-        self._port = bound
+        self._bound = bound  # local_port says it only once up (`_came_up`), as the default engine
         return bound
 
     def _accept_loop(self) -> None:
@@ -678,7 +679,7 @@ class OpenSSHTunnel(Tunnel):
 
     def _exit_error(self, text: str, port: int, code: int) -> TunnelmanError:
         error = _map_stderr(self.profile, text, port, code)
-        if isinstance(error, PortBusyError) and port != self._port:
+        if isinstance(error, PortBusyError) and port != self._bound:
             # ssh's inner port, not the user's: say so if it ever reaches the user.
             return TunnelError(f"ssh could not listen on its inner port {port}: {_last_line(text)}")
         return error
