@@ -212,28 +212,23 @@ def logging_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 )  # fmt: skip
 def test_one_tunnel_start_runs_ssh_g_only_for_a_bastion_the_file_names(
     lab_profile: LabProfile,
-    tmp_home: Path,
+    agent_home: Path,  # noqa: F811 - the imported fixture
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     config: str,
     runs: int,
 ) -> None:
-    from tunnelman.core.tunnel import Tunnel
-
     server = lab_profile.sshd
     key = lab_profile.identity_file
-    path = write_config(tmp_home, config.format(port=server.port, user=server.user, key=key))
+    path = write_config(agent_home, config.format(port=server.port, user=server.user, key=key))
     if runs:  # `bastion = "lab-bastion"` and nothing else about SSH
         lab_profile.write(bastion="lab-bastion", identity_file=None, password="none")
     else:
         lab_profile.write(password="none")
-    profile = prof.load(lab_profile.config).get("lab")
-    log = logging_ssh(tmp_path, monkeypatch)
-    with Tunnel(profile, local_port=0) as tunnel:  # started by `with`
-        assert tunnel.local_port is not None
-        assert query(tunnel.local_port, lab_profile.postgres) == 1
-        assert tunnel.profile.bastion == prof.Bastion("127.0.0.1", server.user, server.port)
-        assert tunnel.profile.keepalive == (30 if runs else 15)
+    log = logging_ssh(tmp_path, monkeypatch)  # the agent `up` starts inherits this PATH
+    port = up_detached("lab")
+    assert query(port, lab_profile.postgres) == 1
+    ok(run_cli("down", "lab"))
     g_runs = [argv for argv in log.read_text().splitlines() if argv.startswith("-G")]
     expected = [f"-G -F {path} -- lab-bastion", f"-G -F {os.devnull} -- lab-bastion"]
     assert g_runs == (expected if runs else []), log.read_text()
