@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import LabProfile
 from tests.lab.netns import NetnsPair
 from tests.lab.postgres import Postgres
 from tests.lab.sshd import Sshd
@@ -174,6 +175,63 @@ def test_profile_keys_ssh_config_and_jump_are_validated(tmp_home: Path) -> None:
     path.write_text('[profiles.c]\nbastion = "x"\nssh_config = "~/nope"\n')
     with pytest.raises(ConfigError, match=r"ssh_config file .*nope does not exist"):
         ssh_config.effective(prof.load(path).get("c"))
+
+
+# ----------------------------------------------------------------------------- ssh -G runs
+
+
+def logging_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a wrapper first on PATH: the real ssh, behind a script that logs each argv line."""
+    real = shutil.which("ssh")
+    assert real is not None
+    log = tmp_path / "ssh-argv.log"
+    log.write_text("")
+    shim = tmp_path / "ssh-shim"
+    shim.mkdir()
+    (shim / "ssh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    (shim / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.mark.skipif(not HAVE_SSH, reason="no ssh client")
+@pytest.mark.parametrize(
+    ("config", "runs"),
+    [
+        # A file that names no bastion applies to none: no ssh at all (it used to run twice).
+        ("Host *\n  ServerAliveInterval 30\n", 0),
+        # `named` comes from the Host lines alone, so a Match block does not make the file apply
+        # either: ssh -G's answer would be thrown away, as it was before.
+        ("Match all\n  Port 9\nHost *\n  User nobody\n", 0),
+        # The bastion's own entry: ssh -G for the file, and once with `-F /dev/null` for ssh's
+        # defaults (to tell the file's values from them). Nothing else.
+        ("Host lab-bastion\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n"
+         "  IdentityFile {key}\nHost *\n  ServerAliveInterval 30\n", 2),
+    ],
+    ids=["host-star-only", "match-only", "names-the-bastion"],
+)  # fmt: skip
+def test_one_tunnel_start_runs_ssh_g_only_for_a_bastion_the_file_names(
+    lab_profile: LabProfile,
+    agent_home: Path,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str,
+    runs: int,
+) -> None:
+    server = lab_profile.sshd
+    key = lab_profile.identity_file
+    path = write_config(agent_home, config.format(port=server.port, user=server.user, key=key))
+    if runs:  # `bastion = "lab-bastion"` and nothing else about SSH
+        lab_profile.write(bastion="lab-bastion", identity_file=None, password="none")
+    else:
+        lab_profile.write(password="none")
+    log = logging_ssh(tmp_path, monkeypatch)  # the agent `up` starts inherits this PATH
+    port = up_detached("lab")
+    assert query(port, lab_profile.postgres) == 1
+    ok(run_cli("down", "lab"))
+    g_runs = [argv for argv in log.read_text().splitlines() if argv.startswith("-G")]
+    expected = [f"-G -F {path} -- lab-bastion", f"-G -F {os.devnull} -- lab-bastion"]
+    assert g_runs == (expected if runs else []), log.read_text()
 
 
 # ----------------------------------------------------------------------------- the lab

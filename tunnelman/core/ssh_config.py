@@ -12,7 +12,9 @@ here evaluates Host blocks, Include, `Match all|host|originalhost` and the first
 parser knows no Include and needs `invoke` for `Match exec`); a Match it cannot evaluate (exec,
 user, canonical, …) is skipped with a note saying so. Lines: `ssh -G` gives none, so the origin
 ("~/.ssh/config line 4") is found by reading the Host blocks ourselves; a value set in a Match
-block ssh evaluated is shown as coming from the file without a line.
+block ssh evaluated is shown as coming from the file without a line. A host no Host line names
+gets nothing from the file (a `Host *` alone changes no existing profile), so for it `effective`
+runs no `ssh -G` at all: a tunnel start pays for ssh only when the file names its bastion or hop.
 
 `$HOME` is honoured (ssh itself reads `~` from the passwd entry): the file is found from $HOME
 here and handed to ssh with `-F`.
@@ -304,12 +306,21 @@ def _same(written: str, printed: str) -> bool:
     return a == b or a.replace("~", str(_home()).lower(), 1) == b or b.endswith(a.lstrip("~"))
 
 
-def resolve(host: str, path: Path | None) -> Resolution:
-    """What `path` (an ssh_config file) says about `host`, for KEYS; empty when path is None."""
+def resolve(host: str, path: Path | None, *, named_only: bool = False) -> Resolution:
+    """What `path` (an ssh_config file) says about `host`, for KEYS; empty when path is None.
+
+    `named_only`: when no Host line names `host`, return no settings without running `ssh -G`.
+    `effective` and `hop_through_config` apply the file only to a host it names, so for any
+    other host (a `Host *`-only file, the usual case) the two `ssh -G` runs bought nothing.
+    """
     if path is None:
         return Resolution(path=None)
     found, notes, in_match, named = _scan(path, host)
     ssh = _find_ssh()
+    if named_only and not named:
+        # `named` comes from our own reading of the Host lines, not from ssh -G, so skipping it
+        # changes nothing the callers use: with ssh the notes were empty too.
+        return Resolution(path=path, notes=() if ssh is not None else tuple(notes))
     settings: dict[str, Setting] = {}
     if ssh is not None:
         given = _ssh_g(ssh, str(path), host)
@@ -368,7 +379,7 @@ def effective(profile: Profile) -> tuple[Profile, list[str]]:
     if bastion is None or profile.ssh_config is False:
         return profile, []
     path = config_file(profile.ssh_config)
-    found = resolve(bastion.host, path)
+    found = resolve(bastion.host, path, named_only=True)
     lines: list[str] = list(found.notes)
     if not found.named or not found.settings:
         # Only a bastion the file names: a `Host *` alone changes no existing profile.
@@ -458,7 +469,7 @@ def hop_through_config(hop: Bastion, path: Path | None) -> Bastion:
 
     if path is None:
         return hop
-    found = resolve(hop.host, path)
+    found = resolve(hop.host, path, named_only=True)
     settings = found.settings if found.named else {}
     host = settings["hostname"].value if "hostname" in settings else hop.host
     user = hop.user or (settings["user"].value if "user" in settings else None)
