@@ -45,8 +45,19 @@ class HostKeyError(TunnelmanError):
     exit_code = 4
 
 
+class PassphraseRequired(SSHKeyError):
+    """The key is passphrase-protected and nobody here can type it (the agent, no terminal)."""
+
+
 class TunnelError(TunnelmanError):
     """The tunnel could not be opened or has died."""
+
+
+class Cancelled(TunnelError):
+    """A start in progress was cancelled (the `cancel` event, Esc in the TUI, Ctrl-C)."""
+
+    def __init__(self, message: str = "cancelled", *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
 
 
 class PortBusyError(TunnelError):

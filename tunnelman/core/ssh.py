@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Literal
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
+    Cancelled,
     ConfigError,
     ForwardingFailed,
+    PassphraseRequired,
     SSHKeyError,
     TunnelError,
     TunnelmanError,
@@ -336,7 +338,7 @@ def load_private_key(path: Path, passphrase: PassphrasePrompt | None = None) -> 
         except (paramiko.SSHException, ValueError) as exc:
             raise SSHKeyError(f"cannot load private key {path}: {exc}") from None
     if passphrase is None:
-        raise SSHKeyError(
+        raise PassphraseRequired(
             f"key {path} is passphrase-protected and there is no terminal to ask: "
             f"add it to ssh-agent (ssh-add {path})",
             hint="then remove identity_file from the profile, or run from a terminal",
@@ -505,7 +507,7 @@ class _Canceller:
 
     def check(self) -> None:
         if self.cancelled:
-            raise TunnelError("cancelled")
+            raise Cancelled()
 
     def close(self) -> None:
         self._done.set()
@@ -537,7 +539,7 @@ def resolve(
     deadline = time.monotonic() + timeout
     while not done.wait(0.05):
         if cancel is not None and cancel.is_set():
-            raise TunnelError("cancelled")
+            raise Cancelled()
         if time.monotonic() >= deadline:
             raise BastionUnreachable(
                 f"bastion name {host} did not resolve within {timeout:g} s (DNS not answering)",
@@ -588,7 +590,7 @@ def open_socket(
         except OSError as exc:
             sock.close()
             if cancel is not None and cancel.is_set():
-                raise TunnelError("cancelled") from None
+                raise Cancelled() from None
             last = exc
             continue
         _tune_socket(sock, keepalive)
@@ -1065,7 +1067,7 @@ def connect(
         if transport is not None:
             transport.close()
         if canceller.cancelled:
-            raise TunnelError("cancelled") from None
+            raise Cancelled() from None
         raise
     finally:
         canceller.close()

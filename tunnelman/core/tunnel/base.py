@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Self
 
 from tunnelman.core.errors import (
     AuthenticationFailed,
+    Cancelled,
     ConfigError,
     HostKeyError,
     SSHKeyError,
@@ -225,7 +226,7 @@ class Tunnel(abc.ABC):
         """Connect, check the forward, listen on 127.0.0.1; return the port.
 
         Raises TunnelmanError subclasses and leaves no port open on failure; `cancel.set()` from
-        another thread aborts it (TunnelError "cancelled").
+        another thread aborts it (`Cancelled`, a TunnelError saying "cancelled").
         """
         return self._run_start(self._start)
 
@@ -314,7 +315,7 @@ class Tunnel(abc.ABC):
 
     def _check_cancel(self) -> None:
         if self._cancel is not None and self._cancel.is_set():
-            raise TunnelError("cancelled")
+            raise Cancelled()
 
     def _came_up(self, port: int, how: str = "") -> None:
         """The first UP: record the port, start the watcher, report it."""

@@ -59,6 +59,7 @@ from tunnelman.core import known_hosts
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
+    Cancelled,
     ConfigError,
     ForwardingFailed,
     HostKeyError,
@@ -660,7 +661,7 @@ class OpenSSHTunnel(Tunnel):
                 raise _SSHExited(code, proc.stderr_text())
             if self._cancel is not None and self._cancel.is_set():
                 proc.stop()
-                raise TunnelError("cancelled")
+                raise Cancelled()
             if self._stopping.is_set():
                 proc.stop()
                 raise TunnelError("stopped")
