@@ -382,3 +382,63 @@ def test_argv_holds_no_secret_and_the_policy_options(
     agent_only = openssh_engine.ssh_argv("ssh", with_overrides(profile, identity_file=None), 1)
     assert "IdentityFile=none" in agent_only
     assert "-i" not in agent_only
+
+
+def test_ssh_itself_serves_the_port_once_up_and_counts_connections(
+    sshd: Sshd, postgres: Postgres, tmp_path: Path
+) -> None:
+    """Direct mode (POSIX): the port is ssh's own -L listener, added through its ControlMaster
+    socket, so the bytes take exactly `ssh -L`'s path; tunnelman listens only while ssh
+    reconnects (tests/test_engines.py). Connections are counted from the kernel's table."""
+    from tunnelman.core.tunnel import ports
+
+    profile = make_profile(sshd, postgres, tmp_path)
+    with open_tunnel(profile, local_port=0) as tunnel:
+        port = tunnel.local_port
+        assert port is not None
+        holder = ports.port_holder_pid(port)
+        assert holder is not None
+        assert holder != os.getpid()
+        assert Path(f"/proc/{holder}/comm").read_text().strip() == "ssh"
+        with psycopg.connect(
+            host="127.0.0.1", port=port, dbname=postgres.database, user=postgres.user,
+            password=postgres.password, connect_timeout=10,
+        ) as conn:  # fmt: skip
+            conn.execute("select 1")
+            assert tunnel.status.connections == 1
+        deadline = time.monotonic() + 5
+        while tunnel.status.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tunnel.status.connections == 0
+
+
+def test_relay_mode_where_ssh_cannot_multiplex(
+    make_sshd: Any, postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows' ssh.exe has no ControlMaster: there tunnelman's listener stays in front and relays
+    each client to ssh's inner port. The same code path, exercised here with the real ssh by
+    saying this system cannot multiplex (the only thing changed)."""
+    from tunnelman.core.platform import process
+    from tunnelman.core.tunnel import ports
+
+    monkeypatch.setattr(process, "ssh_multiplexing", lambda platform="win32": False)
+    server = make_sshd()
+    profile = make_profile(server, postgres, tmp_path)
+    seen: list[TunnelStatus] = []
+    with open_tunnel(profile, supervise=True, on_status=seen.append) as tunnel:
+        port = tunnel.local_port
+        assert port is not None
+        assert ports.port_holder_pid(port) == os.getpid()  # our listener, not ssh's
+        assert query(postgres, port) == 4
+        assert server.kill_sessions() >= 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            tunnel.status.reconnects >= 1 and tunnel.status.state == TunnelState.UP
+        ):
+            assert port_open("127.0.0.1", port)  # held throughout
+            time.sleep(0.05)
+        assert tunnel.status.reconnects == 1
+        assert query(postgres, port) == 4
+    assert TunnelState.RECONNECTING in [s.state for s in seen]
+    wait_port_closed("127.0.0.1", port, timeout=5)
+    assert ssh_children() == []

@@ -68,6 +68,11 @@ class ChildPlan:
     popen: dict[str, Any]
 
 
+def ssh_multiplexing(platform: str = sys.platform) -> bool:
+    """Whether the system ssh can be a ControlMaster (a Unix-socket mux; Windows' ssh.exe has none)."""
+    return platform != "win32"
+
+
 def ssh_child_plan(platform: str = sys.platform) -> ChildPlan:
     if platform == "win32":
         return ChildPlan(

@@ -4,11 +4,17 @@ Built by `tunnelman.core.tunnel.open_tunnel`; states, reconnects and status are 
 (`base.Tunnel`), so `up`, the one-shot commands, the agent and the TUI all get it. For people who
 want OpenSSH's own crypto, its ssh_config (ProxyJump, certificates, Match) or its client.
 
-Our own listener in front, as the default engine has: tunnelman binds 127.0.0.1:PORT itself and
-ssh forwards from a private loopback port (`-L 127.0.0.1:INNER:endpoint`); each client is relayed
-to ssh's port (`relay.bridge`: splice(2) on Linux, no Python per byte). So the port stays held
-while ssh reconnects (a client waits, and its arrival cuts the backoff short), a busy port fails
-at once, connections are counted, and nothing is refused between two ssh processes.
+Two ways to hold the port, as the default engine does (a client that connects while ssh
+reconnects waits, and its arrival cuts the backoff short; nothing is refused for long):
+- direct (POSIX): ssh runs as a ControlMaster with no forward; once it is logged in, tunnelman
+  asks it through the control socket (`ssh -O forward`) to listen on 127.0.0.1:PORT, so the bytes
+  take exactly `ssh -L`'s path. When ssh dies, tunnelman binds the port itself at once and holds
+  the clients that arrive; when the new ssh is logged in it hands the port back (a ~10 ms gap in
+  which a connect is refused) and relays the held clients into it. Connections are counted from
+  the kernel's table (Linux).
+- relay (Windows' ssh.exe has no ControlMaster): tunnelman listens on the port all the time and
+  relays each client to ssh's private inner port (`-L 127.0.0.1:INNER:endpoint`) with
+  `relay.bridge`.
 
 Before "up", one forwarded test connection goes through ssh to the endpoint and sends
 PostgreSQL's SSLRequest (8 bytes: every PostgreSQL answers it with one byte, before any login): an
@@ -52,6 +58,7 @@ import ssl
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +78,7 @@ from tunnelman.core.errors import (
 from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.platform import net, process
 from tunnelman.core.tunnel import ports, relay
-from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState
+from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState, TunnelStatus
 
 if TYPE_CHECKING:
     import paramiko
@@ -142,23 +149,37 @@ def _config_args(given: Profile) -> list[str]:
     return ["-F", str(ours) if ours is not None else os.devnull]
 
 
+def forward_spec(profile: Profile, port: int) -> str:
+    """`127.0.0.1:PORT:endpoint-host:endpoint-port`, as -L takes it (loopback only)."""
+    assert profile.endpoint is not None
+    endpoint = profile.endpoint
+    return f"127.0.0.1:{port}:{_forward_host(endpoint.host)}:{endpoint.port}"
+
+
 def ssh_argv(
-    ssh: str, profile: Profile, port: int, *, strict: str = "yes", given: Profile | None = None
+    ssh: str,
+    profile: Profile,
+    port: int,
+    *,
+    strict: str = "yes",
+    given: Profile | None = None,
+    control: Path | None = None,
 ) -> list[str]:
     """The `ssh -N -L 127.0.0.1:PORT:endpoint` command line for a profile (no secrets in it).
 
     `profile` has ssh_config applied (`ssh_config.effective`); `given` is the profile as the file
     says (default: the same). ssh resolves the bastion's alias itself, so -p, -l and -J are
     passed only for what the profile states, and ssh_config's Port, User and ProxyJump stay in
-    force otherwise.
+    force otherwise. With `control` (a socket path), ssh is a ControlMaster with no forward of
+    its own: the forward is added afterwards through the socket (`mux_forward_argv`).
     """
     given = given or profile
     assert given.bastion is not None
     assert profile.bastion is not None
     assert profile.endpoint is not None
-    endpoint = profile.endpoint
-    forward = f"127.0.0.1:{port}:{_forward_host(endpoint.host)}:{endpoint.port}"
-    argv = [ssh, "-N", *_config_args(given), "-L", forward]
+    argv = [ssh, "-N", *_config_args(given)]
+    if control is None:
+        argv += ["-L", forward_spec(profile, port)]
     if given.bastion.port_given:
         argv += ["-p", str(given.bastion.port)]
     if given.bastion.user:
@@ -177,12 +198,15 @@ def ssh_argv(
         "-o", f"ServerAliveInterval={max(1, round(profile.keepalive / 3))}",
         "-o", "ServerAliveCountMax=3",
         "-o", f"ConnectTimeout={profile.connect_timeout}",
-        "-o", "ControlMaster=no",
-        "-o", "ControlPath=none",
+        *(
+            ["-o", "ControlMaster=yes", "-o", f"ControlPath={control}", "-o", "ControlPersist=no"]
+            if control is not None
+            else ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        ),
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",
-        # ssh runs LocalCommand once its -L listener is bound (and, with ExitOnForwardFailure,
-        # only if it could be): the exact moment the tunnel is ready, without polling.
+        # ssh runs LocalCommand once logged in and its -L listener is bound (and, with
+        # ExitOnForwardFailure, only if it could be): the moment it is ready, without polling.
         "-o", "PermitLocalCommand=yes",
         "-o", f"LocalCommand=echo {READY}",
         "-o", "PasswordAuthentication=no",
@@ -196,6 +220,14 @@ def ssh_argv(
         argv += ["-o", "IdentityFile=none"]  # the agent's keys only, never ~/.ssh/id_*
     argv += ["--", given.bastion.host]
     return argv
+
+
+def mux_forward_argv(ssh: str, control: Path, spec: str) -> list[str]:
+    """Ask the ControlMaster on `control` to listen on and forward `spec` (-L syntax)."""
+    return [
+        ssh, "-F", os.devnull, "-S", str(control), "-o", "BatchMode=yes",
+        "-O", "forward", "-L", spec, "--", "tunnelman",
+    ]  # fmt: skip
 
 
 def _key_encrypted(path: Path) -> bool:
@@ -322,11 +354,19 @@ class OpenSSHTunnel(Tunnel):
         self._bound: int | None = None  # our listener's port
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)  # drained without waiting (`_hold`)
+        self._wake_w.setblocking(False)  # a full buffer already means "wake up"
         self._acceptor: threading.Thread | None = None
         self._clients: set[socket.socket] = set()
         self._handlers: set[threading.Thread] = set()
         self._open_failed: collections.deque[str] = collections.deque(maxlen=8)
         self._open_failed_seen = threading.Event()
+        # Direct: ssh is a ControlMaster and listens on the user's port itself (exactly
+        # `ssh -L`); our listener holds the port only while ssh reconnects. Relay (no mux:
+        # Windows): our listener always, each client relayed to ssh's inner port.
+        self._direct = process.ssh_multiplexing()
+        self._mux_dir: Path | None = None
+        self._bridged = 0  # direct: our relays into ssh's listener (counted twice by /proc)
 
     def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
         """`tunnelman check` connected with paramiko: close that, and start ssh as usual."""
@@ -338,21 +378,87 @@ class OpenSSHTunnel(Tunnel):
         self._require_route()
         self._apply_ssh_config()
         self._ssh = find_ssh()
-        bound = self._listen(self._local_port_wanted())  # a busy port fails here, in ms
+        wanted = self._local_port_wanted()
+        if self._direct:
+            ports.ensure_port_free(wanted)  # a busy port fails here, in ms
+        else:
+            self._listen(wanted)
         self._check_identity()
         self._check_cancel()
         strict = self._host_key_first()
         self._check_cancel()
         self._launch(strict)
         self._check_cancel()
-        self._test_forward()
+        if self._direct:
+            self._open_forward(wanted)
+        assert self._bound is not None
+        assert self._inner is not None
+        bound = self._bound
+        self._test_forward(self._inner)
         self._check_cancel()
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name=f"tunnelman-listen-{bound}", daemon=True
-        )
-        self._acceptor.start()
+        if not self._direct:
+            self._start_accepting()
         self._came_up(bound, " (openssh)")
         return bound
+
+    def _control_path(self) -> Path:
+        if self._mux_dir is None:
+            import tempfile
+
+            # Private (0700) and short: a Unix socket path has ~100 bytes at most.
+            self._mux_dir = Path(tempfile.mkdtemp(prefix="tunnelman-"))
+        return self._mux_dir / "ssh"
+
+    def _open_forward(self, port: int) -> None:
+        """Direct: ask the ControlMaster to listen on 127.0.0.1:`port` (0: a free one)."""
+        attempts = 3 if port == 0 else 1
+        while True:
+            chosen = port or ports.free_local_port()
+            try:
+                self._mux_forward(chosen)
+            except PortBusyError:
+                attempts -= 1
+                if attempts <= 0:
+                    raise
+                continue  # someone took the free port we picked: pick another
+            with self._lock:
+                self._bound = chosen
+                self._inner = chosen
+                self._changed.notify_all()
+            return
+
+    def _mux_forward(self, port: int) -> None:
+        control = self._control_path()
+        argv = mux_forward_argv(self._ssh, control, forward_spec(self.profile, port))
+        deadline = time.monotonic() + float(self.profile.connect_timeout)
+        while True:
+            try:
+                done = subprocess.run(
+                    argv,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=float(self.profile.connect_timeout),
+                    **process.ssh_child_plan().popen,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TunnelError(f"ssh -O forward failed: {exc}") from None
+            if done.returncode == 0:
+                return
+            text = done.stderr.decode("utf-8", errors="replace")
+            # ssh may run LocalCommand a moment before its control socket listens.
+            if not control.exists() and time.monotonic() < deadline and self._ssh_alive():
+                time.sleep(POLL)
+                continue
+            ports.ensure_port_free(port)  # PortBusyError naming the holder, if that is why
+            raise TunnelError(
+                f"ssh did not open the forward on 127.0.0.1:{port}: "
+                f"{_last_line(text) or f'exit status {done.returncode}'}"
+            )
+
+    def _ssh_alive(self) -> bool:
+        proc = self._ssh_proc
+        return proc is not None and proc.exited() is None
 
     # ------------------------------------------------------------------------- our listener
 
@@ -371,6 +477,23 @@ class OpenSSHTunnel(Tunnel):
         bound = int(sock.getsockname()[1])
         self._bound = bound  # local_port says it only once up (`_came_up`), as the default engine
         return bound
+
+    def _start_accepting(self) -> None:
+        assert self._listener is not None
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name=f"tunnelman-listen-{self._bound}", daemon=True
+        )
+        self._acceptor.start()
+
+    def _hold(self) -> None:
+        """Direct: ssh is gone; listen on the port ourselves until it is back."""
+        if self._listener is not None or self._bound is None:
+            return
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(64):  # drop a wake-up left by the last hand-back
+                pass
+        self._listen(self._bound)
+        self._start_accepting()
 
     def _accept_loop(self) -> None:
         listener = self._listener
@@ -416,6 +539,7 @@ class OpenSSHTunnel(Tunnel):
             upstream.settimeout(None)
             with self._lock:
                 self._clients.add(upstream)
+                self._bridged += 1
             relay.bridge(client, upstream)
         finally:
             if counted:
@@ -424,6 +548,7 @@ class OpenSSHTunnel(Tunnel):
                 self._clients.discard(client)
                 if upstream is not None:
                     self._clients.discard(upstream)
+                    self._bridged -= 1
                 self._handlers.discard(threading.current_thread())
             for sock in (client, upstream):
                 if sock is not None:
@@ -434,31 +559,34 @@ class OpenSSHTunnel(Tunnel):
         proc = self._ssh_proc
         return proc is not None and proc.exited() is None and self._inner is not None
 
-    def _close_listener(self) -> None:
+    def _close_listener(self, *, clients: bool = True) -> None:
+        """Stop listening; with `clients`, also cut every connection we relay or hold."""
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
         with self._lock:
             listener, self._listener = self._listener, None
-            clients = list(self._clients)
+            acceptor, self._acceptor = self._acceptor, None
+            held = list(self._clients) if clients else []
             self._changed.notify_all()
+        if acceptor is not None and acceptor is not threading.current_thread():
+            acceptor.join(timeout=2.0)
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.close()
-        for sock in clients:
+        for sock in held:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------------- the test forward
 
-    def _test_forward(self) -> None:
+    def _test_forward(self, port: int) -> None:
         """One connection through ssh to the endpoint before "up" (see the module docstring)."""
         profile = self.profile
         assert profile.endpoint is not None
-        assert self._inner is not None
         timeout = float(profile.connect_timeout)
         self._open_failed_seen.clear()
         try:
-            sock = socket.create_connection(("127.0.0.1", self._inner), timeout=timeout)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         except OSError as exc:
             raise TunnelError(f"ssh's forward did not accept a connection: {exc}") from None
         answer = b""
@@ -610,18 +738,24 @@ class OpenSSHTunnel(Tunnel):
             self._log.info("ssh (%s): %s", self.profile.name, line)
 
     def _spawn(self, port: int, strict: str) -> _SSHProcess:
-        argv = ssh_argv(self._ssh, self.profile, port, strict=strict, given=self._given)
+        control = self._control_path() if self._direct else None
+        if control is not None:
+            with contextlib.suppress(OSError):
+                control.unlink()  # a dead master's socket would refuse the new one
+        argv = ssh_argv(
+            self._ssh, self.profile, port, strict=strict, given=self._given, control=control
+        )
         try:
             return _SSHProcess(argv, self._on_stderr)
         except OSError as exc:
             raise TunnelError(f"cannot run {self._ssh}: {exc.strerror or exc}") from None
 
     def _launch(self, strict: str) -> None:
-        """Start ssh forwarding from a free inner port and wait until it listens there."""
+        """Start ssh and wait until it is logged in (direct) or listens on its inner port."""
         attempts = 3
         probed = False
         while True:
-            chosen = ports.free_local_port()
+            chosen = 0 if self._direct else ports.free_local_port()
             proc = self._spawn(chosen, strict)
             with self._lock:
                 self._ssh_proc = proc
@@ -630,9 +764,10 @@ class OpenSSHTunnel(Tunnel):
             except _SSHExited as exited:
                 error = self._exit_error(exited.text, chosen, exited.code)
             else:
-                with self._lock:
-                    self._inner = chosen
-                    self._changed.notify_all()
+                if not self._direct:
+                    with self._lock:
+                        self._inner = chosen
+                        self._changed.notify_all()
                 return
             if isinstance(error, _HostKeyRefused) and not probed:
                 probed = True
@@ -665,9 +800,10 @@ class OpenSSHTunnel(Tunnel):
             if self._stopping.is_set():
                 proc.stop()
                 raise TunnelError("stopped")
-            up = ports.listening_on_loopback(port)
-            if up or (up is None and _accepts(port)):
-                return
+            if port:  # relay: ssh's own -L listener answers (direct: only LocalCommand says)
+                up = ports.listening_on_loopback(port)
+                if up or (up is None and _accepts(port)):
+                    return
             if time.monotonic() >= deadline:
                 proc.stop()
                 assert profile.bastion is not None
@@ -692,14 +828,18 @@ class OpenSSHTunnel(Tunnel):
             proc = self._current()
             if proc is None:
                 return
-            try:
-                code = proc.proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
+            code = proc.proc.wait()  # returns when ssh ends (stop() ends it too)
             if self._stopping.is_set():
                 return
             with self._lock:
                 inner, self._inner = self._inner, None
+            if self._direct and self._supervise:
+                try:
+                    self._hold()  # at once: a client arriving now waits instead of a refusal
+                except TunnelmanError as exc:
+                    self._log.warning(
+                        "cannot hold port %s while ssh reconnects: %s", self._bound, exc
+                    )
             error = self._exit_error(proc.stderr_text(), inner or 0, code)
             reason = str(error) if code != 0 else "ssh exited"
             if not self._supervise or isinstance(error, FINAL_ERRORS):
@@ -714,7 +854,24 @@ class OpenSSHTunnel(Tunnel):
 
     def _reconnect_once(self) -> bool:
         """ssh died: start it again (our port stayed bound meanwhile)."""
+        if not self._direct:
+            self._launch("yes")
+            return not self._stopping.is_set()
+        assert self._bound is not None
+        self._hold()  # again, if the last attempt had handed the port back and then failed
         self._launch("yes")
+        if self._stopping.is_set():
+            return False
+        # Hand the port back to ssh: clients we accepted meanwhile are relayed to it.
+        self._close_listener(clients=False)
+        try:
+            self._mux_forward(self._bound)
+        except TunnelmanError:
+            self._stop_ssh()
+            raise
+        with self._lock:
+            self._inner = self._bound
+            self._changed.notify_all()
         return not self._stopping.is_set()
 
     def _stop_ssh(self) -> None:
@@ -743,6 +900,20 @@ class OpenSSHTunnel(Tunnel):
         for sock in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 sock.close()
+        if self._mux_dir is not None:
+            import shutil as _shutil
+
+            _shutil.rmtree(self._mux_dir, ignore_errors=True)
+
+    def _snapshot(self) -> TunnelStatus:
+        snapshot = super()._snapshot()
+        if not self._direct or self._bound is None or self._state != TunnelState.UP:
+            return snapshot
+        # ssh accepts the clients itself: count its connections from the kernel's table.
+        found = ports.established_on_loopback(self._bound)
+        if found is None:
+            return snapshot
+        return replace(snapshot, connections=max(0, found - self._bridged))
 
 
 def _close_tls(sock: socket.socket, server_name: str, timeout: float) -> None:

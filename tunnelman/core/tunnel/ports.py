@@ -21,6 +21,7 @@ from tunnelman.core.platform import net
 __all__ = [
     "bind_error",
     "ensure_port_free",
+    "established_on_loopback",
     "free_local_port",
     "listening_on_loopback",
     "port_busy_error",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _LISTEN = "0A"
+_ESTABLISHED = "01"
 _LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
 
 
@@ -59,6 +61,20 @@ def _listeners(port: int, proc: Path) -> list[tuple[str, str]] | None:
 
 def _listening_inodes(port: int, proc: Path) -> set[str]:
     return {inode for _addr, inode in _listeners(port, proc) or []}
+
+
+def established_on_loopback(port: int, *, proc: Path = Path("/proc")) -> int | None:
+    """How many connections 127.0.0.1:`port` has accepted and not closed (None: no /proc)."""
+    try:
+        lines = (proc / "net" / "tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    wanted = f"{_LOOPBACK_HEX}:{port:04X}"
+    return sum(
+        1
+        for fields in (line.split() for line in lines)
+        if len(fields) > 3 and fields[1] == wanted and fields[3] == _ESTABLISHED
+    )
 
 
 def listening_on_loopback(port: int, *, proc: Path = Path("/proc")) -> bool | None:
