@@ -286,7 +286,8 @@ def test_config_errors_through_the_agent(lab_profile: LabProfile, tmp_path: Path
     broken = tmp_path / "broken.toml"
     broken.write_text('[profiles.a]\nbastoin = "x"\nlocal_port = "five"\n')
     exc = client_error("a", broken)
-    assert (type(exc), exc.exit_code) == (ConfigProblems, 2)
+    assert type(exc) is ConfigProblems
+    assert exc.exit_code == 2
     from tunnelman.core import profiles
 
     with pytest.raises(ConfigProblems) as local:
