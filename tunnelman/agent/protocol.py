@@ -17,13 +17,17 @@ may carry several requests in turn::
     {"v": 1, "op": "shutdown"}                     -> {"ok": true}; the agent closes its tunnels and exits
 
     TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections"}
-    failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown", "message", "hint",
+    failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown",
+               "ancestry": ["HostKeyError", "TunnelmanError"], "message", "hint", "exit_code": n,
+               ...the class's own fields (`wire_fields()`):
                "host_key": {"host", "port", "key_type", "fingerprint"}?, "known_hosts": path?,
                "expected": fp?, "line": n?, "known": [{"key_type", "fingerprint", "line"}]?,
-               "exit_code": n, "port": n?, "pid": n?}
-    (`down`'s TUNNEL counts in "connections" the client connections it cut. "exit_code" keeps the
-    CLI's exit status for an error class the client does not know by name; "port"/"pid" are a
-    PortBusyError's port and holder.)
+               "port": n?, "pid": n?, "problems": [{"kind", "message", "hint"}]?, "total": n?}
+    (`down`'s TUNNEL counts in "connections" the client connections it cut. The client rebuilds
+    the error as the class named by "kind" (every TunnelmanError subclass is registered by name,
+    `core.errors`), else as the first of "ancestry" it knows, else as an AgentError; "exit_code"
+    keeps the CLI's exit status when it is not the same class. "port"/"pid" are a PortBusyError's
+    port and holder, "problems" the first 20 of a ConfigProblems' list and "total" their number.)
 
 Over TCP (no AF_UNIX) every request also carries `"token"`, read from the agent's 0600 state file.
 
@@ -277,112 +281,77 @@ def reply_str(data: dict[str, Any], key: str, *, what: str, default: str | None 
 
 
 def error_to_wire(exc: BaseException) -> dict[str, Any]:
-    """A failure reply for `exc` (a TunnelmanError keeps its class name, message and hint)."""
+    """A failure reply for `exc`: a TunnelmanError keeps its class name, its registered
+    ancestors' names, message, hint, exit code and its own fields (`wire_fields()`)."""
     if not isinstance(exc, errors.TunnelmanError):
         return {"ok": False, "error": f"internal error in the agent: {exc!r}", "kind": "AgentError"}
     reply: dict[str, Any] = {
         "ok": False,
         "error": str(exc),
         "kind": type(exc).__name__,
+        "ancestry": [c.__name__ for c in errors.lineage(type(exc)) if c is not type(exc)],
         "message": exc.message,
         "hint": exc.hint,
         "exit_code": exc.exit_code,
     }
-    info = getattr(exc, "info", None)
-    if info is not None and hasattr(info, "fingerprint"):
-        reply["host_key"] = {
-            "host": info.host,
-            "port": info.port,
-            "key_type": info.key_type,
-            "fingerprint": info.fingerprint,
-        }
-    known_hosts = getattr(exc, "known_hosts", None)
-    if known_hosts is not None:
-        reply["known_hosts"] = str(known_hosts)
-    for key in ("expected", "line", "port", "pid"):
-        value = getattr(exc, key, None)
-        if isinstance(value, str | int):
-            reply[key] = value
-    known = getattr(exc, "known", None)
-    if isinstance(known, tuple):
-        reply["known"] = [
-            {"key_type": k.key_type, "fingerprint": k.fingerprint, "line": k.line} for k in known
-        ]
+    for key, value in exc.wire_fields().items():
+        reply.setdefault(key, value)  # a class's field never hides one of the above
     return reply
 
 
-_HOST_KEY_KINDS = ("HostKeyUnknown", "HostKeyChanged", "HostKeyTypeMismatch")
+def _import_senders() -> None:
+    """Import the modules outside `errors` whose errors the agent sends, so their classes are
+    registered here too. All light: no paramiko, no boto3 (tests/test_agent_errors.py checks)."""
+    import tunnelman.core.known_hosts  # HostKeyUnknown, HostKeyChanged, HostKeyTypeMismatch
+    import tunnelman.core.profiles  # noqa: F401 - ConfigProblems
 
 
-def _known_from_wire(value: object) -> tuple[Any, ...]:
-    """The known keys of a HostKeyTypeMismatch reply; entries of the wrong shape are dropped."""
-    from tunnelman.core import known_hosts as kh
-
-    known: list[kh.KnownKey] = []
-    for item in value if isinstance(value, list) else []:
-        if not isinstance(item, dict):
-            continue
-        key_type, fp, line = item.get("key_type"), item.get("fingerprint"), item.get("line")
-        if isinstance(key_type, str) and isinstance(fp, str) and isinstance(line, int):
-            known.append(kh.KnownKey(key_type, fp, line))
-    return tuple(known)
+def error_class(name: str) -> type[errors.TunnelmanError] | None:
+    """The error class the agent names `name`, if this tunnelman has one."""
+    cls = errors.registered(name)
+    if cls is None:
+        _import_senders()
+        cls = errors.registered(name)
+    return cls
 
 
 def error_from_wire(reply: dict[str, Any]) -> errors.TunnelmanError:
-    """The exception a failure reply stands for, of the same class where we know it."""
+    """The exception a failure reply stands for: of the same class where we know it, else of its
+    nearest ancestor we know (an agent newer than us), with the exit code the agent gave."""
     kind = str(reply.get("kind") or "AgentError")
     message = str(reply.get("message") or reply.get("error") or "the agent refused the request")
     hint = reply.get("hint")
     hint = str(hint) if hint is not None else None
-    host_key = reply.get("host_key")
-    if kind in _HOST_KEY_KINDS and isinstance(host_key, dict):
-        from pathlib import Path
+    names = [kind]
+    ancestry = reply.get("ancestry")
+    if isinstance(ancestry, list):
+        names += [name for name in ancestry if isinstance(name, str)]
+    error = _rebuild(names, message, hint, reply)
+    if type(error).__name__ != kind:
+        # Not the agent's class: keep at least the exit status scripts rely on.
+        code = _small_int(reply.get("exit_code"))
+        if code is not None and 0 < code < 256:
+            error.exit_code = code
+    return error
 
-        from tunnelman.core import known_hosts as kh
 
-        try:
-            info = kh.HostKeyInfo(
-                host=str(host_key["host"]),
-                port=int(host_key["port"]),
-                key_type=str(host_key["key_type"]),
-                fingerprint=str(host_key["fingerprint"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            return errors.HostKeyError(message, hint=hint)
-        path = Path(str(reply.get("known_hosts") or "known_hosts"))
-        if kind == "HostKeyUnknown":
-            return kh.HostKeyUnknown(message, info=info, known_hosts=path, hint=hint)
-        if kind == "HostKeyTypeMismatch":
-            return kh.HostKeyTypeMismatch(
-                message,
-                info=info,
-                known=_known_from_wire(reply.get("known")),
-                known_hosts=path,
-                hint=hint,
-            )
-        line = reply.get("line")
-        return kh.HostKeyChanged(
-            message,
-            info=info,
-            expected=str(reply.get("expected") or ""),
-            known_hosts=path,
-            line=line if isinstance(line, int) else 0,
-            hint=hint,
-        )
-    if kind == "PortBusyError":
-        return errors.PortBusyError(
-            message, hint=hint, port=_small_int(reply.get("port")), pid=_small_int(reply.get("pid"))
-        )
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, errors.TunnelmanError):
-        return cls(message, hint=hint)
-    # A subclass we do not know by name (an engine's own, or from a newer agent): keep the
-    # message, and the exit status scripts rely on.
-    unknown = errors.AgentError(message, hint=hint)
-    code = _small_int(reply.get("exit_code"))
-    if code is not None and 0 < code < 256:
-        unknown.exit_code = code
-    return unknown
+def _rebuild(
+    names: list[str], message: str, hint: str | None, reply: dict[str, Any]
+) -> errors.TunnelmanError:
+    """The first of `names` (and of their ancestors here) that rebuilds from the reply's fields;
+    an AgentError when none does."""
+    tried: set[type[errors.TunnelmanError]] = set()
+    for name in names:
+        cls = error_class(name)
+        for candidate in errors.lineage(cls) if cls is not None else []:
+            if candidate in tried:
+                continue
+            tried.add(candidate)
+            try:
+                return candidate.from_wire(message, hint=hint, fields=reply)
+            except (TypeError, ValueError, KeyError, ArithmeticError):
+                continue  # a field missing or of the wrong type: its ancestor needs fewer
+    return errors.AgentError(message, hint=hint)
 
 
 def _small_int(value: object) -> int | None:

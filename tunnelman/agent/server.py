@@ -53,9 +53,10 @@ from tunnelman import __version__
 from tunnelman.agent import protocol
 from tunnelman.agent.locks import FileLock, read_pid
 from tunnelman.agent.paths import AgentPaths, ensure_private_dir, log_path, paths, use_tcp
-from tunnelman.core.errors import AgentError, SSHKeyError, TunnelError, TunnelmanError
+from tunnelman.core.errors import AgentError, PassphraseRequired, TunnelError, TunnelmanError
 from tunnelman.core.logs import get_logger, setup_file_logging
 from tunnelman.core.platform import net
+from tunnelman.core.tunnel import TunnelState
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -73,7 +74,7 @@ _DROP_REPORT = 10.0  # seconds between log lines counting dropped connections
 _INLINE_OPS = frozenset({"ping", "status"})  # answered from memory by the loop itself
 _ADDRESS_CHECK = 2.0  # seconds between checks that our socket is still there
 _SUBSCRIBER_QUEUE = 1000
-_OPEN_STATES = ("starting", "up", "reconnecting")
+_OPEN_STATES = frozenset({TunnelState.STARTING, TunnelState.UP, TunnelState.RECONNECTING})
 
 _log = get_logger("agent")
 
@@ -108,15 +109,13 @@ class Held:
 
     @property
     def is_open(self) -> bool:
-        return not self.ready.is_set() or str(self.tunnel.status.state) in _OPEN_STATES
+        return not self.ready.is_set() or self.tunnel.status.state in _OPEN_STATES
 
     def status(self) -> TunnelStatus:
         """The tunnel's status; "starting" from the moment `up` took it (not "stopped")."""
         status = self.tunnel.status
-        if not self.ready.is_set() and str(status.state) == "stopped":
+        if not self.ready.is_set() and status.state == TunnelState.STOPPED:
             import dataclasses
-
-            from tunnelman.core.tunnel import TunnelState
 
             status = dataclasses.replace(status, state=TunnelState.STARTING)
         return status
@@ -143,7 +142,7 @@ class _Conn:
 
 def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
     def refuse(path: Path) -> str | None:
-        raise SSHKeyError(
+        raise PassphraseRequired(
             f"key {path} is passphrase-protected and the background agent cannot ask for "
             f"passphrases: add it to ssh-agent (ssh-add {path})",
             hint=(

@@ -2,7 +2,7 @@
 
 Thin commands over `core.oneshot` (psql, exec), `core.clients` (env, conn) and
 `core.client_files` (conn --write). A tunnel the background agent already holds is reused; the
-agent is optional (the import is guarded, and a missing or dead agent just means "not up").
+agent is optional (a missing or dead agent just means "not up").
 """
 
 from __future__ import annotations
@@ -31,18 +31,16 @@ def _profile(ctx: click.Context, name: str) -> Profile:
 
 def agent_port(name: str) -> int | None:
     """The local port of NAME's tunnel if the agent holds it up; None otherwise (no agent too)."""
-    try:
-        from tunnelman.agent.client import AgentClient  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+    from tunnelman.agent.client import AgentClient
+    from tunnelman.core.tunnel import TunnelState
+
     try:
         status = AgentClient().find(name)
     except (TunnelmanError, OSError):
         return None
-    if status is None or str(getattr(status, "state", "")) != "up":
+    if status is None or status.state != TunnelState.UP:
         return None
-    port = getattr(status, "local_port", None)
-    return port if isinstance(port, int) else None
+    return status.local_port
 
 
 def _listening(port: int) -> bool:

@@ -8,8 +8,6 @@ everything on exit: Ctrl-C, SIGTERM, SIGHUP, or the TUI quitting.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import shutil
 import signal
 import sys
@@ -28,13 +26,6 @@ from tunnelman.core.platform.shells import command_word
 _SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
-
-
-def _tui_available() -> bool:
-    try:
-        return importlib.util.find_spec("tunnelman.tui.app") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _prog() -> str:
@@ -81,7 +72,7 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
     from tunnelman.demo.sandbox import Sandbox
 
     config = prof.config_path(get_ctx(ctx).config)
-    use_tui = not no_tui and _tui_available() and sys.stdin.isatty() and sys.stdout.isatty()
+    use_tui = not no_tui and sys.stdin.isatty() and sys.stdout.isatty()
     if not no_tui and not use_tui:
         progress("no terminal for the UI here: holding the tunnel in this process instead")
     sandbox = Sandbox(
@@ -179,22 +170,17 @@ def _print_ready(info: object, port: int) -> None:
 
 
 def _render(fmt: str, profile: prof.Profile, port: int) -> str:
-    try:
-        from tunnelman.core import clients
-    except ImportError:
-        return f"host=127.0.0.1 port={port} dbname={profile.database} user={profile.user}"
+    from tunnelman.core import clients
+
     return clients.render(fmt, profile, port).strip()
 
 
 def _agent_down(name: str, config: Path) -> None:
-    """Ask the background agent (when this build has one) to drop the sandbox's tunnel."""
-    try:
-        if importlib.util.find_spec("tunnelman.agent.client") is None:
-            return
-    except ModuleNotFoundError:
-        return
-    with contextlib.suppress(Exception):  # best effort: the agent is optional and may be absent
-        module = importlib.import_module("tunnelman.agent.client")
-        client = module.AgentClient()
+    """Ask the background agent to drop the sandbox's tunnel (if it holds one)."""
+    from tunnelman.agent.client import AgentClient
+
+    # Best effort, and never in the way of removing the sandbox that follows.
+    with contextlib.suppress(Exception):
+        client = AgentClient()
         if client.find(name) is not None:
             client.down(name)

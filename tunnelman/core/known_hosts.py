@@ -15,10 +15,10 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 from tunnelman.core.errors import HostKeyError
 
@@ -56,6 +56,33 @@ class HostKeyPolicy:
     ask: Callable[[HostKeyInfo], bool] | None = None  # terminal / TUI modal; None: nobody to ask
 
 
+def _info_fields(info: HostKeyInfo, known_hosts: Path) -> dict[str, Any]:
+    """The presented key and the file, as the agent sends them with a host-key error."""
+    return {
+        "host_key": {
+            "host": info.host,
+            "port": info.port,
+            "key_type": info.key_type,
+            "fingerprint": info.fingerprint,
+        },
+        "known_hosts": str(known_hosts),
+    }
+
+
+def _info_from_fields(fields: Mapping[str, Any]) -> tuple[HostKeyInfo, Path]:
+    """`_info_fields` read back; KeyError / TypeError / ValueError when `host_key` is not one."""
+    host_key = fields["host_key"]
+    if not isinstance(host_key, dict):
+        raise TypeError("host_key is not an object")
+    info = HostKeyInfo(
+        host=str(host_key["host"]),
+        port=int(host_key["port"]),
+        key_type=str(host_key["key_type"]),
+        fingerprint=str(host_key["fingerprint"]),
+    )
+    return info, Path(str(fields.get("known_hosts") or "known_hosts"))
+
+
 class HostKeyUnknown(HostKeyError):
     """The bastion's key is not in known_hosts and nobody confirmed it."""
 
@@ -65,6 +92,14 @@ class HostKeyUnknown(HostKeyError):
         super().__init__(message, hint=hint)
         self.info = info
         self.known_hosts = known_hosts
+
+    def wire_fields(self) -> dict[str, Any]:
+        return _info_fields(self.info, self.known_hosts)
+
+    @classmethod
+    def from_wire(cls, message: str, *, hint: str | None, fields: Mapping[str, Any]) -> Self:
+        info, path = _info_from_fields(fields)
+        return cls(message, info=info, known_hosts=path, hint=hint)
 
 
 class HostKeyChanged(HostKeyError):
@@ -85,6 +120,26 @@ class HostKeyChanged(HostKeyError):
         self.expected = expected
         self.known_hosts = known_hosts
         self.line = line
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {
+            **_info_fields(self.info, self.known_hosts),
+            "expected": self.expected,
+            "line": self.line,
+        }
+
+    @classmethod
+    def from_wire(cls, message: str, *, hint: str | None, fields: Mapping[str, Any]) -> Self:
+        info, path = _info_from_fields(fields)
+        line = fields.get("line")
+        return cls(
+            message,
+            info=info,
+            expected=str(fields.get("expected") or ""),
+            known_hosts=path,
+            line=line if isinstance(line, int) and not isinstance(line, bool) else 0,
+            hint=hint,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,6 +182,39 @@ class HostKeyTypeMismatch(HostKeyChanged):
             hint=hint,
         )
         self.known = known
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {
+            **super().wire_fields(),
+            "known": [
+                {"key_type": k.key_type, "fingerprint": k.fingerprint, "line": k.line}
+                for k in self.known
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, message: str, *, hint: str | None, fields: Mapping[str, Any]) -> Self:
+        info, path = _info_from_fields(fields)
+        return cls(
+            message,
+            info=info,
+            known=_known_from_fields(fields.get("known")),
+            known_hosts=path,
+            hint=hint,
+        )
+
+
+def _known_from_fields(value: object) -> tuple[KnownKey, ...]:
+    """The known keys of a HostKeyTypeMismatch from the agent; entries of the wrong shape are
+    dropped."""
+    known: list[KnownKey] = []
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, dict):
+            continue
+        key_type, fp, line = item.get("key_type"), item.get("fingerprint"), item.get("line")
+        if isinstance(key_type, str) and isinstance(fp, str) and isinstance(line, int):
+            known.append(KnownKey(key_type, fp, line))
+    return tuple(known)
 
 
 @dataclass(frozen=True)

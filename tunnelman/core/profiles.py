@@ -24,9 +24,9 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Self, cast, get_args
 
-from tunnelman.core.errors import ConfigError, ProfileNotFound
+from tunnelman.core.errors import ConfigError, ProfileNotFound, registered
 from tunnelman.core.files import atomic_write, file_kind
 
 PasswordSource = Literal["keyring", "prompt", "none", "iam", "secretsmanager"]
@@ -596,16 +596,48 @@ class ConfigProblems(ConfigError):
     """Several problems in one profile file, each a ConfigError of its own (`problems`).
 
     `str()` is one line per problem, each `FILE: DOTTED.KEY: reason`, so the CLI prints them as a
-    linter would. A file with one problem raises that plain ConfigError instead.
+    linter would. A file with one problem raises that plain ConfigError instead. `total` counts
+    them all when `problems` holds only the first ones (as rebuilt from the agent's reply, which
+    carries the shown ones only: a 16 MiB file may hold many thousands).
     """
 
-    def __init__(self, problems: Iterable[ConfigError]) -> None:
+    def __init__(self, problems: Iterable[ConfigError], *, total: int | None = None) -> None:
         self.problems: tuple[ConfigError, ...] = tuple(problems)
+        self.total = max(total or 0, len(self.problems))
         lines = [str(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
-        if len(self.problems) > MAX_PROBLEMS_SHOWN:
-            lines.append(f"… and {len(self.problems) - MAX_PROBLEMS_SHOWN} more problems")
+        if self.total > MAX_PROBLEMS_SHOWN:
+            lines.append(f"… and {self.total - MAX_PROBLEMS_SHOWN} more problems")
         self.lines: tuple[str, ...] = tuple(lines)
         super().__init__("\n".join(lines))
+
+    def wire_fields(self) -> dict[str, Any]:
+        return {
+            "problems": [
+                {"kind": type(p).__name__, "message": p.message, "hint": p.hint}
+                for p in self.problems[:MAX_PROBLEMS_SHOWN]
+            ],
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_wire(cls, message: str, *, hint: str | None, fields: Mapping[str, Any]) -> Self:
+        problems: list[ConfigError] = []
+        items = fields["problems"]
+        if not isinstance(items, list) or not items:
+            raise ValueError("problems is not a list of problems")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("message"), str):
+                raise TypeError("a problem is not an object with a message")
+            found = registered(str(item.get("kind")))
+            kind = found if found is not None and issubclass(found, ConfigError) else ConfigError
+            text = item["message"]
+            hint_ = item.get("hint") if isinstance(item.get("hint"), str) else None
+            try:
+                problems.append(kind.from_wire(text, hint=hint_, fields={}))
+            except (TypeError, ValueError, KeyError):
+                problems.append(ConfigError(text, hint=hint_))
+        total = fields.get("total")
+        return cls(problems, total=total if isinstance(total, int) and 0 < total < 2**31 else None)
 
 
 def _raise_problems(problems: list[ConfigError]) -> None:

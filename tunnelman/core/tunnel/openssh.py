@@ -70,6 +70,7 @@ from tunnelman.core.errors import (
     ConfigError,
     ForwardingFailed,
     HostKeyError,
+    OpenSSHMissing,
     PortBusyError,
     SSHKeyError,
     TunnelError,
@@ -105,10 +106,6 @@ _WATCHDOG = (
     "kill $w 2>/dev/null\n"
     "exit $c\n"
 )
-
-
-class OpenSSHMissing(ConfigError):
-    """The profile asks for engine = "openssh" and no ssh client is installed."""
 
 
 def find_ssh(path: str | None = None) -> str:
