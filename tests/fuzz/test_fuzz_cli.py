@@ -201,7 +201,7 @@ def sealed(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any
             monkeypatch.setattr(cmd, "callback", stub(" ".join(path)))
     from tunnelman.cli import cmd_tunnel
 
-    monkeypatch.setattr(cmd_tunnel, "_detach", stub("up --detach"))
+    monkeypatch.setattr(cmd_tunnel, "detach_up", stub("up --detach"))
     pool = {
         "paths": [
             str(config),

@@ -1,9 +1,7 @@
-"""Commands around the background agent: `status`, `down`, `agent run|stop|status`, and
-`detach_up`, which `tunnelman up NAME --detach` (cmd_tunnel) calls.
+"""Commands around the background agent: `status`, `down`, `agent run|stop|status`.
 
 Each is a few lines over `tunnelman.agent.client.AgentClient`. `status` and `down` never start an
-agent; `up --detach` does. The host-key question for a detached tunnel is asked here, on the
-terminal that ran `up`, before the agent opens the tunnel (the agent itself can ask nobody).
+agent; `up --detach` (`cmd_tunnel.detach_up`) does.
 """
 
 from __future__ import annotations
@@ -15,44 +13,12 @@ from typing import TYPE_CHECKING
 import click
 
 from tunnelman.agent.client import AgentClient
-from tunnelman.cli.main import get_ctx
-from tunnelman.cli.output import err, json_line, json_out, out, progress, table
+from tunnelman.cli.common import json_option
+from tunnelman.cli.output import err, json_out, out, table
 from tunnelman.core.errors import AgentError
 
 if TYPE_CHECKING:
     from tunnelman.core.tunnel import TunnelStatus
-
-
-def detach_up(
-    ctx: click.Context, name: str, port: int | None, accept_new: bool, *, as_json: bool = False
-) -> None:
-    """`tunnelman up NAME --detach`: hand the tunnel to the agent, return once its port is ready.
-
-    `as_json`: the tunnel object on stdout (one line), the human lines on stderr.
-    """
-    from tunnelman.cli.cmd_tunnel import psql_command, tunnel_object
-    from tunnelman.cli.prompts import host_key_policy
-    from tunnelman.core import profiles as prof
-
-    config = prof.config_path(get_ctx(ctx).config).expanduser().absolute()
-    # Load here too: profile errors come out exactly as for every other command.
-    profile = prof.load(config, missing_ok=False).get(name)
-    target = str(profile.endpoint) if profile.endpoint else "?"
-    client = AgentClient(notify=err)
-    progress(f"Connecting to bastion {profile.bastion} … (database {target}; held by the agent)")
-    status = client.up(name, config, port, host_keys=host_key_policy(accept_new))
-    bound = status.local_port
-    if bound is None:
-        raise AgentError(f"the agent opened '{name}' but reports no local port")
-    say = err if as_json else out
-    if as_json:
-        json_line(tunnel_object(profile, status, detached=True))
-    say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
-    say(f"  {psql_command(profile, bound)}")
-    err(
-        "The background agent holds it: it outlives this terminal. "
-        f"`tunnelman status` shows it, `tunnelman down {name}` closes it."
-    )
 
 
 # ----------------------------------------------------------------------------- status
@@ -87,7 +53,7 @@ def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of tunnels, for scripts.")
+@json_option("A JSON list of tunnels, for scripts.")
 def status_cmd(as_json: bool) -> None:
     """Show the tunnels the background agent holds (never starts the agent).
 
@@ -139,7 +105,7 @@ def _closed_json(status: TunnelStatus) -> dict[str, object]:
 @click.command("down")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Close every tunnel the agent holds.")
-@click.option("--json", "as_json", is_flag=True, help="What was closed, as JSON, for scripts.")
+@json_option("What was closed, as JSON, for scripts.")
 def down_cmd(name: str | None, all_: bool, as_json: bool) -> None:
     """Close NAME's tunnel held by the background agent (or every one with --all).
 
@@ -224,7 +190,7 @@ def agent_stop_cmd() -> None:
 
 
 @agent_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+@json_option("JSON, for scripts.")
 def agent_status_cmd(as_json: bool) -> None:
     """Whether the agent runs: pid, address, tunnels, log file."""
     from tunnelman.agent.paths import log_path

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tunnelman.cli.main import get_ctx
+from tunnelman.cli.common import json_option, load_profile
 from tunnelman.cli.output import err, json_out, out, progress, table
 from tunnelman.core import aws
 from tunnelman.core import profiles as prof
@@ -31,9 +31,7 @@ from tunnelman.core.errors import AWSError, TunnelmanError
 @click.option(
     "--all-engines", is_flag=True, help="Also list MySQL and other non-PostgreSQL engines."
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="A JSON list (kind: cluster|instance|proxy|bastion)."
-)
+@json_option("A JSON list (kind: cluster|instance|proxy|bastion).")
 def discover_cmd(
     regions: tuple[str, ...], aws_profile: str | None, all_engines: bool, as_json: bool
 ) -> None:
@@ -297,10 +295,6 @@ def fill_from_cluster(values: dict[str, object]) -> dict[str, object]:
 # ----------------------------------------------------------------------------- cluster
 
 
-def _profile(ctx: click.Context, name: str) -> prof.Profile:
-    return prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
-
-
 @click.group("cluster")
 def cluster_group() -> None:
     """Status, start and stop of a profile's RDS cluster (or instance): its `cluster` key."""
@@ -308,11 +302,11 @@ def cluster_group() -> None:
 
 @cluster_group.command("status")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="The cluster as a JSON object.")
+@json_option("The cluster as a JSON object.")
 @click.pass_context
 def cluster_status_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     """Status, serverless capacity, endpoints and members of profile NAME's cluster."""
-    profile = _profile(ctx, name)
+    profile = load_profile(ctx, name)
     db = aws.cluster_status(profile)
     note, _ = aws.assess(db, profile.name)
     if as_json:
@@ -384,7 +378,7 @@ def _change(
     interval: float,
     as_json: bool,
 ) -> None:
-    profile = _profile(ctx, name)
+    profile = load_profile(ctx, name)
     db = aws.cluster_status(profile)
     what = f"{db.kind} '{db.id}'"
     if not aws.check_action(db, action):
@@ -461,7 +455,7 @@ def _action_options(fn: Any) -> Any:
         hidden=True,
         help="Seconds between status checks while waiting (for tests).",
     )(fn)
-    return click.option("--json", "as_json", is_flag=True, help="The final state as JSON.")(fn)
+    return json_option("The final state as JSON.")(fn)
 
 
 @cluster_group.command("start")

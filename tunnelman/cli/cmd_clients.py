@@ -12,21 +12,16 @@ import sys
 
 import click
 
-from tunnelman.cli.main import get_ctx
+from tunnelman.cli.common import accept_new_host_key_option, announce_resume, load_profile
 from tunnelman.cli.output import err, out, progress
 from tunnelman.cli.prompts import host_key_policy, interactive, passphrase_prompt, password_prompt
 from tunnelman.core import clients
-from tunnelman.core import profiles as prof
 from tunnelman.core.credentials import Login, resolve_login
 from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
 from tunnelman.core.platform import paths, shells
 from tunnelman.core.profiles import Profile
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
-
-
-def _profile(ctx: click.Context, name: str) -> Profile:
-    return prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
 
 
 def agent_port(name: str) -> int | None:
@@ -63,13 +58,11 @@ def login_for(profile: Profile) -> Login:
 def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host_key: bool) -> None:
     from tunnelman.core import oneshot
 
-    profile = _profile(ctx, name)
+    profile = load_profile(ctx, name)
     oneshot.find_program(argv[0])  # before any prompt or SSH work
     login = login_for(profile)
     port = agent_port(name)
     if port is None:
-        from tunnelman.cli.cmd_tunnel import announce_resume
-
         announce_resume(profile)
     if port is None and sys.stderr.isatty():
         progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
@@ -84,15 +77,8 @@ def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host
     ctx.exit(code)
 
 
-_ACCEPT_NEW = click.option(
-    "--accept-new-host-key",
-    is_flag=True,
-    help="Trust and record the bastion's host key if known_hosts has none yet (never a changed one).",
-)
-
-
 @click.command("psql", context_settings=_PASSTHROUGH)
-@_ACCEPT_NEW
+@accept_new_host_key_option
 @click.argument("name")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -110,7 +96,7 @@ def psql_cmd(
 
 
 @click.command("exec", context_settings=_PASSTHROUGH)
-@_ACCEPT_NEW
+@accept_new_host_key_option
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -155,7 +141,7 @@ def env_cmd(ctx: click.Context, name: str, port: int | None, shell: str | None) 
     profile's local_port (start it with `tunnelman up NAME`). No password is printed: libpq
     asks, or reads your .pgpass (`tunnelman conn NAME --format pgpass --write`).
     """
-    profile = _profile(ctx, name)
+    profile = load_profile(ctx, name)
     shell = shell or shells.default_shell()
     chosen = port or agent_port(name)
     if chosen is None:
@@ -242,7 +228,7 @@ def conn_cmd(
     path: str | None,
     pgadmin_ssh: bool,
 ) -> None:
-    profile = _profile(ctx, name)
+    profile = load_profile(ctx, name)
     chosen = port or agent_port(name) or profile.local_port
     if chosen is None:
         if fmt == "pgadmin" and pgadmin_ssh:

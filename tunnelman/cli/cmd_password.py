@@ -6,10 +6,9 @@ import sys
 
 import click
 
-from tunnelman.cli.main import get_ctx
+from tunnelman.cli.common import load_profile
 from tunnelman.cli.output import out
 from tunnelman.core import credentials
-from tunnelman.core import profiles as prof
 from tunnelman.core.errors import CredentialError
 
 
@@ -24,7 +23,7 @@ def password_group() -> None:
 @click.pass_context
 def password_set(ctx: click.Context, name: str, from_stdin: bool) -> None:
     """Store NAME's password: asked twice (hidden), or read from --stdin."""
-    prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    load_profile(ctx, name)  # a password for a profile that exists
     if from_stdin:
         value = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():

@@ -7,6 +7,7 @@ from typing import get_args
 
 import click
 
+from tunnelman.cli.common import json_option, load_profile
 from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import json_out, out, table
 from tunnelman.core import profiles as prof
@@ -14,7 +15,7 @@ from tunnelman.core.errors import ConfigError, TunnelmanError
 
 
 @click.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of profile objects.")
+@json_option("A JSON list of profile objects.")
 @click.pass_context
 def ls_cmd(ctx: click.Context, as_json: bool) -> None:
     """List saved profiles: name, bastion, endpoint, database, user, local port."""
@@ -165,11 +166,11 @@ def profile_add(
 
 @profile_group.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="The profile as a JSON object.")
+@json_option("The profile as a JSON object.")
 @click.pass_context
 def profile_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one profile with defaults filled in."""
-    profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    profile = load_profile(ctx, name)
     data = profile.to_public_dict()
     if as_json:
         json_out(data)

@@ -2,7 +2,7 @@
 
 Prints the local address and a ready psql command (never a password), reports reconnects on
 stderr, and closes cleanly on SIGINT or SIGTERM (exit 0). `--detach` hands the tunnel to the
-background agent instead (`tunnelman.cli.cmd_agent.detach_up`, owned by the agent). `--json`
+background agent instead (`detach_up`; the agent's own commands are in cmd_agent). `--json`
 prints the tunnel object (`tunnel_object`) as one line on stdout once it is up, and every human
 line on stderr. A failure exits with its family's code (`tunnelman.core.errors.EXIT_CODES`).
 """
@@ -16,23 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tunnelman.cli.common import (
+    accept_new_host_key_option,
+    announce_resume,
+    json_option,
+    load_profile,
+    psql_command,
+)
 from tunnelman.cli.main import exit_code_help, get_ctx
 from tunnelman.cli.output import err, json_line, out, progress
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
 from tunnelman.cli.signals import interrupt, routed
 from tunnelman.core import profiles as prof
-from tunnelman.core.errors import TunnelError
+from tunnelman.core.errors import AgentError, TunnelError
 from tunnelman.core.profiles import Profile
 
 if TYPE_CHECKING:
     from tunnelman.core.tunnel import TunnelStatus
-
-
-def psql_command(profile: Profile, port: int) -> str:
-    """A ready `psql "host=127.0.0.1 port=… …"` line: no password, ever."""
-    from tunnelman.core import clients
-
-    return clients.render("psql", profile, port).strip()
 
 
 def tunnel_object(profile: Profile, status: TunnelStatus, *, detached: bool) -> dict[str, object]:
@@ -50,27 +50,36 @@ def tunnel_object(profile: Profile, status: TunnelStatus, *, detached: bool) -> 
     }
 
 
-def announce_resume(profile: Profile) -> None:
-    """Before connecting to a profile with a cluster: say when it is paused and will resume.
-
-    Asks AWS (so imports boto3) only for profiles that name a cluster; one-shot clients already
-    allow a 60 s connect timeout for those.
-    """
-    if not profile.cluster:
-        return
-    from tunnelman.core import aws
-
-    note = aws.resume_hint(profile)
-    if note:
-        progress(f"tunnelman: {note}")
-
-
-def _detach(
-    ctx: click.Context, name: str, port: int | None, accept_new: bool, as_json: bool
+def detach_up(
+    ctx: click.Context, name: str, port: int | None, accept_new: bool, *, as_json: bool = False
 ) -> None:
-    from tunnelman.cli.cmd_agent import detach_up
+    """`tunnelman up NAME --detach`: hand the tunnel to the agent, return once its port is ready.
 
-    detach_up(ctx, name, port, accept_new, as_json=as_json)
+    The host-key question is asked here, on the terminal that ran `up`, before the agent opens
+    the tunnel (the agent itself can ask nobody). `as_json`: the tunnel object on stdout (one
+    line), the human lines on stderr.
+    """
+    from tunnelman.agent.client import AgentClient
+
+    config = prof.config_path(get_ctx(ctx).config).expanduser().absolute()
+    # Load here too: profile errors come out exactly as for every other command.
+    profile = prof.load(config, missing_ok=False).get(name)
+    target = str(profile.endpoint) if profile.endpoint else "?"
+    client = AgentClient(notify=err)
+    progress(f"Connecting to bastion {profile.bastion} … (database {target}; held by the agent)")
+    status = client.up(name, config, port, host_keys=host_key_policy(accept_new))
+    bound = status.local_port
+    if bound is None:
+        raise AgentError(f"the agent opened '{name}' but reports no local port")
+    say = err if as_json else out
+    if as_json:
+        json_line(tunnel_object(profile, status, detached=True))
+    say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+    say(f"  {psql_command(profile, bound)}")
+    err(
+        "The background agent holds it: it outlives this terminal. "
+        f"`tunnelman status` shows it, `tunnelman down {name}` closes it."
+    )
 
 
 @click.command("up", epilog=exit_code_help())
@@ -82,23 +91,13 @@ def _detach(
     metavar="N",
     help="Local port on 127.0.0.1 (default: the profile's local_port, else a free one; 0: free).",
 )
-@click.option(
-    "--accept-new-host-key",
-    is_flag=True,
-    help="Trust and record the bastion's host key if known_hosts has none for it yet "
-    "(never accepts a CHANGED key).",
-)
+@accept_new_host_key_option
 @click.option(
     "--detach",
     is_flag=True,
     help="Hand the tunnel to the background agent and return (see `tunnelman status`).",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Once it is up, print the tunnel as one JSON line on stdout (messages go to stderr).",
-)
+@json_option("Once it is up, print the tunnel as one JSON line on stdout (messages go to stderr).")
 @click.pass_context
 def up_cmd(
     ctx: click.Context,
@@ -119,9 +118,9 @@ def up_cmd(
     when the tunnel is up (with --detach: then it exits; without: it holds until Ctrl-C).
     """
     if detach:
-        _detach(ctx, name, port, accept_new_host_key, as_json)
+        detach_up(ctx, name, port, accept_new_host_key, as_json=as_json)
         return
-    profile = prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    profile = load_profile(ctx, name)
     from tunnelman.core.tunnel import TunnelState, open_tunnel
 
     events: queue.Queue[TunnelStatus | None] = queue.Queue()

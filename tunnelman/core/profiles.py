@@ -309,6 +309,24 @@ class Profile:
         return out
 
 
+def require_route(profile: Profile, *, endpoint: bool = True) -> None:
+    """The profile names the bastion and (unless `endpoint=False`) the database endpoint.
+
+    The one check of the way in before any work: tunnels (`Tunnel._require_route`), the bare SSH
+    connection (`ssh.connect`, which needs only the bastion) and the doctor's config step.
+    """
+    if endpoint and profile.endpoint is None:
+        raise ConfigError(
+            f"profile '{profile.name}' has no endpoint",
+            hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
+        )
+    if profile.bastion is None:
+        raise ConfigError(
+            f"profile '{profile.name}' has no bastion",
+            hint='add bastion = "user@host" to the profile',
+        )
+
+
 # ----------------------------------------------------------------------------- schema
 
 _Converter = Callable[[Any, str], Any]

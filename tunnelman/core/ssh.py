@@ -37,7 +37,6 @@ from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
     Cancelled,
-    ConfigError,
     ForwardingFailed,
     PassphraseRequired,
     SSHKeyError,
@@ -54,6 +53,7 @@ from tunnelman.core.known_hosts import (
 from tunnelman.core.known_hosts import verify as verify_host_key
 from tunnelman.core.logs import get_logger
 from tunnelman.core.platform import agents, keys, net
+from tunnelman.core.profiles import require_route
 from tunnelman.core.tunnel import relay
 
 if TYPE_CHECKING:
@@ -1030,11 +1030,7 @@ def connect(
     `pinned` (a reconnect) applies to the bastion itself; jump hosts are checked with `policy`.
     Closing the Transport closes the jump hosts' connections too.
     """
-    if profile.bastion is None:
-        raise ConfigError(
-            f"profile '{profile.name}' has no bastion",
-            hint='add bastion = "user@host" to the profile',
-        )
+    require_route(profile, endpoint=False)
     timeout = float(profile.connect_timeout)
     canceller = _Canceller(cancel)
     transport: paramiko.Transport | None = None

@@ -42,6 +42,7 @@ from tunnelman.core.errors import (
 )
 from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.logs import get_logger
+from tunnelman.core.profiles import require_route
 
 if TYPE_CHECKING:
     import paramiko
@@ -286,16 +287,7 @@ class Tunnel(abc.ABC):
     def _require_route(self) -> None:
         """Both ends of the forward must be known before any work, and the engine must fit."""
         profile = self.profile
-        if profile.endpoint is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no endpoint",
-                hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
-            )
-        if profile.bastion is None:
-            raise ConfigError(
-                f"profile '{profile.name}' has no bastion",
-                hint='add bastion = "user@host" to the profile',
-            )
+        require_route(profile)
         if profile.instance_connect and not self.capabilities.instance_connect:
             raise ConfigError(
                 f"profile '{profile.name}': engine = \"{self.capabilities.engine}\" cannot use "

@@ -1,0 +1,341 @@
+"""The doctor: walk the way into a profile's database step by step and say what to fix.
+
+Steps (STEPS): config, key, reach bastion, host key, log in to bastion, open forward, log in to
+the database, server version, PostGIS. `Doctor.run()` yields one `StepResult` per step as it
+completes: passed (a detail), failed (the `TunnelmanError`'s message and hint), then every later
+step as skipped. `tunnelman check` prints them; the TUI's check screen shows them live.
+
+The connection steps are `tunnelman.core.ssh`'s own, run one at a time; the database steps go
+through a real tunnel (`Tunnel.adopt` on the checked connection), with the password handed to
+psycopg as an argument, never on a command line or in the environment. Whoever runs the doctor
+passes how to ask (host key policy, passphrase and password prompts): none means nobody can answer,
+and the step fails with the non-interactive way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunnelman.core import profiles as prof
+from tunnelman.core.errors import TunnelmanError
+from tunnelman.core.known_hosts import HostKeyPolicy
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from tunnelman.core.credentials import Prompt
+    from tunnelman.core.profiles import Profile
+    from tunnelman.core.ssh import Identity, PassphrasePrompt
+    from tunnelman.core.tunnel import Tunnel
+
+STEPS = (
+    "config",
+    "key",
+    "reach bastion",
+    "host key",
+    "log in to bastion",
+    "open forward",
+    "log in to database",
+    "server version",
+    "PostGIS",
+)
+
+Outcome = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's outcome: `detail` says what was found (or, failed, what is wrong); `hint` the
+    fix; `notes` extra lines under the detail (ssh_config's changes to the profile)."""
+
+    step: str
+    outcome: Outcome
+    detail: str = ""
+    hint: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "passed"
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "failed"
+
+    @property
+    def skipped(self) -> bool:
+        return self.outcome == "skipped"
+
+    @classmethod
+    def from_error(cls, step: str, exc: TunnelmanError) -> StepResult:
+        return cls(step, "failed", exc.message, exc.hint)
+
+
+@dataclass
+class _State:
+    profile: Profile | None = None
+    given: Profile | None = None  # as the file says (before ssh_config)
+    identity: Identity | None = None
+    transport: paramiko.Transport | None = None
+    tunnel: Tunnel | None = None
+    port: int | None = None
+    conn: Any = None
+
+
+# What a step returns: its detail, or its detail and the notes under it.
+_Found = str | tuple[str, tuple[str, ...]]
+
+
+class Doctor:
+    """Runs the steps in order; stops at the first failure (the rest are skipped)."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | None,
+        name: str,
+        *,
+        host_keys: HostKeyPolicy | None = None,
+        passphrase: PassphrasePrompt | None = None,
+        password: Prompt | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.host_keys = host_keys or HostKeyPolicy()
+        self.passphrase = passphrase
+        self.password = password
+        # Set by a UI that stopped listening: no further step starts, reaching the bastion stops.
+        self.cancel = cancel
+        self.s = _State()
+
+    # ------------------------------------------------------------------ steps
+
+    def config_step(self) -> _Found:
+        sets = prof.load(self.config, missing_ok=False)
+        profile = sets.get(self.name)
+        prof.require_route(profile)
+        from tunnelman.core import ssh_config
+
+        self.s.given = profile
+        resolved, notes = ssh_config.effective(profile)
+        self.s.profile = resolved
+        route = " → ".join(str(hop) for hop in (*resolved.jump, resolved.bastion))
+        detail = f"{sets.path}: {route} → {profile.endpoint}, {profile.user}@{profile.database}"
+        return detail, tuple(f"ssh_config: {note}" for note in notes)
+
+    def key_step(self) -> _Found:
+        from tunnelman.core import ssh
+        from tunnelman.core.known_hosts import fingerprint
+        from tunnelman.core.platform import agents
+        from tunnelman.core.platform import keys as platform_keys
+
+        profile = self._profile()
+        identity = ssh.load_identity(profile, self.passphrase)
+        self.s.identity = identity
+        if identity.source == "file" and identity.key is not None:
+            key = identity.key
+            assert identity.path is not None
+            protection = platform_keys.describe_protection(identity.path)
+            return f"{identity.path} ({key.get_name()} {fingerprint(key)}, {protection})"
+        if identity.through_agent:
+            with identity.keys() as keys:
+                found = agents.find_agent() or "ssh-agent"
+                key = keys[0]
+                return (
+                    f"{identity.path} ({key.get_name()} {fingerprint(key)}, passphrase-protected): "
+                    f"used through {found}, which holds it"
+                )
+        if identity.source == "agent":
+            with identity.keys() as keys:
+                found = agents.find_agent() or "ssh-agent"
+                return f"no identity_file: {found} offers {len(keys)} key(s)"
+        return "EC2 Instance Connect: a fresh key is pushed for each connection"
+
+    def reach_step(self) -> _Found:
+        from tunnelman.core import ssh
+
+        profile = self._profile()
+        assert profile.bastion is not None
+        timeout = float(profile.connect_timeout)
+        sock = ssh.open_route(profile, self.s.identity, self.host_keys, cancel=self.cancel)
+        try:
+            self.s.transport = ssh.start_transport(sock, profile, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        version = self.s.transport.remote_version or "SSH"
+        through = f" through {', '.join(str(h) for h in profile.jump)}" if profile.jump else ""
+        return f"{profile.bastion.host}:{profile.bastion.port} answers ({version}){through}"
+
+    def host_key_step(self) -> _Found:
+        from tunnelman.core import ssh
+        from tunnelman.core.known_hosts import entries_for
+
+        profile = self._profile()
+        assert profile.bastion is not None
+        assert self.s.transport is not None
+        before = len(entries_for(profile.known_hosts, profile.bastion.host, profile.bastion.port))
+        info = ssh.check_host_key(self.s.transport, profile, self.host_keys)
+        after = len(entries_for(profile.known_hosts, profile.bastion.host, profile.bastion.port))
+        verb = "recorded in" if after > before else "matches"
+        return f"{info.display_type} {info.fingerprint} {verb} {profile.known_hosts}"
+
+    def bastion_login_step(self) -> _Found:
+        from tunnelman.core import ssh
+
+        profile = self._profile()
+        assert profile.bastion is not None
+        assert self.s.transport is not None
+        assert self.s.identity is not None
+        ssh.authenticate(self.s.transport, profile, self.s.identity, float(profile.connect_timeout))
+        return f"as {profile.bastion.login} with {self.s.identity.describe()}"
+
+    def forward_step(self) -> _Found:
+        from tunnelman.core.tunnel import open_tunnel
+
+        profile = self._profile()
+        assert self.s.transport is not None
+        assert self.s.identity is not None
+        # The profile as written: the openssh engine hands ssh the alias and its ssh_config.
+        tunnel = open_tunnel(self.s.given or profile, local_port=0)
+        transport, self.s.transport = self.s.transport, None  # the tunnel owns it now
+        self.s.tunnel = tunnel
+        self.s.port = tunnel.adopt(transport, self.s.identity)
+        return f"the bastion reaches {profile.endpoint}; test tunnel on 127.0.0.1:{self.s.port}"
+
+    def db_login_step(self) -> _Found:
+        import psycopg
+
+        from tunnelman.core.credentials import resolve_password
+
+        profile = self._profile()
+        assert profile.endpoint is not None
+        assert self.s.port is not None
+        password = resolve_password(profile, prompt=self.password)
+        params: dict[str, Any] = {
+            # libpq connects to the tunnel but checks TLS names against the real endpoint.
+            "host": profile.endpoint.host,
+            "hostaddr": "127.0.0.1",
+            "port": self.s.port,
+            "dbname": profile.database,
+            "user": profile.user,
+            "sslmode": profile.sslmode,
+            "connect_timeout": profile.connect_timeout,
+            "application_name": "tunnelman check",
+        }
+        if profile.sslrootcert is not None:
+            params["sslrootcert"] = str(profile.sslrootcert)
+        if password is not None:
+            params["password"] = password
+        try:
+            self.s.conn = psycopg.connect(autocommit=True, **params)
+        except psycopg.OperationalError as exc:
+            raise TunnelmanError(_pg_reason(exc), hint=_pg_fix(str(exc), profile)) from None
+        tls = "TLS" if self.s.conn.info.pgconn.ssl_in_use else "no TLS"
+        return f"as {profile.user} to {profile.database} ({tls}, password: {profile.password})"
+
+    def version_step(self) -> _Found:
+        row = self.s.conn.execute("select version()").fetchone()
+        return str(row[0]) if row else "unknown"
+
+    def postgis_step(self) -> _Found:
+        import psycopg
+
+        try:
+            row = self.s.conn.execute("select postgis_full_version()").fetchone()
+        except psycopg.errors.UndefinedFunction:
+            profile = self._profile()
+            return (
+                f"not installed in {profile.database} (note: `CREATE EXTENSION postgis;` "
+                "if you need it)"
+            )
+        full = str(row[0]) if row else ""
+        match = re.search(r'POSTGIS="([^" ]+)', full)
+        version = match.group(1) if match else "?"
+        return f"PostGIS {version}: {full}"
+
+    # ------------------------------------------------------------------ running
+
+    def _profile(self) -> Profile:
+        assert self.s.profile is not None
+        return self.s.profile
+
+    def _plan(self) -> list[tuple[str, Callable[[], _Found]]]:
+        steps = [
+            self.config_step,
+            self.key_step,
+            self.reach_step,
+            self.host_key_step,
+            self.bastion_login_step,
+            self.forward_step,
+            self.db_login_step,
+            self.version_step,
+            self.postgis_step,
+        ]
+        return list(zip(STEPS, steps, strict=True))
+
+    def run(self) -> Generator[StepResult, None, None]:
+        """Each step's result as it completes; what the steps opened is closed at the end (also
+        when the caller stops iterating early, or `cancel` is set: then nothing more is yielded)."""
+        plan = self._plan()
+        try:
+            for index, (label, step) in enumerate(plan):
+                if self.cancel is not None and self.cancel.is_set():
+                    return
+                try:
+                    found = step()
+                except TunnelmanError as exc:
+                    yield StepResult.from_error(label, exc)
+                    for name, _ in plan[index + 1 :]:
+                        yield StepResult(name, "skipped")
+                    return
+                detail, notes = (found, ()) if isinstance(found, str) else found
+                yield StepResult(label, "passed", detail, notes=notes)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.s.conn is not None:
+            with contextlib.suppress(Exception):
+                self.s.conn.close()
+            self.s.conn = None
+        if self.s.tunnel is not None:
+            self.s.tunnel.stop()
+            self.s.tunnel = None
+        if self.s.transport is not None:
+            self.s.transport.close()
+            self.s.transport = None
+
+
+def _pg_reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    # libpq repeats "connection to server at … failed:"; keep the reason.
+    text = re.sub(r"^connection failed: ", "", text)
+    text = re.sub(r'connection to server at "[^"]*"( \([^)]*\))?, port \d+ failed: ', "", text)
+    return f"the database refused the login: {text}"
+
+
+def _pg_fix(message: str, profile: Profile) -> str | None:
+    lower = message.lower()
+    if "no password supplied" in lower and profile.password == "none":
+        return (
+            'the server wants a password: set password = "keyring" in the profile and run '
+            f"`tunnelman password set {profile.name}`"
+        )
+    if "password authentication failed" in lower or "no password supplied" in lower:
+        return f"store the right password: `tunnelman password set {profile.name}`"
+    if "does not exist" in lower and "database" in lower:
+        return "fix `database` in the profile"
+    if "pg_hba.conf" in lower:
+        return "the server does not allow this user/database from the bastion: check pg_hba / the cluster's settings"
+    if "ssl" in lower or "certificate" in lower:
+        return "check sslmode and sslrootcert in the profile (RDS: the global CA bundle)"
+    if "timeout" in lower or "timed out" in lower:
+        return "the cluster may be paused or starting (Aurora Serverless): try again in a minute"
+    return None
