@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.conftest import LabProfile
 from tests.lab import need
@@ -255,7 +256,37 @@ def test_a_hostile_role_name_is_quoted_never_run(master: LabProfile, rds: RdsLik
     finally:
         with rds.superuser() as conn:
             conn.execute("DROP DATABASE IF EXISTS hostiledb")
-            conn.execute(f"DROP ROLE IF EXISTS {psycopg.sql.Identifier(HOSTILE).as_string(conn)}")
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(HOSTILE)))
+
+
+def test_a_generated_password_is_shown_once_and_works(master: LabProfile, rds: RdsLike) -> None:
+    out = ok(tm("db", "create-user", "lab", "gen1"))  # no terminal, no --password-stdin
+    line = next(ln for ln in out.splitlines() if ln.startswith("Generated password for gen1"))
+    password = line.rsplit(": ", 1)[1]
+    assert len(password) >= 20
+    try:
+        with as_role(rds, "gen1", password, "postgres") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("gen1",)
+        assert password not in rds.log_text()
+    finally:
+        ok(tm("db", "drop-user", "lab", "gen1", "--yes"))
+    assert "gen1" not in roles(rds)
+
+
+def test_the_agents_tunnel_is_reused(master: LabProfile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `up --detach`, a db command needs no SSH of its own: it still works once the profile's
+    key is gone (an in-process tunnel could not open)."""
+    from tunnelman.agent.client import AgentClient
+
+    monkeypatch.setenv("TUNNELMAN_AGENT_IDLE", "300")
+    ok(tm("up", "lab", "--detach"))
+    try:
+        master.write(identity_file=master.identity_file.with_name("gone"))
+        out = ok(tm("db", "create-user", "lab", "via_agent", "--dry-run"))
+        assert 'CREATE ROLE "via_agent"' in out
+    finally:
+        AgentClient().shutdown(wait=30)
+    refused(tm("db", "create-user", "lab", "via_agent", "--dry-run"), "gone")
 
 
 def test_restore_refuses_a_file_that_is_no_archive(master: LabProfile, tmp_path: Path) -> None:

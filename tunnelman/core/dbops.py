@@ -747,6 +747,19 @@ def _run_program(
     env: dict[str, str],
     on_table: Callable[[str, int], None] | None,
 ) -> tuple[int, ProgramLog]:
+    from tunnelman.core.oneshot import ChildRunner
+
+    # ChildRunner's handlers turn SIGTERM/SIGHUP into an exception, so the `finally` blocks
+    # (the child, the password file, the partial dump, the tunnel) run as on Ctrl-C.
+    with ChildRunner():
+        return _read_program(argv, env, on_table)
+
+
+def _read_program(
+    argv: list[str],
+    env: dict[str, str],
+    on_table: Callable[[str, int], None] | None,
+) -> tuple[int, ProgramLog]:
     parser = LogParser()
     proc = subprocess.Popen(
         argv,
