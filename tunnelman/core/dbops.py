@@ -366,8 +366,13 @@ def create_user(ops: Ops, role: str, password: str | None) -> None:
         return
     # libpq's PQencryptPasswordConn, as psql's \password: the server (and its statement log)
     # sees only the verifier, in the algorithm the server's password_encryption names.
-    verifier = ops.conn().pgconn.encrypt_password(password.encode(), role.encode()).decode()
-    ops.run(base.format(sql.Identifier(role), sql.Literal(verifier)), shown=shown)
+    # The algorithm is looked up here: libpq's own look-up (a blocking query) hangs on
+    # psycopg's non-blocking connection.
+    algorithm = str(ops.value("SHOW password_encryption") or "scram-sha-256")
+    pgconn = ops.conn().pgconn
+    verifier = pgconn.encrypt_password(password.encode(), role.encode(), algorithm.encode())
+    verifier_text = verifier.decode()
+    ops.run(base.format(sql.Identifier(role), sql.Literal(verifier_text)), shown=shown)
 
 
 # ----------------------------------------------------------------------------- create-database
@@ -550,7 +555,7 @@ def drop_database(ops: Ops, db: str) -> None:
     if db == ops.home:
         raise DbOpsError(
             f"refusing to drop {db!r}: profile '{ops.profile.name}' connects to it",
-            hint="drop it through a profile whose database is another one (e.g. postgres)",
+            hint="drop it through a profile that connects to another database",
         )
     owner = ops.need_db(db)
     ops.forget(db)
@@ -590,7 +595,8 @@ def drop_user(ops: Ops, role: str) -> None:
     check_name(role, "role")
     if role == ops.user:
         raise DbOpsError(f"refusing to drop {role!r}: this profile logs in as it")
-    ops.need_role(role)
+    if not ops.role_exists(role):
+        raise DbOpsError(f"no role {role!r} on this server: nothing to drop")
     owned = [r[0] for r in ops.rows(
         "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)"
         " ORDER BY 1", [role]
@@ -862,7 +868,7 @@ def restore(
     if not is_archive(source):
         raise DbOpsError(
             f"{source} is not a pg_dump custom-format archive",
-            hint="make one with `tunnelman db dump PROFILE DB -o FILE` (pg_dump --format=custom)",
+            hint="make one with `tunnelman db dump PROFILE DB -o FILE` or `pg_dump --format=custom`",
         )
     owner = ops.need_db(db)
     env = oneshot.child_env(ops.profile, ops.port, user=ops.user)
