@@ -9,11 +9,17 @@ the new roles themselves.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -23,14 +29,42 @@ from tests.conftest import LabProfile
 from tests.lab import need
 from tests.lab.postgres import postgres_missing
 from tests.lab.rds_like import RdsLike, pgextwlist_missing
+from tests.lab.sshd import Sshd
 from tunnelman.core import credentials, dbops
 
 TM = [sys.executable, "-m", "tunnelman"]
 HOSTILE = 'x"; drop table t; --'
 
 
-def tm(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def tm(*args: str, input: str | None = None) -> Result:
+    """The CLI in this process (`tunnelman.cli.main.main`, as the console script runs it): the
+    same code path as a subprocess minus Python's start-up, which would take most of the time."""
+    from tunnelman.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        mock.patch.object(sys, "stdin", io.StringIO(input or "")),
+    ):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+    return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
+
+
+def tm_proc(*args: str, input: str | None = None) -> Result:
+    """The CLI as a user runs it: a subprocess."""
+    res = subprocess.run(
         [*TM, *args],
         input=input,
         capture_output=True,
@@ -39,15 +73,16 @@ def tm(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]
         stdin=None if input is not None else subprocess.DEVNULL,
         check=False,
     )
+    return Result(res.returncode, res.stdout, res.stderr)
 
 
-def ok(res: subprocess.CompletedProcess[str]) -> str:
+def ok(res: Result) -> str:
     assert res.returncode == 0, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
     assert "Traceback" not in res.stderr
     return res.stdout
 
 
-def refused(res: subprocess.CompletedProcess[str], *words: str) -> str:
+def refused(res: Result, *words: str) -> str:
     """A non-zero exit with one `tunnelman: error:` line naming `words`."""
     assert res.returncode != 0, res.stdout
     assert "Traceback" not in res.stderr
@@ -76,11 +111,33 @@ def rds() -> Iterator[RdsLike]:
 
 
 @pytest.fixture
-def master(lab_profile: LabProfile, rds: RdsLike, keyring_backend: Any) -> Iterator[LabProfile]:
+def master(tmp_home: Path, sshd: Sshd, rds: RdsLike, keyring_backend: Any) -> Iterator[LabProfile]:
     """Profile `lab`: the lab bastion to the RDS-like server, as its master, on `postgres`."""
-    lab_profile.write(endpoint=f"127.0.0.1:{rds.port}", database="postgres", user=rds.master)
+    assert sshd.key_path is not None
+    key = tmp_home / ".ssh" / "id_lab"
+    shutil.copyfile(sshd.key_path, key)
+    key.chmod(0o600)
+    known_hosts = tmp_home / ".ssh" / "known_hosts"
+    known_hosts.write_text(sshd.host_key_line() + "\n")
+    profile = LabProfile(
+        name="lab",
+        config=Path(os.environ["TUNNELMAN_CONFIG"]),
+        identity_file=key,
+        known_hosts=known_hosts,
+        sshd=sshd,
+        postgres=rds,
+        keys={
+            "bastion": sshd.destination,
+            "identity_file": key,
+            "known_hosts": known_hosts,
+            "endpoint": f"127.0.0.1:{rds.port}",
+            "database": "postgres",
+            "user": rds.master,
+        },
+    )
+    profile.write()
     credentials.keyring_set("lab", rds.master_password)
-    yield lab_profile
+    yield profile
     for name in ("lab", "app1"):
         credentials.keyring_delete(name)
 
@@ -123,7 +180,7 @@ def test_the_rds_routine_end_to_end(master: LabProfile, rds: RdsLike, tmp_path: 
     assert 'CREATE ROLE "app1" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE' in out
     assert "app1" not in roles(rds)
     pw1 = "app1-Secret-pw-4711"
-    out = ok(tm("db", "create-user", "lab", "app1", "--password-stdin", "--save-profile", "app1",
+    out = ok(tm_proc("db", "create-user", "lab", "app1", "--password-stdin", "--save-profile", "app1",
                 input=pw1 + "\n"))  # fmt: skip
     assert "Created role app1" in out
     assert "Saved profile 'app1'" in out
@@ -161,7 +218,7 @@ def test_the_rds_routine_end_to_end(master: LabProfile, rds: RdsLike, tmp_path: 
             db="appdb") == "app1"
     )  # fmt: skip
     # As app1, through the saved profile and the bastion: PostGIS works in appdb.
-    out = ok(tm("psql", "app1", "-X", "-At", "-d", "appdb", "-c", "select postgis_version()"))
+    out = ok(tm_proc("psql", "app1", "-X", "-At", "-d", "appdb", "-c", "select postgis_version()"))
     assert "USE_GEOS=1" in out
     with as_role(rds, "app1", pw1, "appdb") as conn:
         conn.execute(
@@ -201,7 +258,7 @@ def test_the_rds_routine_end_to_end(master: LabProfile, rds: RdsLike, tmp_path: 
     archive = tmp_path / "appdb.dump"
     ok(tm("db", "dump", "lab", "appdb", "-o", str(archive), "--dry-run"))
     assert not archive.exists()
-    res = tm("db", "dump", "lab", "appdb", "-o", str(archive))
+    res = tm_proc("db", "dump", "lab", "appdb", "-o", str(archive))
     ok(res)
     assert archive.read_bytes()[:5] == b"PGDMP"
     assert "dumping public.pts" in res.stderr
@@ -233,6 +290,8 @@ def test_the_rds_routine_end_to_end(master: LabProfile, rds: RdsLike, tmp_path: 
     ok(tm("db", "drop-database", "lab", "appdb", "--yes"))
     ok(tm("db", "drop-database", "lab", "appdb2", "--yes"))
     ok(tm("db", "drop-user", "lab", "app1", "--yes"))
+    logs = [p for p in Path(os.environ["XDG_STATE_HOME"]).rglob("*") if p.is_file()]
+    assert all(pw1 not in p.read_text(errors="replace") for p in logs)
     assert roles(rds) == before_roles
     assert databases(rds) == before_dbs
 
@@ -279,10 +338,10 @@ def test_the_agents_tunnel_is_reused(master: LabProfile, monkeypatch: pytest.Mon
     from tunnelman.agent.client import AgentClient
 
     monkeypatch.setenv("TUNNELMAN_AGENT_IDLE", "300")
-    ok(tm("up", "lab", "--detach"))
+    ok(tm_proc("up", "lab", "--detach"))
     try:
         master.write(identity_file=master.identity_file.with_name("gone"))
-        out = ok(tm("db", "create-user", "lab", "via_agent", "--dry-run"))
+        out = ok(tm_proc("db", "create-user", "lab", "via_agent", "--dry-run"))
         assert 'CREATE ROLE "via_agent"' in out
     finally:
         AgentClient().shutdown(wait=30)
