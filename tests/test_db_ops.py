@@ -164,7 +164,7 @@ def as_role(rds: RdsLike, user: str, password: str, db: str) -> psycopg.Connecti
 
 def counts(rds: RdsLike, db: str, tables: list[str]) -> dict[str, int]:
     with rds.superuser(db) as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}  # type: ignore[index]
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
 
 # ----------------------------------------------------------------------------- the acceptance

@@ -271,7 +271,7 @@ class Ops:
         import psycopg
 
         try:
-            return self.conn(db).execute(query, params).fetchall()  # type: ignore[arg-type]
+            return self.conn(db).execute(query, params).fetchall()
         except psycopg.Error as exc:
             raise explain(exc, self.user) from None
 
@@ -282,7 +282,9 @@ class Ops:
     def text(self, stmt: sql.Composable) -> str:
         return stmt.as_string(self.conn())
 
-    def run(self, stmt: sql.Composable, *, db: str | None = None, shown: str | None = None) -> None:
+    def run(
+        self, stmt: sql.Composed | sql.SQL, *, db: str | None = None, shown: str | None = None
+    ) -> None:
         """Execute `stmt` on `db` (default: the profile's database); in a dry run, echo it."""
         import psycopg
 
@@ -307,9 +309,10 @@ class Ops:
 
     def db_owner(self, db: str) -> str | None:
         """The owner of database `db`, None when there is no such database."""
-        return self.value(
+        owner = self.value(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [db]
-        )  # type: ignore[no-any-return]
+        )
+        return None if owner is None else str(owner)
 
     def is_member(self, role: str) -> bool:
         return bool(self.value("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role]))
@@ -480,7 +483,7 @@ def grant_read(ops: Ops, db: str, role: str) -> None:
             )
 
 
-def _attempt(conn: psycopg.Connection[Any], role: str, query: sql.Composable) -> str | None:
+def _attempt(conn: psycopg.Connection[Any], role: str, query: sql.Composed) -> str | None:
     """Run `query` as `role` inside a savepoint; None when it worked, else the server's reason."""
     import psycopg
     from psycopg import sql
