@@ -68,16 +68,25 @@ def _ops(ctx: click.Context, name: str, accept_new: bool, dry_run: bool) -> Iter
         host_keys=host_key_policy(accept_new),
         passphrase=passphrase_prompt(),
     ) as opened:
-        ops = dbops.Ops(profile, opened, login, dry_run=dry_run, echo=out)
+        ops = dbops.Ops(profile, opened, login, dry_run=dry_run, echo=_dry_echo())
         try:
             yield ops
         finally:
             ops.close()
 
 
-def _dry_note(dry_run: bool) -> None:
-    if dry_run:
-        out("-- dry run: nothing below was run")
+def _dry_echo() -> Callable[[str], None]:
+    """`out`, with a first line saying that nothing is run (only once there is a plan to show)."""
+    started = False
+
+    def echo(text: str) -> None:
+        nonlocal started
+        if not started:
+            out("-- dry run: nothing below was run")
+            started = True
+        out(text)
+
+    return echo
 
 
 def _confirm(what: str, yes: bool, dry_run: bool, again: str) -> None:
@@ -165,7 +174,6 @@ def create_user_cmd(
             )
     password, generated = (None, False) if dry_run else _new_password(role, password_stdin)
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         dbops.create_user(ops, role, password)
         source = ops.profile
     if dry_run:
@@ -231,7 +239,6 @@ def create_database_cmd(
     from tunnelman.core import dbops
 
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         dbops.create_database(ops, db, owner, list(dict.fromkeys(extensions)))
     if not dry_run:
         ext = f" with {', '.join(extensions)}" if extensions else ""
@@ -263,7 +270,6 @@ def grant_read_cmd(
     from tunnelman.core import dbops
 
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         dbops.grant_read(ops, db, role)
         if dry_run:
             out("-- then the self-test as the role, in a transaction that is rolled back")
@@ -323,7 +329,6 @@ def dump_cmd(
     from tunnelman.core import dbops
 
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         result = dbops.dump(ops, db, output, on_table=_on_table("dumping"))
     if result is None:
         return
@@ -357,7 +362,6 @@ def restore_cmd(
     from tunnelman.core import dbops
 
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         result = dbops.restore(ops, db, file, on_table=_on_table("restoring"))
     if result is None:
         return
@@ -405,7 +409,6 @@ def drop_database_cmd(
     dbops.check_name(db, "database")
     _confirm(f"database {db}", yes, dry_run, f"tunnelman db drop-database {profile} {db}")
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         dbops.drop_database(ops, db)
     if not dry_run:
         out(f"Dropped database {db}.")
@@ -436,7 +439,6 @@ def drop_user_cmd(
     dbops.check_name(role, "role")
     _confirm(f"role {role}", yes, dry_run, f"tunnelman db drop-user {profile} {role}")
     with _ops(ctx, profile, accept_new_host_key, dry_run) as ops:
-        _dry_note(dry_run)
         dbops.drop_user(ops, role)
     if not dry_run:
         out(f"Dropped role {role}.")
