@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tui": ("tunnelman.cli.cmd_tui", "tui_cmd", "Open the terminal UI (the default)."),
     "demo": ("tunnelman.cli.cmd_demo", "demo_cmd", "A sandbox bastion and database, no AWS."),
     "agent": ("tunnelman.cli.cmd_agent", "agent_group", "Run or stop the background agent."),
+    "db": ("tunnelman.cli.cmd_db", "db_group", "Users, databases, dumps the RDS way."),
 }
 
 
