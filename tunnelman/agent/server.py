@@ -53,7 +53,7 @@ from tunnelman import __version__
 from tunnelman.agent import protocol
 from tunnelman.agent.locks import FileLock, read_pid
 from tunnelman.agent.paths import AgentPaths, ensure_private_dir, log_path, paths, use_tcp
-from tunnelman.core.errors import AgentError, SSHKeyError, TunnelError, TunnelmanError
+from tunnelman.core.errors import AgentError, PassphraseRequired, TunnelError, TunnelmanError
 from tunnelman.core.logs import get_logger, setup_file_logging
 from tunnelman.core.platform import net
 
@@ -143,7 +143,7 @@ class _Conn:
 
 def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
     def refuse(path: Path) -> str | None:
-        raise SSHKeyError(
+        raise PassphraseRequired(
             f"key {path} is passphrase-protected and the background agent cannot ask for "
             f"passphrases: add it to ssh-agent (ssh-add {path})",
             hint=(
