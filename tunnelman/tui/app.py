@@ -24,7 +24,6 @@ from tunnelman.tui.actions.tunnels import TunnelActions
 from tunnelman.tui.hosts import TunnelHost
 from tunnelman.tui.screens.help import HelpScreen
 from tunnelman.tui.screens.main import MainScreen
-from tunnelman.tui.screens.modals import ConfirmScreen
 
 if TYPE_CHECKING:
     from tunnelman.tui.services import AwsApi
@@ -55,6 +54,8 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
 
     async def action_quit(self) -> None:
         """q: with tunnels open, say they keep running (agent) or ask whether to close them."""
+        from tunnelman.tui.screens.modals import ConfirmScreen
+
         open_ = self.open_tunnels()
         if not open_:
             self.exit()

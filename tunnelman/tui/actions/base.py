@@ -5,7 +5,8 @@ Workers are Textual `@work(thread=True)` methods of the action mixins. Each runs
 `reported(kind, name)`, so a failure reaches `_task_failed` on the UI thread naming its subject
 and profile: the state model records it and the person sees one notification (or the changed
 host key modal). A worker that needs a person (unknown host key, key passphrase) blocks only
-itself while a modal asks on the UI thread (`ask_from_thread`).
+itself while a modal asks on the UI thread (`ask_from_thread`). The modals are imported when one
+is shown (≈10 ms of a first screen that must stay under 1 s of CPU).
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ from textual.screen import Screen
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError, TunnelmanError
-from tunnelman.core.known_hosts import HostKeyChanged, HostKeyTypeMismatch
 from tunnelman.core.logs import get_logger
 from tunnelman.tui import services
 from tunnelman.tui.hosts import TunnelHost, default_host
 from tunnelman.tui.messages import Notice, TaskFailed
 from tunnelman.tui.screens.main import MainScreen
-from tunnelman.tui.screens.modals import HostKeyChangedScreen
 from tunnelman.tui.state import Shown, UIState
 
 if TYPE_CHECKING:
@@ -164,6 +163,9 @@ class AppBase(App[None]):
 
     @on(TaskFailed)
     def _task_failed(self, failed: TaskFailed) -> None:
+        from tunnelman.core.known_hosts import HostKeyChanged, HostKeyTypeMismatch
+        from tunnelman.tui.screens.modals import HostKeyChangedScreen
+
         error, kind, name = failed.error, failed.kind, failed.name
         if isinstance(error, TunnelmanError):
             message = str(error)

@@ -13,7 +13,6 @@ from textual import on, work
 from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.base import AppBase
 from tunnelman.tui.messages import ClusterLoaded, Notice
-from tunnelman.tui.screens.modals import ConfirmScreen
 
 
 class ClusterActions(AppBase):
@@ -74,6 +73,8 @@ class ClusterActions(AppBase):
 
     def start_stop_cluster(self, name: str) -> None:
         """s: start a stopped cluster or stop a running one, after asking."""
+        from tunnelman.tui.screens.modals import ConfirmScreen
+
         profile = self.profiles.get(name)
         if profile is None or not profile.cluster:
             self.notify(f"'{name}' has no cluster setting", severity="warning")

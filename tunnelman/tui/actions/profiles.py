@@ -2,6 +2,8 @@
 
 The profile file is written on the UI thread (small, atomic, comment-preserving); the keyring may
 block (a locked collection asks for unlocking), so it is written in a `@work` thread worker.
+Screens are imported when first shown, as the modals are everywhere in the app: the first screen
+does not pay for them.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelmanError
 from tunnelman.tui.actions.base import AppBase
 from tunnelman.tui.messages import Notice
-from tunnelman.tui.screens.modals import ConfirmScreen, SecretScreen
-from tunnelman.tui.screens.profile_form import ProfileFormScreen
 
 
 class ProfileActions(AppBase):
     """n, e, x, p, d and ctrl+r."""
 
     def new_profile(self) -> None:
+        from tunnelman.tui.screens.profile_form import ProfileFormScreen
+
         self.push_screen(ProfileFormScreen(self.config_path), self._saved)
 
     def edit_profile(self, name: str) -> None:
+        from tunnelman.tui.screens.profile_form import ProfileFormScreen
+
         self.push_screen(ProfileFormScreen(self.config_path, name), partial(self._saved, old=name))
 
     def discover(self) -> None:
@@ -42,6 +46,8 @@ class ProfileActions(AppBase):
         self.notify(f"Saved profile '{name}' in {self.config_path}.")
 
     def delete_profile(self, name: str) -> None:
+        from tunnelman.tui.screens.modals import ConfirmScreen
+
         if name in self.state.open_tunnels():
             self.notify(f"Close the tunnel of '{name}' first (enter).", severity="warning")
             return
@@ -70,6 +76,8 @@ class ProfileActions(AppBase):
 
     def set_password(self, name: str) -> None:
         """p: ask twice (masked), store in the keyring in a worker."""
+        from tunnelman.tui.screens.modals import SecretScreen
+
         profile = self.profiles.get(name)
         if profile is None:
             return

@@ -16,7 +16,6 @@ from tunnelman.core.known_hosts import HostKeyInfo
 from tunnelman.core.tunnel import TunnelStatus
 from tunnelman.tui.actions.base import AppBase
 from tunnelman.tui.messages import ConnectFinished, TunnelChanged
-from tunnelman.tui.screens.modals import HostKeyScreen, SecretScreen
 
 
 class TunnelActions(AppBase):
@@ -42,6 +41,8 @@ class TunnelActions(AppBase):
 
     @work(thread=True, group="tunnel", exit_on_error=False)
     def _open(self, profile: prof.Profile, cancel: threading.Event) -> None:
+        from tunnelman.tui.screens.modals import SecretScreen
+
         name = profile.name
 
         def on_status(status: TunnelStatus) -> None:
@@ -74,6 +75,8 @@ class TunnelActions(AppBase):
     def _ask_host_key(
         self, info: HostKeyInfo, profile: prof.Profile, cancel: threading.Event
     ) -> bool:
+        from tunnelman.tui.screens.modals import HostKeyScreen
+
         answer: bool | None = self.ask_from_thread(HostKeyScreen(info, profile.known_hosts), cancel)
         return bool(answer)
 
