@@ -48,6 +48,8 @@ async def test_cluster_pane_shows_status_mode_capacity_endpoints_and_r_refreshes
         assert "aurora-postgresql 15.4" in text
         assert "0–4 ACU" in text  # serverless v2 capacity range
         status = app.clusters["geo"]
+        assert status.endpoint is not None
+        assert status.reader_endpoint is not None
         assert status.endpoint in text
         assert status.reader_endpoint in text
         assert f"{seeded.geo_writer} (writer)" in text

@@ -18,10 +18,11 @@ from tests.lab.ports import port_open
 from tests.lab.postgres import Postgres
 from tests.lab.sshd import Sshd
 from tests.lab.toml_profile import write_profile
-from tests.tui_support import HangingBastion, main_text, sync, wait_for
+from tests.tui_support import FakeAws, HangingBastion, main_text, sync, wait_for
 from tunnelman.agent.client import AgentClient
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
+from tunnelman.core.aws import Database
 from tunnelman.tui.app import TunnelmanApp, make_app
 from tunnelman.tui.hosts import AgentHost, InProcessHost, TunnelHost
 from tunnelman.tui.screens.help import HelpScreen
@@ -573,8 +574,8 @@ async def test_agent_tunnels_survive_quit_and_show_up_in_the_next_session(
 async def test_unexpected_worker_error_becomes_a_short_notification(lab: LabProfile) -> None:
     app = app_for(lab)
 
-    class Boom:
-        def cluster_status(self, profile: Any) -> None:
+    class Boom(FakeAws):
+        def cluster_status(self, profile: Any) -> Database:
             raise ZeroDivisionError("kaboom")
 
     app._aws = Boom()

@@ -83,7 +83,9 @@ async def test_key_bar_entries_are_clickable(app: TunnelmanApp) -> None:
         await click_key(app, pilot, "Open/close")
         await wait_for(pilot, lambda: app.state_of("one")[0] == "up", 5, "the tunnel")
         await click_key(app, pilot, "Refresh")
-        assert app.aws.calls.count("status one") >= 2
+        aws = app.aws
+        assert isinstance(aws, FakeAws)
+        assert aws.calls.count("status one") >= 2
 
 
 @sync

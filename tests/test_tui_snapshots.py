@@ -19,8 +19,8 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.tui_support import FIXED_NOW, FakeAws, FakeHost, wait_for
+from tunnelman.core.known_hosts import HostKeyInfo
 from tunnelman.tui.app import TunnelmanApp, make_app
-from tunnelman.tui.hosts import HostKeyQuestion
 from tunnelman.tui.screens.modals import HostKeyChangedScreen, HostKeyScreen
 
 SIZE = (140, 40)
@@ -77,7 +77,11 @@ def fixed_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def app_with(
-    text: str | None, *, host: FakeHost | None = None, aws: Any = None, profile: str | None = None
+    text: str | None,
+    *,
+    host: FakeHost | None = None,
+    aws: FakeAws | None = None,
+    profile: str | None = None,
 ) -> TunnelmanApp:
     path = Path("profiles.toml")
     if text is not None:
@@ -164,10 +168,10 @@ def test_snapshot_config_error(fixed_world: Path, snap_compare: SnapCompare) -> 
     assert snap_compare(app_with(broken), terminal_size=SIZE)
 
 
-QUESTION = HostKeyQuestion(
+QUESTION = HostKeyInfo(
     host="ec2-3-15-21-102.us-east-2.compute.amazonaws.com",
     port=22,
-    key_type="ED25519",
+    key_type="ssh-ed25519",
     fingerprint="SHA256:p2QAMXNIC1TJYWeIOttrVc98/R1BUFWu3/LiyKgUfQM",
 )
 

@@ -12,7 +12,7 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnStatus, TunnelView
+from tunnelman.core.aws import Database, Discovery, Member
+from tunnelman.core.tunnel import TunnelState, TunnelStatus
+from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnRemoved, OnStatus
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -109,7 +111,7 @@ class FakeHost:
     survives_quit: bool = False
     since: float = FIXED_NOW - 754
     fail: dict[str, str] = field(default_factory=dict)
-    tunnels: dict[str, TunnelView] = field(default_factory=dict)
+    tunnels: dict[str, TunnelStatus] = field(default_factory=dict)
 
     def open(
         self,
@@ -120,20 +122,22 @@ class FakeHost:
         ask_passphrase: AskPassphrase,
         cancel: threading.Event,
         on_status: OnStatus,
-    ) -> TunnelView:
+    ) -> TunnelStatus:
         from tunnelman.core.errors import BastionUnreachable
 
         if profile.name in self.fail:
             raise BastionUnreachable(self.fail[profile.name])
-        view = TunnelView(
+        status = TunnelStatus(
             name=profile.name,
-            state="up",
+            state=TunnelState.UP,
             local_port=profile.local_port or 15432,
             since=self.since,
+            reconnects=0,
+            error=None,
             connections=2,
         )
-        self.tunnels[profile.name] = view
-        return view
+        self.tunnels[profile.name] = status
+        return status
 
     def close(self, name: str) -> None:
         self.tunnels.pop(name, None)
@@ -141,56 +145,63 @@ class FakeHost:
     def close_all(self) -> None:
         self.tunnels.clear()
 
-    def statuses(self) -> dict[str, TunnelView]:
-        return {name: replace(view) for name, view in self.tunnels.items()}
+    def close_local(self) -> None:
+        if not self.survives_quit:
+            self.close_all()
+
+    def local_names(self) -> list[str]:
+        return [] if self.survives_quit else list(self.tunnels)
+
+    def statuses(self) -> dict[str, TunnelStatus]:
+        return {name: replace(status) for name, status in self.tunnels.items()}
+
+    def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
+        pass  # only this TUI opens its tunnels
 
 
-@dataclass(frozen=True)
-class FakeMember:
-    id: str
-    role: str
-    status: str = "available"
-
-
-@dataclass(frozen=True)
-class FakeCluster:
-    """Shaped like core.aws.Database (the fields the cluster pane reads)."""
-
-    id: str = "database-1"
-    status: str = "available"
-    engine: str = "aurora-postgresql"
-    engine_version: str = "15.4"
-    engine_mode: str = "provisioned"
-    endpoint: str = "database-1.cluster-abc123xyz.us-east-2.rds.amazonaws.com"
-    reader_endpoint: str = "database-1.cluster-ro-abc123xyz.us-east-2.rds.amazonaws.com"
-    port: int = 5432
-    capacity_text: str = "0.5–8 ACU"
-    type_text: str = "serverless v2"
-    paused: bool | None = False
-    members: tuple[FakeMember, ...] = (
-        FakeMember("database-1-instance-1", "writer"),
-        FakeMember("database-1-instance-2", "reader"),
-    )
-    custom_endpoints: tuple[Any, ...] = ()
+FAKE_CLUSTER = Database(
+    kind="cluster",
+    id="database-1",
+    region="us-east-2",
+    status="available",
+    engine="aurora-postgresql",
+    engine_version="15.4",
+    engine_mode="provisioned",
+    endpoint="database-1.cluster-abc123xyz.us-east-2.rds.amazonaws.com",
+    reader_endpoint="database-1.cluster-ro-abc123xyz.us-east-2.rds.amazonaws.com",
+    port=5432,
+    serverless="v2",
+    acu_min=0.5,
+    acu_max=8,
+    members=(
+        Member("database-1-instance-1", "writer", status="available"),
+        Member("database-1-instance-2", "reader", status="available"),
+    ),
+)
+"""A Serverless v2 cluster as core.aws reports it (0.5–8 ACU, a writer and a reader)."""
 
 
 @dataclass
 class FakeAws:
-    """Stands in for core.aws in snapshots (moto's endpoint names are random)."""
+    """Stands in for core.aws in snapshots (moto's endpoint names are random): an `AwsApi`."""
 
-    cluster: FakeCluster = field(default_factory=FakeCluster)
+    cluster: Database = FAKE_CLUSTER
     calls: list[str] = field(default_factory=list)
 
-    def cluster_status(self, profile: Profile) -> FakeCluster:
+    def cluster_status(self, profile: Profile) -> Database:
         self.calls.append(f"status {profile.name}")
         return self.cluster
 
-    def start_cluster(self, profile: Profile) -> FakeCluster:
+    def start_cluster(self, profile: Profile) -> Database:
         self.calls.append(f"start {profile.name}")
         self.cluster = replace(self.cluster, status="starting")
         return self.cluster
 
-    def stop_cluster(self, profile: Profile) -> FakeCluster:
+    def stop_cluster(self, profile: Profile) -> Database:
         self.calls.append(f"stop {profile.name}")
         self.cluster = replace(self.cluster, status="stopping")
         return self.cluster
+
+    def discover(self, regions: Sequence[str] = (), *, aws_profile: str | None = None) -> Discovery:
+        self.calls.append(f"discover {' '.join(regions)}".rstrip())
+        return Discovery(regions=list(regions), databases=[self.cluster])

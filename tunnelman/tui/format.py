@@ -7,17 +7,19 @@ time-dependent value takes `now` from the app's clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import fields, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from tunnelman.core.profiles import printable
+from tunnelman.core.tunnel import TunnelState
+from tunnelman.tui.state import CONNECTING, is_open
 
 if TYPE_CHECKING:
+    from tunnelman.core.aws import Database, Member
     from tunnelman.core.profiles import Profile
-    from tunnelman.tui.hosts import TunnelView
+    from tunnelman.core.tunnel import TunnelStatus
+    from tunnelman.tui.state import Shown
 
 BADGES: dict[str, tuple[str, str]] = {
     "stopped": ("○ closed", "dim"),
@@ -30,7 +32,7 @@ BADGES: dict[str, tuple[str, str]] = {
 }
 
 
-def badge(state: str) -> Text:
+def badge(state: Shown) -> Text:
     """The coloured state word of the profile list."""
     label, style = BADGES.get(state, (state, ""))
     return Text(label, style=style)
@@ -83,17 +85,17 @@ def profile_text(profile: Profile) -> Text:
 
 
 def tunnel_text(
-    view: TunnelView | None, *, connecting: bool, last_error: str | None, now: float
+    view: TunnelStatus | None, *, connecting: bool, last_error: str | None, now: float
 ) -> Text:
     """Tunnel state: up since, port, open connections, reconnects, last error."""
     text = Text()
-    state = "connecting" if connecting else (view.state if view else "stopped")
-    if state == "stopped" and last_error:
-        state = "failed"
+    state: Shown = CONNECTING if connecting else (view.state if view else TunnelState.STOPPED)
+    if state == TunnelState.STOPPED and last_error:
+        state = TunnelState.FAILED
     _row(text, "tunnel", badge(state))
     if connecting:
         _row(text, "", "press enter or esc to cancel", "dim")
-    if view is not None and view.is_open:
+    if view is not None and is_open(view):
         if view.local_port:
             _row(text, "listening", f"127.0.0.1:{view.local_port}", "bold")
         if view.since:
@@ -110,94 +112,33 @@ def tunnel_text(
 # ----------------------------------------------------------------------------- cluster status
 
 
-def _get(obj: Any, *names: str) -> Any:
-    """The first present attribute / key of `names` on a dataclass, object or mapping."""
-    for name in names:
-        if isinstance(obj, Mapping):
-            if obj.get(name) is not None:
-                return obj[name]
-        elif getattr(obj, name, None) is not None:
-            return getattr(obj, name)
-    return None
-
-
-def _as_items(obj: Any) -> Iterable[Any]:
-    if obj is None:
-        return ()
-    if isinstance(obj, str | bytes) or not isinstance(obj, Iterable):
-        return (obj,)
-    return obj if not isinstance(obj, Mapping) else obj.items()
-
-
-def cluster_text(status: Any) -> Text:
+def cluster_text(status: Database) -> Text:
     """Status, engine and mode, capacity or paused, endpoints and members of a cluster."""
     text = Text()
-    state = str(_get(status, "status", "Status") or "unknown")
+    state = status.status or "unknown"
     style = {"available": "bold green", "stopped": "bold red"}.get(state, "bold yellow")
-    ident = _get(status, "id", "cluster", "DBClusterIdentifier")
-    _row(text, "cluster", str(ident or "?"))
+    _row(text, "cluster", status.id or "?")
     _row(text, "status", state, style)
-    engine = _get(status, "engine", "Engine")
-    version = _get(status, "engine_version", "EngineVersion")
-    mode = _get(status, "engine_mode", "EngineMode")
+    engine, version, mode = status.engine, status.engine_version, status.engine_mode
     if engine or mode:
-        parts = [str(engine or "?") + (f" {version}" if version else ""), f"mode {mode or '?'}"]
+        parts = [(engine or "?") + (f" {version}" if version else ""), f"mode {mode or '?'}"]
         _row(text, "engine", ", ".join(parts))
-    capacity_text = _get(status, "capacity_text")
-    if capacity_text is not None:
-        kind = _get(status, "type_text")
-        paused = _get(status, "paused")
-        if paused:
-            capacity_text = f"{capacity_text}: paused, the first connection resumes it"
-        _row(text, "capacity", f"{capacity_text}" + (f"  ({kind})" if kind else ""))
-    else:
-        capacity = _get(status, "capacity", "Capacity")
-        acu_min = _get(status, "acu_min", "min_capacity", "MinCapacity")
-        acu_max = _get(status, "acu_max", "max_capacity", "MaxCapacity")
-        words = []
-        if capacity == 0:
-            words.append("paused (0 ACU): the first connection resumes it")
-        elif capacity is not None:
-            words.append(f"{capacity} ACU")
-        if acu_min is not None or acu_max is not None:
-            words.append(f"range {acu_min}–{acu_max} ACU")
-        if words:
-            _row(text, "capacity", ", ".join(words))
-    for label, names in (
-        ("writer", ("endpoint", "Endpoint")),
-        ("reader", ("reader_endpoint", "ReaderEndpoint")),
-    ):
-        value = _get(status, *names)
+    capacity = status.capacity_text
+    if status.paused:
+        capacity = f"{capacity}: paused, the first connection resumes it"
+    kind = status.type_text
+    _row(text, "capacity", capacity + (f"  ({kind})" if kind else ""))
+    for label, value in (("writer", status.endpoint), ("reader", status.reader_endpoint)):
         if value:
-            port = _get(status, "port", "Port")
-            _row(text, label, f"{value}:{port}" if port else str(value))
-    for custom in _as_items(_get(status, "custom_endpoints", "CustomEndpoints")):
-        _row(text, "custom", str(_get(custom, "endpoint", "Endpoint") or custom))
-    members = list(_as_items(_get(status, "members", "DBClusterMembers")))
-    for i, member in enumerate(members):
+            _row(text, label, f"{value}:{status.port}" if status.port else value)
+    for custom in status.custom_endpoints:
+        _row(text, "custom", custom.endpoint)
+    for i, member in enumerate(status.members):
         _row(text, "members" if i == 0 else "", member_text(member))
     return text
 
 
-def member_text(member: Any) -> str:
-    """`id (writer)` from a member given as a dataclass, mapping or `(id, role)` pair."""
-    if isinstance(member, tuple) and len(member) == 2:
-        ident, role = member
-    else:
-        ident = _get(member, "id", "instance", "DBInstanceIdentifier") or member
-        role = _get(member, "role")
-        if role is None:
-            writer = _get(member, "writer", "is_writer", "IsClusterWriter")
-            role = None if writer is None else ("writer" if writer else "reader")
-    extra = _get(member, "status") if not isinstance(member, tuple) else None
-    out = f"{ident}" + (f" ({role})" if role else "")
-    return out + (f", {extra}" if extra else "")
-
-
-def public_fields(obj: Any) -> dict[str, Any]:
-    """A dataclass or mapping as a plain dict (for discovery rows)."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in fields(obj)}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+def member_text(member: Member) -> str:
+    """`id (writer), status`."""
+    out = f"{member.id} ({member.role})"
+    return out + (f", {member.status}" if member.status else "")

@@ -1,88 +1,36 @@
-"""Who holds the TUI's tunnels: this process, or the background agent once it exists.
+"""Who holds the TUI's tunnels: the background agent (the default), or this process.
 
-The app talks to one `TunnelHost`; every method that may block (opening a tunnel, asking the agent)
-is called from a thread worker, never from the UI thread. Core modules that colleagues own are
-imported lazily here, so the TUI starts fast and tests can swap in another host.
+The app talks to one `TunnelHost` in core's own types (`TunnelStatus`, `HostKeyInfo`); every
+method that may block (opening a tunnel, asking the agent) is called from a thread worker, never
+from the UI thread. The tunnel engines (paramiko) are imported on the first `open`, so the TUI
+starts fast; tests swap in another host.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from tunnelman.core.errors import SSHKeyError, TunnelError, TunnelmanError
+from tunnelman.core.errors import Cancelled, PassphraseRequired, TunnelmanError
+from tunnelman.core.known_hosts import HostKeyInfo, HostKeyPolicy
 
 if TYPE_CHECKING:
+    from tunnelman.agent.client import AgentClient
     from tunnelman.core.profiles import Profile
+    from tunnelman.core.tunnel import Tunnel, TunnelStatus
 
-STATES = ("starting", "up", "reconnecting", "failed", "stopped")
-
-
-@dataclass(frozen=True)
-class HostKeyQuestion:
-    """What the unknown-host-key modal shows (mirrors core's HostKeyInfo)."""
-
-    host: str
-    port: int
-    key_type: str
-    fingerprint: str
-
-    @classmethod
-    def from_info(cls, info: object) -> HostKeyQuestion:
-        return cls(
-            host=str(getattr(info, "host", "?")),
-            port=int(getattr(info, "port", 22)),
-            key_type=str(getattr(info, "display_type", None) or getattr(info, "key_type", "?")),
-            fingerprint=str(getattr(info, "fingerprint", "?")),
-        )
-
-
-@dataclass(frozen=True)
-class TunnelView:
-    """A tunnel's state as the TUI shows it (mirrors core's TunnelStatus)."""
-
-    name: str
-    state: str
-    local_port: int | None = None
-    since: float | None = None
-    reconnects: int = 0
-    error: str | None = None
-    connections: int = 0
-
-    @classmethod
-    def from_status(cls, status: object) -> TunnelView:
-        """Read a core `TunnelStatus` (or anything shaped like it)."""
-        state = getattr(status, "state", "stopped")
-        value = getattr(state, "value", state)
-        since = getattr(status, "since", None)
-        return cls(
-            name=str(getattr(status, "name", "")),
-            state=str(value),
-            local_port=getattr(status, "local_port", None),
-            since=float(since) if isinstance(since, int | float) else None,
-            reconnects=int(getattr(status, "reconnects", 0) or 0),
-            error=getattr(status, "error", None),
-            connections=int(getattr(status, "connections", 0) or 0),
-        )
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in ("starting", "up", "reconnecting")
-
-
-AskHostKey = Callable[[HostKeyQuestion], bool]
+AskHostKey = Callable[[HostKeyInfo], bool]
 AskPassphrase = Callable[[Path], "str | None"]
-OnStatus = Callable[[TunnelView], None]
+OnStatus = Callable[["TunnelStatus"], None]
+OnRemoved = Callable[[str], None]
 
 
 class TunnelHost(Protocol):
-    """Opens, closes and lists tunnels. `open`/`close`/`statuses` may block: call them in workers."""
+    """Opens, closes, lists and follows tunnels. Every method but `local_names` may block:
+    call them in workers."""
 
     survives_quit: bool
     """True when tunnels outlive the TUI (the agent holds them)."""
@@ -96,46 +44,42 @@ class TunnelHost(Protocol):
         ask_passphrase: AskPassphrase,
         cancel: threading.Event,
         on_status: OnStatus,
-    ) -> TunnelView: ...
+    ) -> TunnelStatus:
+        """Open `profile`'s tunnel; `Cancelled` once `cancel` is set."""
+        ...
 
     def close(self, name: str) -> None: ...
 
     def close_all(self) -> None: ...
 
-    def statuses(self) -> dict[str, TunnelView]: ...
+    def close_local(self) -> None:
+        """Close the tunnels that end with the TUI (all of them unless `survives_quit`)."""
+        ...
+
+    def local_names(self) -> list[str]:
+        """The tunnels that end with the TUI."""
+        ...
+
+    def statuses(self) -> dict[str, TunnelStatus]: ...
+
+    def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
+        """Report changes made elsewhere (another process) until `stop`; returns at once if
+        nothing but this TUI changes them."""
+        ...
 
 
-def _core(module: str) -> Any:
-    """A core module owned by a colleague, imported on first use."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise TunnelError(f"{module} is not available in this build of tunnelman") from None
-
-
-def host_key_policy(ask: AskHostKey) -> Any:
-    """core's `HostKeyPolicy(accept_new=False, ask=…)`, translating its info for the modal."""
-    for module in ("tunnelman.core.known_hosts", "tunnelman.core.ssh", "tunnelman.core.tunnel"):
-        try:
-            policy_cls = getattr(importlib.import_module(module), "HostKeyPolicy", None)
-        except ModuleNotFoundError:
-            continue
-        if policy_cls is not None:
-            return policy_cls(
-                accept_new=False, ask=lambda info: ask(HostKeyQuestion.from_info(info))
-            )
-    raise TunnelError("the host-key checker (tunnelman.core.known_hosts) is not available")
+def host_key_policy(ask: AskHostKey) -> HostKeyPolicy:
+    """Never accept a new host key silently: ask a person (the TUI's modal)."""
+    return HostKeyPolicy(accept_new=False, ask=ask)
 
 
 class InProcessHost:
-    """Tunnels held by this process: they close when the TUI quits (used until the agent exists)."""
+    """Tunnels held by this process: they close when the TUI quits (the demo, tests)."""
 
     survives_quit = False
 
     def __init__(self) -> None:
-        self._tunnels: dict[str, Any] = {}
+        self._tunnels: dict[str, Tunnel] = {}
         self._lock = threading.Lock()
 
     def open(
@@ -147,15 +91,16 @@ class InProcessHost:
         ask_passphrase: AskPassphrase,
         cancel: threading.Event,
         on_status: OnStatus,
-    ) -> TunnelView:
+    ) -> TunnelStatus:
+        from tunnelman.core.tunnel import open_tunnel
+
         del config_path  # only the agent needs to know where the profile came from
-        tunnel_mod = _core("tunnelman.core.tunnel")
-        tunnel = tunnel_mod.open_tunnel(
+        tunnel = open_tunnel(
             profile,
             local_port=profile.local_port,
             host_keys=host_key_policy(ask_host_key),
             passphrase=ask_passphrase,
-            on_status=lambda status: on_status(TunnelView.from_status(status)),
+            on_status=on_status,
             cancel=cancel,
         )
         tunnel.start()
@@ -164,7 +109,7 @@ class InProcessHost:
             self._tunnels[profile.name] = tunnel
         if old is not None:
             old.stop()
-        return TunnelView.from_status(tunnel.status)
+        return tunnel.status
 
     def close(self, name: str) -> None:
         with self._lock:
@@ -173,19 +118,23 @@ class InProcessHost:
             tunnel.stop()
 
     def close_all(self) -> None:
-        with self._lock:
-            names = list(self._tunnels)
-        for name in names:
+        for name in self.local_names():
             self.close(name)
 
-    def names(self) -> list[str]:
+    def close_local(self) -> None:
+        self.close_all()
+
+    def local_names(self) -> list[str]:
         with self._lock:
             return list(self._tunnels)
 
-    def statuses(self) -> dict[str, TunnelView]:
+    def statuses(self) -> dict[str, TunnelStatus]:
         with self._lock:
             tunnels = dict(self._tunnels)
-        return {name: TunnelView.from_status(t.status) for name, t in tunnels.items()}
+        return {name: t.status for name, t in tunnels.items()}
+
+    def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
+        """Nothing to follow: only this process changes its tunnels, and `open` reports them."""
 
 
 class AgentHost:
@@ -198,7 +147,7 @@ class AgentHost:
 
     survives_quit = True
 
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, client: AgentClient | None = None) -> None:
         if client is None:
             from tunnelman.agent.client import AgentClient
 
@@ -217,7 +166,7 @@ class AgentHost:
         ask_passphrase: AskPassphrase,
         cancel: threading.Event,
         on_status: OnStatus,
-    ) -> TunnelView:
+    ) -> TunnelStatus:
         done = threading.Event()
 
         def abort_on_cancel() -> None:
@@ -237,11 +186,9 @@ class AgentHost:
                 profile.local_port,
                 host_keys=host_key_policy(ask_host_key),
             )
-        except SSHKeyError as exc:
+        except PassphraseRequired:
             if cancel.is_set():
-                raise TunnelError("cancelled") from None
-            if "passphrase" not in str(exc):
-                raise
+                raise Cancelled() from None
             return self.local.open(
                 profile,
                 config_path=config_path,
@@ -252,16 +199,15 @@ class AgentHost:
             )
         except TunnelmanError:
             if cancel.is_set():
-                raise TunnelError("cancelled") from None
+                raise Cancelled() from None
             raise
         finally:
             done.set()
-        view = TunnelView.from_status(status)
-        on_status(view)
-        return view
+        on_status(status)
+        return status
 
     def close(self, name: str) -> None:
-        if name in self.local.names():
+        if name in self.local.local_names():
             self.local.close(name)
         else:
             self.client.down(name)
@@ -275,22 +221,20 @@ class AgentHost:
         self.local.close_all()
 
     def local_names(self) -> list[str]:
-        return self.local.names()
+        return self.local.local_names()
 
-    def statuses(self) -> dict[str, TunnelView]:
-        views = {s.name: TunnelView.from_status(s) for s in self.client.status()}
-        views.update(self.local.statuses())
-        return views
+    def statuses(self) -> dict[str, TunnelStatus]:
+        statuses = {s.name: s for s in self.client.status()}
+        statuses.update(self.local.statuses())
+        return statuses
 
-    def watch(
-        self, on_status: OnStatus, on_removed: Callable[[str], None], stop: threading.Event
-    ) -> None:
+    def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
         """Follow the agent until `stop`: every status change, every removal. Blocks."""
         while not stop.is_set():
             try:
                 for event in self.client.subscribe(stop):
                     if event.kind == "status" and event.status is not None:
-                        on_status(TunnelView.from_status(event.status))
+                        on_status(event.status)
                     elif event.kind == "removed":
                         on_removed(event.name)
             except (TunnelmanError, OSError):
@@ -298,16 +242,6 @@ class AgentHost:
             stop.wait(1.0)
 
 
-def agent_available() -> bool:
-    """Whether this build has the background agent."""
-    try:
-        return importlib.util.find_spec("tunnelman.agent.client") is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def default_host() -> TunnelHost:
-    """The agent when it is part of this build (tunnels outlive the TUI), else this process."""
-    if agent_available():
-        return AgentHost()
-    return InProcessHost()
+    """The agent: tunnels outlive the TUI."""
+    return AgentHost()

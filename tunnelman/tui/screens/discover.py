@@ -9,54 +9,48 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError
-from tunnelman.tui import services
+from tunnelman.tui.messages import Discovered
 from tunnelman.tui.screens.profile_form import field_of_error
 
 if TYPE_CHECKING:
+    from tunnelman.core.aws import BastionCandidate, Database, Discovery
     from tunnelman.tui.app import TunnelmanApp
 
-
-class Discovered(Message):
-    """Discovery results (clusters, instances, bastions) as plain dicts."""
-
-    def __init__(self, items: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.items = items
+LISTED_KINDS = ("cluster", "instance")
+"""What can be imported as a profile (proxies are listed by `tunnelman discover`, not here)."""
 
 
-def bastion_login(item: dict[str, Any], user: str = "ec2-user") -> str:
-    host = item.get("public_dns") or item.get("public_ip") or item.get("private_ip") or ""
+def bastion_login(bastion: BastionCandidate, user: str = "ec2-user") -> str:
+    host = bastion.public_dns or bastion.public_ip or bastion.private_ip or ""
     return f"{user}@{host}" if host else ""
 
 
 def profile_values(
-    item: dict[str, Any], *, bastion: str, identity_file: str, local_port: str, aws_profile: str
+    db: Database, *, bastion: str, identity_file: str, local_port: str, aws_profile: str
 ) -> dict[str, Any]:
     """The TOML values of a profile made from one discovered cluster or instance."""
-    endpoint = str(item.get("endpoint") or "")
-    port = item.get("port")
-    if endpoint and port and int(port) != prof.DEFAULT_DB_PORT:
-        endpoint = f"{endpoint}:{port}"
+    endpoint = db.endpoint or ""
+    if endpoint and db.port and db.port != prof.DEFAULT_DB_PORT:
+        endpoint = f"{endpoint}:{db.port}"
     values: dict[str, Any] = {
-        "description": f"{item.get('engine') or 'postgres'} {item.get('kind', '')} {item.get('id')}".strip(),
+        "description": f"{db.engine or 'postgres'} {db.kind} {db.id}".strip(),
         "bastion": bastion or None,
         "identity_file": identity_file or None,
         "endpoint": endpoint or None,
-        "database": item.get("database") or item.get("database_name") or None,
-        "user": item.get("master_user") or item.get("master_username") or None,
+        "database": db.database or None,
+        "user": db.master_user or None,
         "local_port": int(local_port) if local_port.isdigit() else (local_port or None),
-        "cluster": item.get("id"),
-        "region": item.get("region"),
+        "cluster": db.id,
+        "region": db.region,
         "aws_profile": aws_profile or None,
     }
     return values
@@ -69,7 +63,14 @@ class DiscoverScreen(ModalScreen[str | None]):
 
     def __init__(self) -> None:
         super().__init__(classes="modal")
-        self.items: list[dict[str, Any]] = []
+        self.found: Discovery | None = None
+        self.databases: list[Database] = []  # the rows: those that can become a profile
+        self.bastions: list[BastionCandidate] = []
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """Everything found, in the `discover --json` shape (databases, then bastions)."""
+        return self.found.to_json() if self.found is not None else []
 
     @property
     def tm(self) -> TunnelmanApp:
@@ -136,42 +137,41 @@ class DiscoverScreen(ModalScreen[str | None]):
         ]
         aws_profile = self.query_one("#d-aws-profile", Input).value.strip() or None
         self.query_one("#d-status", Static).update("asking AWS…")
-        app = self.tm
+        self._search(self.tm, regions, aws_profile)
 
-        def run() -> None:
-            self.post_message(Discovered(services.discover(app.aws, regions, aws_profile)))
-
-        app._work("discover", "aws", run)
+    @work(thread=True, group="discover", exclusive=True, exit_on_error=False)
+    def _search(self, app: TunnelmanApp, regions: list[str], aws_profile: str | None) -> None:
+        with app.reported("discover", "aws"):
+            self.post_message(Discovered(app.aws.discover(regions, aws_profile=aws_profile)))
 
     @on(Discovered)
     def _discovered(self, message: Discovered) -> None:
-        self.items = message.items
+        found = self.found = message.found
+        self.databases = [d for d in found.databases if d.kind in LISTED_KINDS]
+        self.bastions = list(found.bastions)
         table = self.query_one("#d-results", DataTable)
         table.clear()
-        dbs = [i for i in self.items if i.get("kind") in ("cluster", "instance")]
-        bastions = [i for i in self.items if i.get("kind") == "bastion"]
-        for index, item in enumerate(dbs):
+        for index, db in enumerate(self.databases):
             table.add_row(
-                str(item.get("kind", "")),
-                str(item.get("id", "")),
-                str(item.get("region", "")),
-                str(item.get("engine", "") or ""),
-                str(item.get("engine_mode", "") or ""),
-                str(item.get("status", "") or ""),
-                str(item.get("endpoint", "") or ""),
+                db.kind,
+                db.id,
+                db.region,
+                db.engine or "",
+                db.engine_mode or "",
+                db.status or "",
+                db.endpoint or "",
                 key=str(index),
             )
         options = [
-            (f"{b.get('name') or b.get('id')}  {bastion_login(b)}", bastion_login(b))
-            for b in bastions
+            (f"{b.name or b.id}  {bastion_login(b)}", bastion_login(b))
+            for b in self.bastions
             if bastion_login(b)
         ]
         self.query_one("#d-bastion-pick", Select).set_options(options)
         self.query_one("#d-status", Static).update(
-            f"{len(dbs)} databases, {len(bastions)} bastions found."
+            f"{len(self.databases)} databases, {len(self.bastions)} bastions found."
         )
-        self._dbs = dbs
-        if dbs:
+        if self.databases:
             table.focus()
 
     @on(Select.Changed, "#d-bastion-pick")
@@ -181,29 +181,28 @@ class DiscoverScreen(ModalScreen[str | None]):
 
     @on(DataTable.RowHighlighted, "#d-results")
     def _row(self, event: DataTable.RowHighlighted) -> None:
-        item = self._selected()
+        db = self._selected()
         name_input = self.query_one("#d-name", Input)
-        if item is not None and not name_input.value:
-            name_input.placeholder = str(item.get("id", ""))
+        if db is not None and not name_input.value:
+            name_input.placeholder = db.id
 
-    def _selected(self) -> dict[str, Any] | None:
+    def _selected(self) -> Database | None:
         table = self.query_one("#d-results", DataTable)
         if not table.row_count:
             return None
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        dbs: list[dict[str, Any]] = getattr(self, "_dbs", [])
-        return dbs[int(key.value or 0)]
+        return self.databases[int(key.value or 0)]
 
     @on(Button.Pressed, "#d-import")
     def import_selected(self) -> None:
         error = self.query_one("#d-error", Static)
-        item = self._selected()
-        if item is None:
+        db = self._selected()
+        if db is None:
             error.update("Search first, then pick a cluster or instance.")
             return
-        name = self.query_one("#d-name", Input).value.strip() or str(item.get("id", ""))
+        name = self.query_one("#d-name", Input).value.strip() or db.id
         values = profile_values(
-            item,
+            db,
             bastion=self.query_one("#d-bastion", Input).value.strip(),
             identity_file=self.query_one("#d-identity", Input).value.strip(),
             local_port=self.query_one("#d-port", Input).value.strip(),

@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Static
 
 from tunnelman.tui.format import cluster_text, profile_text, tunnel_text
+from tunnelman.tui.state import ProfileState
 from tunnelman.tui.widgets.detail import DetailPane
 from tunnelman.tui.widgets.profile_table import ProfileTable
 
@@ -145,22 +146,22 @@ class MainScreen(Screen[None]):
                 )
             self.detail.show_empty(message)
             return
-        view = app.views.get(profile.name)
-        connecting = profile.name in app.connecting
+        state = app.state.get(profile.name) or ProfileState(profile.name)
+        connecting = state.connecting is not None
         toggle = "Cancel (enter)" if connecting else "Open tunnel (enter)"
-        if view is not None and view.is_open and not connecting:
+        if state.is_open and not connecting:
             toggle = "Close tunnel (enter)"
         cluster: Text | None = None
         running: bool | None = None
         if profile.cluster:
-            cluster = self._cluster_text(profile.name)
-            running = app.cluster_running(profile.name)
+            cluster = self._cluster_text(state)
+            running = state.cluster_running()
         self.detail.show(
             profile=profile_text(profile),
             tunnel=tunnel_text(
-                view,
+                state.tunnel,
                 connecting=connecting,
-                last_error=app.last_errors.get(profile.name),
+                last_error=state.last_error,
                 now=app.clock(),
             ),
             toggle_label=toggle,
@@ -170,16 +171,14 @@ class MainScreen(Screen[None]):
         if self.detail.conn_shown:
             self.detail.set_conn(app.conn_texts(profile.name))
 
-    def _cluster_text(self, name: str) -> Text:
-        app = self.tm
-        text = Text()
-        if name in app.clusters:
-            text = cluster_text(app.clusters[name])
-        if name in app.cluster_loading:
+    @staticmethod
+    def _cluster_text(state: ProfileState) -> Text:
+        text = cluster_text(state.cluster) if state.cluster is not None else Text()
+        if state.cluster_loading:
             text.append("asking AWS…", style="italic yellow")
-        elif name in app.cluster_errors:
-            text.append(app.cluster_errors[name], style="red")
-        elif name not in app.clusters:
+        elif state.cluster_error is not None:
+            text.append(state.cluster_error, style="red")
+        elif state.cluster is None:
             text.append("cluster status not loaded — press r", style="dim")
         return text
 
@@ -229,7 +228,7 @@ class MainScreen(Screen[None]):
 
     async def action_cancel(self) -> None:
         name = self.current
-        if name and name in self.tm.connecting:
+        if name and self.tm.state.is_connecting(name):
             self.tm.cancel_connect(name)
         elif self.detail.conn_shown:
             await self.detail.show_conn(False)

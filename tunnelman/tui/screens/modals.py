@@ -17,8 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from tunnelman.core.known_hosts import KnownKey
-from tunnelman.tui.hosts import HostKeyQuestion
+from tunnelman.core.known_hosts import HostKeyInfo, KnownKey
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -61,7 +60,7 @@ class HostKeyScreen(ModalScreen[bool]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "reject", "Reject")]
 
-    def __init__(self, question: HostKeyQuestion, known_hosts: Path | None = None) -> None:
+    def __init__(self, question: HostKeyInfo, known_hosts: Path | None = None) -> None:
         super().__init__(classes="modal")
         self.question = question
         self.known_hosts = known_hosts
@@ -73,7 +72,7 @@ class HostKeyScreen(ModalScreen[bool]):
             yield Label("Unknown host key", classes="dialog-title")
             yield Static(
                 f"The authenticity of the bastion [b]{where}[/b] can't be established.\n\n"
-                f"  key type     {q.key_type}\n"
+                f"  key type     {q.display_type}\n"
                 f"  fingerprint  [b]{q.fingerprint}[/b]\n\n"
                 "Compare the fingerprint with one you got from the bastion's owner "
                 "(or the EC2 console log). Accepting records it in "
@@ -107,7 +106,7 @@ class HostKeyChangedScreen(ModalScreen[None]):
 
     def __init__(
         self,
-        question: HostKeyQuestion,
+        question: HostKeyInfo,
         *,
         expected: str,
         known_hosts: Path | None,
@@ -134,10 +133,10 @@ class HostKeyChangedScreen(ModalScreen[None]):
                     for k in self.known
                 )
                 yield Static(
-                    f"The bastion [b]{where}[/b] presented a {q.key_type} key, but known_hosts "
-                    "holds only keys of another type for it. A new key type is not a new host: "
+                    f"The bastion [b]{where}[/b] presented a {q.display_type} key, but "
+                    "known_hosts holds only keys of another type for it. A new key type is not a new host: "
                     "someone may be intercepting the connection.\n\n"
-                    f"  received  [b red]{q.key_type} {q.fingerprint}[/b red]\n{recorded}\n\n"
+                    f"  received  [b red]{q.display_type} {q.fingerprint}[/b red]\n{recorded}\n\n"
                     "Ask the bastion's administrator. If its keys really changed, remove the old "
                     f"entries (`ssh-keygen -R {where} -f {self.known_hosts}`) and connect again.",
                     classes="dialog-body",
@@ -148,8 +147,8 @@ class HostKeyChangedScreen(ModalScreen[None]):
                 return
             yield Label("HOST KEY CHANGED — connection refused", classes="dialog-title")
             yield Static(
-                f"The bastion [b]{where}[/b] presented a different {q.key_type} key than the one "
-                "recorded for it. Someone may be intercepting the connection, or the bastion was "
+                f"The bastion [b]{where}[/b] presented a different {q.display_type} key than "
+                "the one recorded for it. Someone may be intercepting the connection, or the bastion was "
                 "rebuilt.\n\n"
                 f"  expected  [b]{self.expected}[/b]\n"
                 f"  received  [b red]{q.fingerprint}[/b red]\n"

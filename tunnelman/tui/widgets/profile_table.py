@@ -14,7 +14,9 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
 from tunnelman.core.profiles import Profile, printable
+from tunnelman.core.tunnel import TunnelState
 from tunnelman.tui.format import badge
+from tunnelman.tui.state import Shown
 
 COLUMNS = (
     ("name", "Profile"),
@@ -42,14 +44,16 @@ class ProfileTable(DataTable[str | Text]):
         for key, label in COLUMNS:
             self.add_column(label, key=key)
 
-    def fill(self, profiles: Iterable[Profile], states: dict[str, tuple[str, int | None]]) -> None:
+    def fill(
+        self, profiles: Iterable[Profile], states: dict[str, tuple[Shown, int | None]]
+    ) -> None:
         """Replace every row; `states` maps name -> (state, port)."""
         self.clear()
         for profile in profiles:
-            state, port = states.get(profile.name, ("stopped", None))
+            state, port = states.get(profile.name, (TunnelState.STOPPED, None))
             self.add_row(*self._cells(profile, state, port), key=profile.name)
 
-    def _cells(self, profile: Profile, state: str, port: int | None) -> tuple[str | Text, ...]:
+    def _cells(self, profile: Profile, state: Shown, port: int | None) -> tuple[str | Text, ...]:
         shown = port if port else profile.local_port
         port_text = Text(str(shown) if shown else "—", style="bold" if port else "dim")
         # Escaped, and a Text rather than a str: a str cell is parsed as markup ("[/]" would raise)
@@ -59,7 +63,7 @@ class ProfileTable(DataTable[str | Text]):
             description = description[:31] + "…"
         return (profile.name, badge(state), port_text, Text(description, end=""))
 
-    def update_state(self, profile: Profile, state: str, port: int | None) -> None:
+    def update_state(self, profile: Profile, state: Shown, port: int | None) -> None:
         """Redraw one row's badge and port."""
         if profile.name not in self.rows:
             return
