@@ -7,6 +7,7 @@ the main app wires it (key `k`, the palette)."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from textual.app import App
 from textual.widgets import Static
@@ -143,3 +144,29 @@ def test_closing_mid_check_stops_the_doctor(lab_profile: LabProfile) -> None:
     # The result of the step that was running when the screen closed is never shown.
     assert seen == list(STEPS[:6])
     assert not screen.finished
+
+
+@sync
+async def test_k_in_the_app_checks_the_highlighted_profile(
+    lab_profile: LabProfile, keyring_backend: Any
+) -> None:
+    """Key `k` on the main screen (also "Check profile" in the palette) opens this screen for the
+    highlighted profile, asking through the app's own modals (none needed here: the password is
+    in the keyring and the host key is known)."""
+    from tunnelman.core import credentials
+    from tunnelman.tui.app import make_app
+    from tunnelman.tui.hosts import InProcessHost
+
+    credentials.keyring_set("lab", lab_profile.password)
+    app = make_app(lab_profile.config, initial_profile="lab", host=InProcessHost())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("k")
+        await wait_for(pilot, lambda: isinstance(app.screen, CheckScreen), 5, "the check screen")
+        screen = app.screen
+        assert isinstance(screen, CheckScreen)
+        assert screen.name_checked == "lab"
+        await wait_for(pilot, lambda: screen.finished, 60, "the check to finish")
+        assert marks(screen) == dict.fromkeys(STEPS, "✓"), lines(screen)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is not screen, 5, "Esc to close the screen")
+    credentials.keyring_delete("lab")

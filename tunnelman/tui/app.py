@@ -146,6 +146,11 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
                 main.action_discover,
             ),
             (
+                "Check profile",
+                "Run the doctor's steps for the highlighted profile, as `tunnelman check` (k)",
+                main.action_check,
+            ),
+            (
                 "Set password",
                 "Keep the database password in the OS keyring (p)",
                 main.action_password,

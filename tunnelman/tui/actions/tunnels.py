@@ -80,6 +80,32 @@ class TunnelActions(AppBase):
         answer: bool | None = self.ask_from_thread(HostKeyScreen(info, profile.known_hosts), cancel)
         return bool(answer)
 
+    def check_profile(self, name: str) -> None:
+        """The doctor's steps for NAME in a screen (`tunnelman check NAME`), asking as `up` does."""
+        from tunnelman.tui.hosts import host_key_policy
+        from tunnelman.tui.screens.check import CheckScreen
+        from tunnelman.tui.screens.modals import SecretScreen
+
+        try:
+            profile = prof.load(self.config_path).get(name)
+        except TunnelmanError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        asked = threading.Event()  # never set: Esc on the check screen ends the doctor itself
+        self.push_screen(
+            CheckScreen(
+                profile,
+                self.config_path,
+                host_keys=host_key_policy(lambda info: self._ask_host_key(info, profile, asked)),
+                passphrase=lambda path: self.ask_from_thread(
+                    SecretScreen("Key passphrase", f"Passphrase for {path}:"), asked
+                ),
+                password=lambda user: self.ask_from_thread(
+                    SecretScreen("Database password", f"Password for {user}:"), asked
+                ),
+            )
+        )
+
     def cancel_connect(self, name: str) -> None:
         """Abort a tunnel that is still connecting (a hanging bastion); the UI never waits."""
         if not self.state[name].cancel_connect():

@@ -76,6 +76,7 @@ class MainScreen(Screen[None]):
         Binding("x", "delete", "Delete"),
         Binding("d", "discover", "Discover"),
         Binding("p", "password", "Password"),
+        Binding("k", "check", "Check", show=False),  # the footer is full: in ? and the palette
         Binding("question_mark", "app.help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -274,6 +275,10 @@ class MainScreen(Screen[None]):
 
     def action_discover(self) -> None:
         self.tm.discover()
+
+    def action_check(self) -> None:
+        if name := self._need_current():
+            self.tm.check_profile(name)
 
     def action_password(self) -> None:
         if name := self._need_current():
