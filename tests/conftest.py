@@ -82,11 +82,12 @@ LAB_MODULES = frozenset(
 # Long runs have markers of their own; none of them belongs in the quick `-m unit` run.
 LAB_MARKERS = ("lab", "slow", "fuzz", "windows")
 
-# Programs only the lab starts: a unit test that runs one is misfiled.
+# Programs only the lab starts (and the agent, `python -m tunnelman.agent`): a unit test that
+# runs one is misfiled.
 LAB_PROGRAMS = frozenset(
     {
         "sshd", "initdb", "pg_ctl", "postgres", "gnome-keyring-daemon", "dbus-run-session",
-        "dbus-daemon", "tmux", "wine", "wine64", "wineserver",
+        "dbus-daemon", "tmux", "wine", "wine64", "wineserver", "tunnelman.agent",
     }
 )  # fmt: skip
 
