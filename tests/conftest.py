@@ -1,6 +1,14 @@
 """Shared pytest fixtures: the integration lab (real sshd, PostgreSQL/PostGIS, moto, Secret
 Service, network namespaces) and a private HOME for every test that wants one.
 
+Every test is marked ``unit`` or ``lab`` here at collection (``pytest_collection_modifyitems``):
+``lab`` when it uses a lab fixture (``LAB_FIXTURES``, directly or through another fixture),
+lives in a module that starts real processes or drives the whole TUI (``LAB_MODULES``,
+``test_tui_*``) or carries a long-run marker (``LAB_MARKERS``: lab, slow, fuzz, windows);
+``unit`` otherwise.  ``pytest -m unit`` runs the quick ones, and a ``unit`` test that starts a
+lab program anyway (sshd, PostgreSQL, tmux, …: ``LAB_PROGRAMS``, watched by an audit hook)
+fails saying it is a lab test.
+
 Session-scoped servers are shared by all tests: do not stop, restart or re-key them; ask
 ``make_sshd`` / ``make_postgres`` for a private one instead.  A service that cannot be
 started skips the test locally and fails it in CI (``tests.lab.need``).
@@ -8,11 +16,13 @@ started skips the test locally and fails it in CI (``tests.lab.need``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,122 @@ _SCRUBBED_ENV = (
 def pytest_report_header(config: pytest.Config) -> str:
     mode = "CI: a missing lab service FAILS" if in_ci() else "local: a missing lab service skips"
     return f"tunnelman lab: {mode}"
+
+
+# -- test kinds: unit or lab -------------------------------------------------------------------
+
+# Fixtures that start (or need) a real service; a test using one, even through another
+# fixture, is a lab test.
+LAB_FIXTURES = frozenset(
+    {
+        "sshd", "make_sshd", "postgres", "make_postgres", "postgres_tls", "lab_profile",
+        "moto", "aws_env", "keyring_backend", "netns_pair", "agent_home",
+        "tmux", "pty_run", "ssh_agent",
+    }
+)  # fmt: skip
+
+# Modules whose tests start real processes (the agent, the demo's database, interpreters
+# timing their imports, wine) without going through a fixture above.  Every ``test_tui_*`` /
+# ``test_*_tui`` module is lab too: it drives the whole app (Pilot or tmux), seconds a test.
+LAB_MODULES = frozenset(
+    {
+        "test_agent", "test_bastion_closes", "test_bench_smoke", "test_demo", "test_demo_tcp",
+        "test_no_boto3", "test_windows_smoke",
+    }
+)  # fmt: skip
+
+# Long runs have markers of their own; none of them belongs in the quick `-m unit` run.
+LAB_MARKERS = ("lab", "slow", "fuzz", "windows")
+
+# Programs only the lab starts (and the agent, `python -m tunnelman.agent`): a unit test that
+# runs one is misfiled.
+LAB_PROGRAMS = frozenset(
+    {
+        "sshd", "initdb", "pg_ctl", "postgres", "gnome-keyring-daemon", "dbus-run-session",
+        "dbus-daemon", "tmux", "wine", "wine64", "wineserver", "tunnelman.agent",
+    }
+)  # fmt: skip
+
+
+# Through runuser, su, ip netns exec, …: these are lab programs wherever they stand in argv;
+# "postgres" only as the program itself (it is also a user name on many command lines).
+_LAB_ANYWHERE = LAB_PROGRAMS - {"postgres"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(_refuse_lab_programs)
+
+
+def _is_lab(item: pytest.Item) -> bool:
+    if any(item.get_closest_marker(name) for name in LAB_MARKERS):
+        return True
+    if LAB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    module = item.path.stem
+    return module in LAB_MODULES or "tui" in module.split("_")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("lab") is not None:
+            continue
+        item.add_marker(pytest.mark.lab if _is_lab(item) else pytest.mark.unit)
+
+
+_unit_running: list[str] = []  # the nodeid of the unit test being set up or run, if any
+
+
+def _program(argv: object) -> str | None:
+    """The lab program ``argv`` (a Popen args) runs, if any."""
+    if isinstance(argv, str | bytes | os.PathLike):
+        argv = [argv]
+    if not isinstance(argv, Sequence):
+        return None
+    names = [
+        os.path.basename(os.fsdecode(a)) for a in argv if isinstance(a, str | bytes | os.PathLike)
+    ]
+    if names and names[0] in LAB_PROGRAMS:
+        return names[0]
+    return next((name for name in names if name in _LAB_ANYWHERE), None)
+
+
+def _refuse_lab_programs(event: str, args: tuple[object, ...]) -> None:
+    if event != "subprocess.Popen" or not _unit_running:
+        return
+    program = _program(args[1])
+    if program is not None:
+        pytest.fail(
+            f"{_unit_running[0]} is marked unit but starts {program}: use a lab fixture "
+            f"({', '.join(sorted(LAB_FIXTURES))}) or mark it lab (tests/conftest.py)",
+            pytrace=False,
+        )
+
+
+@contextlib.contextmanager
+def _watching(item: pytest.Item) -> Iterator[None]:
+    # Setup and call only: a session fixture's teardown (pg_ctl stop) may run in the teardown
+    # of whichever test happens to be last.
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    _unit_running.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _unit_running.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _watching(item):
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _watching(item):
+        yield
 
 
 # -- SSH bastion -------------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tests.lab.keys import make_key
 from tests.lab.ports import port_open
+from tests.lab.profiles import query
 from tests.test_agent_support import (
     Recorder,
     agent_files,
@@ -32,8 +34,6 @@ from tests.test_agent_support import (
     agent_pid,
     agent_processes,
     ok,
-    query,
-    run_cli,
     status_json,
     up_detached,
     wait_for,

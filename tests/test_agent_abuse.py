@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.test_agent_support import (
     agent_files,
     agent_home,  # noqa: F401 - fixture
     agent_processes,
     fd_count,
     ok,
-    run_cli,
     thread_count,
     wait_for,
 )

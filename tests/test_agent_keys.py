@@ -26,14 +26,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.lab.ports import port_open
+from tests.lab.profiles import bastion_profile
 from tests.lab.sshd import Sshd
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
     ok,
-    run_cli,
     status_json,
     up_detached,
 )
@@ -43,7 +44,7 @@ from tunnelman.agent.client import AgentClient
 from tunnelman.core import ssh
 from tunnelman.core.errors import SSHKeyError
 from tunnelman.core.known_hosts import HostKeyPolicy
-from tunnelman.core.profiles import Bastion, Endpoint, Profile
+from tunnelman.core.profiles import Profile
 from tunnelman.tui.app import make_app
 from tunnelman.tui.hosts import AgentHost, InProcessHost, TunnelHost
 from tunnelman.tui.screens.modals import SecretScreen
@@ -152,17 +153,8 @@ def locked_key(
 
 
 def profile_for(server: Sshd, key: Path, tmp_path: Path) -> Profile:
-    known_hosts = tmp_path / "known_hosts"
-    if not known_hosts.exists():
-        server.write_known_hosts(known_hosts)
-    return Profile(
-        name="keys",
-        bastion=Bastion(server.host, server.user, server.port),
-        identity_file=key,
-        known_hosts=known_hosts,
-        endpoint=Endpoint("127.0.0.1", 5432),
-        connect_timeout=5,
-    )
+    """The lab bastion profile (tests/lab/profiles.py) named ``keys``, offering ``key``."""
+    return bastion_profile(server, tmp_path, name="keys", identity_file=key)
 
 
 def never_asked(path: Path) -> str | None:

@@ -3,7 +3,7 @@
 Every agent a test starts lives in that test's own runtime dir (``tmp_home`` gives each test a
 fresh ``XDG_RUNTIME_DIR``) and is stopped at teardown by ``agent_home``: politely with
 ``shutdown``, then ``kill -9`` for any agent process still running with that runtime dir.
-The CLI is run as a real subprocess (``python -m tunnelman``), as a user would run it.
+The CLI is run as a real subprocess (``run_cli`` from tests/cli.py), as a user would run it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,9 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
+from tests.cli import run_cli
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import query
 from tests.lab.sshd import Sshd
 from tests.lab.toml_profile import write_profile
 from tunnelman.agent.client import AgentClient, AgentEvent
@@ -51,29 +52,6 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, step:
 
 
 # ----------------------------------------------------------------------------- the CLI
-
-
-def run_cli(
-    *args: str,
-    timeout: float = 120,
-    env: dict[str, str] | None = None,
-    new_session: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """`python -m tunnelman ARGS` with this test's environment, stdin not a terminal.
-
-    `new_session`: like a terminal of its own (setsid), so nothing the CLI leaves behind shares
-    the test's session.
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "tunnelman", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        check=False,
-        start_new_session=new_session,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -231,16 +209,6 @@ def write_bastion_profile(name: str, bastion: Sshd, pg: Postgres, **extra: Any) 
 
 
 # ----------------------------------------------------------------------------- database
-
-
-def query(port: int, pg: Postgres, sql: str = "select 1", *, timeout: int = 10) -> Any:
-    """One fresh connection through 127.0.0.1:PORT; the first column of the first row."""
-    with psycopg.connect(
-        pg.dsn(host="127.0.0.1", port=port, connect_timeout=timeout), autocommit=True
-    ) as conn:
-        row = conn.execute(sql).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def query_within(port: int, pg: Postgres, limit: float) -> float:

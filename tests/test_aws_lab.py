@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,21 +178,6 @@ def seed(moto: MotoServer) -> Seeded:
         app=app,
         worker=worker,
         other_region_cluster="eu-geo",
-    )
-
-
-def run_cli(args: list[str], env: dict[str, str], *, stdin: str | None = None) -> Any:
-    import subprocess
-
-    return subprocess.run(
-        [sys.executable, "-m", "tunnelman", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=120,
-        cwd=str(REPO),
-        check=False,
     )
 
 

@@ -19,8 +19,8 @@ import paramiko
 import pytest
 from paramiko.common import AUTH_FAILED, AUTH_SUCCESSFUL, OPEN_FAILED_CONNECT_FAILED
 
+from tests.cli import run_cli
 from tests.lab.toml_profile import write_profile
-from tests.test_agent_support import run_cli
 from tests.test_cli_up import errline, no_traceback
 
 

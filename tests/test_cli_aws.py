@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.lab.moto_server import REGION, MotoServer
-from tests.test_aws_lab import OTHER_REGION, REPO, Seeded, cli_env, client, run_cli, seed
+from tests.test_aws_lab import OTHER_REGION, REPO, Seeded, cli_env, client, seed
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_discover_json_lists_each_kind(
     env: dict[str, str], seeded: Seeded, moto: MotoServer
 ) -> None:
-    result = run_cli(["discover", "--json"], env)
+    result = run_cli("discover", "--json", env=env)
     assert result.returncode == 0, result.stderr
     items: list[dict[str, Any]] = json.loads(result.stdout)
     by_id = {item["id"]: item for item in items}
@@ -126,7 +127,7 @@ def test_discover_json_lists_each_kind(
 
 
 def test_discover_table_reads_at_100_columns(env: dict[str, str], seeded: Seeded) -> None:
-    result = run_cli(["discover"], env)
+    result = run_cli("discover", env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert all(len(line) <= 100 for line in lines), max(lines, key=len)
@@ -140,25 +141,25 @@ def test_discover_table_reads_at_100_columns(env: dict[str, str], seeded: Seeded
 
 
 def test_discover_several_regions(env: dict[str, str], seeded: Seeded) -> None:
-    result = run_cli(["discover", "--region", REGION, "--region", OTHER_REGION], env)
+    result = run_cli("discover", "--region", REGION, "--region", OTHER_REGION, env=env)
     assert result.returncode == 0, result.stderr
     assert all(len(line) <= 100 for line in result.stdout.splitlines())
     assert seeded.other_region_cluster in result.stdout
     assert f"  {OTHER_REGION}: 1 cluster" in result.stderr
-    everything = json.loads(run_cli(["discover", "--json", "--all-engines"], env).stdout)
+    everything = json.loads(run_cli("discover", "--json", "--all-engines", env=env).stdout)
     assert seeded.mysql in {item["id"] for item in everything}
 
 
 def test_discover_without_region(env: dict[str, str]) -> None:
     del env["AWS_DEFAULT_REGION"], env["AWS_REGION"]
-    line = _one_error_line(run_cli(["discover"], env))
+    line = _one_error_line(run_cli("discover", env=env))
     assert line == "tunnelman: error: no region: pass --region or set AWS_DEFAULT_REGION"
 
 
 def test_discover_unknown_aws_profile(env: dict[str, str], tmp_home: Path) -> None:
     (tmp_home / ".aws").mkdir()
     (tmp_home / ".aws" / "config").write_text("[profile geo-admin]\nregion = us-east-2\n")
-    line = _one_error_line(run_cli(["discover", "--aws-profile", "geo-admn"], env))
+    line = _one_error_line(run_cli("discover", "--aws-profile", "geo-admn", env=env))
     assert "AWS profile 'geo-admn' not found" in line
     assert "did you mean 'geo-admin'?" in line
 
@@ -183,20 +184,18 @@ def test_profile_add_from_cluster_keeps_the_file(
 ) -> None:
     path = _write_config(_EXISTING)
     result = run_cli(
-        [
-            "profile",
-            "add",
-            "geo",
-            "--cluster",
-            seeded.geo,
-            "--bastion",
-            "ec2-user@bastion.example.com",
-            "--identity-file",
-            "~/.ssh/geo.pem",
-            "--local-port",
-            "5433",
-        ],
-        env,
+        "profile",
+        "add",
+        "geo",
+        "--cluster",
+        seeded.geo,
+        "--bastion",
+        "ec2-user@bastion.example.com",
+        "--identity-file",
+        "~/.ssh/geo.pem",
+        "--local-port",
+        "5433",
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     text = path.read_text("utf-8")
@@ -218,15 +217,15 @@ def test_profile_add_from_cluster_keeps_the_file(
         "region": REGION,
     }
     assert data["profiles"]["staging"]["local_port"] == 5434
-    listed = json.loads(run_cli(["ls", "--json"], env).stdout)
+    listed = json.loads(run_cli("ls", "--json", env=env).stdout)
     assert [p["name"] for p in listed] == ["staging", "geo"]
-    again = run_cli(["profile", "add", "geo", "--cluster", seeded.geo], env)
+    again = run_cli("profile", "add", "geo", "--cluster", seeded.geo, env=env)
     assert "a profile of that name exists" in _one_error_line(again)
     assert "Looking up" not in again.stderr  # refused before asking AWS
 
 
 def test_profile_add_from_instance_id(env: dict[str, str], seeded: Seeded) -> None:
-    result = run_cli(["profile", "add", "reports", "--cluster", seeded.standalone], env)
+    result = run_cli("profile", "add", "reports", "--cluster", seeded.standalone, env=env)
     assert result.returncode == 0, result.stderr
     geo = tomllib.loads(_config().read_text("utf-8"))["profiles"]["reports"]
     assert geo["endpoint"].startswith("reports.")
@@ -236,7 +235,7 @@ def test_profile_add_from_instance_id(env: dict[str, str], seeded: Seeded) -> No
 
 
 def test_profile_add_unknown_cluster(env: dict[str, str], seeded: Seeded) -> None:
-    line = _one_error_line(run_cli(["profile", "add", "x", "--cluster", "geo-prd"], env))
+    line = _one_error_line(run_cli("profile", "add", "x", "--cluster", "geo-prd", env=env))
     assert "no RDS cluster or instance 'geo-prd' in us-east-2 (did you mean 'geo-prod'?)" in line
     assert not _config().exists()
 
@@ -267,14 +266,14 @@ region = "{REGION}"
 
 def test_cluster_status_text_and_json(env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
-    text = run_cli(["cluster", "status", "geo"], env)
+    text = run_cli("cluster", "status", "geo", env=env)
     assert text.returncode == 0, text.stderr
     assert "status    available" in text.stdout
     assert "serverless v2" in text.stdout
     assert "0–4 ACU, auto-pause" in text.stdout
     assert f"members   {seeded.geo_writer}  writer  db.serverless  available" in text.stdout
     assert "resuming (can take ~15–60 s)" in text.stdout
-    data = json.loads(run_cli(["cluster", "status", "geo", "--json"], env).stdout)
+    data = json.loads(run_cli("cluster", "status", "geo", "--json", env=env).stdout)
     assert (data["profile"], data["id"], data["status"]) == ("geo", seeded.geo, "available")
     assert data["members"][0]["role"] == "writer"
     assert "resuming" in data["note"]
@@ -283,16 +282,16 @@ def test_cluster_status_text_and_json(env: dict[str, str], seeded: Seeded) -> No
 def test_cluster_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     fast = ["--yes", "--poll-interval", "0.2"]
-    stopped = run_cli(["cluster", "stop", "geo", *fast], env)
+    stopped = run_cli("cluster", "stop", "geo", *fast, env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert f"cluster '{seeded.geo}' is stopped" in stopped.stdout
     assert "Stopping cluster 'geo-prod'; waiting for stopped" in stopped.stderr
-    status = json.loads(run_cli(["cluster", "status", "geo", "--json"], env).stdout)
+    status = json.loads(run_cli("cluster", "status", "geo", "--json", env=env).stdout)
     assert status["status"] == "stopped"
     assert "tunnelman cluster start geo" in status["note"]
-    again = run_cli(["cluster", "stop", "geo", *fast], env)
+    again = run_cli("cluster", "stop", "geo", *fast, env=env)
     assert again.stdout.strip() == f"cluster '{seeded.geo}' is already stopped."
-    started = run_cli(["cluster", "start", "geo", "--json", *fast], env)
+    started = run_cli("cluster", "start", "geo", "--json", *fast, env=env)
     assert started.returncode == 0, started.stderr
     assert json.loads(started.stdout)["status"] == "available"
 
@@ -300,19 +299,19 @@ def test_cluster_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
 def test_instance_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     fast = ["--yes", "--poll-interval", "0.2"]
-    assert "is stopped" in run_cli(["cluster", "stop", "reports", *fast], env).stdout
-    assert "is available" in run_cli(["cluster", "start", "reports", *fast], env).stdout
+    assert "is stopped" in run_cli("cluster", "stop", "reports", *fast, env=env).stdout
+    assert "is available" in run_cli("cluster", "start", "reports", *fast, env=env).stdout
 
 
 def test_serverless_v1_cannot_be_stopped(env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
-    line = _one_error_line(run_cli(["cluster", "stop", "legacy", "--yes"], env))
+    line = _one_error_line(run_cli("cluster", "stop", "legacy", "--yes", env=env))
     assert "Serverless v1: it cannot be stopped, it pauses by itself" in line
 
 
 def test_stop_refuses_without_a_terminal(env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
-    line = _one_error_line(run_cli(["cluster", "stop", "geo"], env, stdin=""))
+    line = _one_error_line(run_cli("cluster", "stop", "geo", env=env, input=""))
     assert "refusing to stop cluster 'geo-prod' without confirmation" in line
     assert "tunnelman cluster stop geo --yes" in line
 
@@ -365,7 +364,7 @@ def test_stop_asks_on_a_terminal(env: dict[str, str], seeded: Seeded) -> None:
     code, output = _run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "y")
     assert code == 0, output
     assert "is stopped" in output
-    restart = run_cli(["cluster", "start", "geo", "--yes", "--poll-interval", "0.2"], env)
+    restart = run_cli("cluster", "start", "geo", "--yes", "--poll-interval", "0.2", env=env)
     assert restart.returncode == 0, restart.stderr
 
 
@@ -387,7 +386,7 @@ def test_without_credentials_one_clear_line(
     _cluster_profiles(seeded)
     env = cli_env(None)  # empty HOME, no AWS_* at all, no instance metadata
     assert not any(k.startswith("AWS_") and k != "AWS_EC2_METADATA_DISABLED" for k in env)
-    line = _one_error_line(run_cli(args, env))
+    line = _one_error_line(run_cli(*args, env=env))
     assert line.startswith("tunnelman: error: no AWS credentials found: run `aws configure`")
     assert "aws sso login" in line
     assert "AWS_ACCESS_KEY_ID" in line
@@ -413,7 +412,7 @@ password = "none"
 """
     )
     for args in (["up", "geo"], ["psql", "geo", "-c", "select 1"]):
-        result = run_cli(args, env)
+        result = run_cli(*args, env=env)
         assert "can auto-pause" in result.stderr, result.stderr
         assert "resuming" in result.stderr
         assert "no identity_file" in _one_error_line(result)  # then it fails for its own reason

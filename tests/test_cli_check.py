@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.cli import TUNNELMAN
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
-from tests.test_cli_up import TUNNELMAN, Pty, run
+from tests.test_cli_up import Pty, run
 
 STEP_NAMES = (
     "config",

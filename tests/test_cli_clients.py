@@ -23,57 +23,41 @@ from typing import Any
 
 import pytest
 
+from tests.cli import TUNNELMAN, run_cli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
 from tunnelman.core.tunnel import open_tunnel
 
-TM = [sys.executable, "-m", "tunnelman"]
-
-
-def tm(
-    *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TM, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        check=False,
-    )
-
 
 @pytest.fixture
 def lab(lab_profile: LabProfile, keyring_backend: Any) -> Iterator[LabProfile]:
     """The lab profile with its password stored through `tunnelman password set --stdin`."""
-    res = tm("password", "set", lab_profile.name, "--stdin", input=lab_profile.password + "\n")
+    res = run_cli("password", "set", lab_profile.name, "--stdin", input=lab_profile.password + "\n")
     assert res.returncode == 0, res.stderr
     yield lab_profile
-    tm("password", "delete", lab_profile.name)
+    run_cli("password", "delete", lab_profile.name)
 
 
 # ----------------------------------------------------------------------------- acceptance
 
 
 def test_psql_prints_the_postgis_version(lab: LabProfile) -> None:
-    res = tm("psql", "lab", "-c", "select postgis_full_version()")
+    res = run_cli("psql", "lab", "-c", "select postgis_full_version()")
     assert res.returncode == 0, res.stderr
     assert 'POSTGIS="3' in res.stdout
 
 
 def test_psql_returns_psqls_exit_code(lab: LabProfile) -> None:
-    res = tm("psql", "lab", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope")
+    res = run_cli("psql", "lab", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope")
     assert res.returncode == 1
     assert 'column "nope" does not exist' in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_exec_pg_dump_through_the_tunnel(lab: LabProfile) -> None:
-    res = tm("exec", "lab", "--", "pg_dump", "--schema-only", "-t", "public.pts")
+    res = run_cli("exec", "lab", "--", "pg_dump", "--schema-only", "-t", "public.pts")
     assert res.returncode == 0, res.stderr
     assert "CREATE TABLE public.pts" in res.stdout
     assert "geometry(Point,4326)" in res.stdout
@@ -131,7 +115,7 @@ def _wait_query(lab: LabProfile, text: str, timeout: float = 20) -> None:
 def test_password_is_in_no_argv_and_no_pgpassword_while_running(lab: LabProfile) -> None:
     password = lab.password.encode()
     proc = subprocess.Popen(
-        [*TM, "psql", "lab", "-X", "-c", "select pg_sleep(3)"],
+        [*TUNNELMAN, "psql", "lab", "-X", "-c", "select pg_sleep(3)"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -166,7 +150,7 @@ def test_ctrl_c_cancels_the_query_and_removes_the_password_file(lab: LabProfile)
     """SIGINT to tunnelman's process group (what Ctrl-C in a terminal does) while
     `psql -c 'select pg_sleep(30)'` runs: psql cancels the query, tunnelman cleans up."""
     proc = subprocess.Popen(
-        [*TM, "psql", "lab", "-X", "-c", "select pg_sleep(30)"],
+        [*TUNNELMAN, "psql", "lab", "-X", "-c", "select pg_sleep(30)"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -194,7 +178,7 @@ def test_ctrl_c_cancels_the_query_and_removes_the_password_file(lab: LabProfile)
 def test_sigterm_and_a_crashing_child_also_remove_the_file(lab: LabProfile) -> None:
     for how in ("term", "kill-child"):
         proc = subprocess.Popen(
-            [*TM, "psql", "lab", "-X", "-c", "select pg_sleep(30)"],
+            [*TUNNELMAN, "psql", "lab", "-X", "-c", "select pg_sleep(30)"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -222,13 +206,13 @@ def test_missing_psql_says_how_to_install(tmp_home: Path) -> None:
         prof.config_path(None), "p", {"bastion": "u@bastion.invalid", "endpoint": "db.invalid"}
     )
     env = {**os.environ, "PATH": "/nonexistent"}
-    res = tm("psql", "p", "-c", "select 1", env=env)
+    res = run_cli("psql", "p", "-c", "select 1", env=env)
     assert res.returncode == 127
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "psql not found" in lines[0]
     assert "apt install postgresql-client" in lines[0]
-    res = tm("exec", "p", "--", "ogr2ogr", "--version", env=env)
+    res = run_cli("exec", "p", "--", "ogr2ogr", "--version", env=env)
     assert res.returncode == 127
     assert "gdal-bin" in res.stderr
 
@@ -236,8 +220,8 @@ def test_missing_psql_says_how_to_install(tmp_home: Path) -> None:
 def test_no_stored_password_without_a_terminal_is_one_clear_line(
     lab_profile: LabProfile, keyring_backend: Any
 ) -> None:
-    tm("password", "delete", "lab")
-    res = tm("psql", "lab", "-c", "select 1")
+    run_cli("password", "delete", "lab")
+    res = run_cli("psql", "lab", "-c", "select 1")
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -252,7 +236,7 @@ def agent_port(lab: LabProfile, monkeypatch: pytest.MonkeyPatch) -> Iterator[int
     from tunnelman.agent.client import AgentClient
 
     monkeypatch.setenv("TUNNELMAN_AGENT_IDLE", "300")
-    res = tm("up", "lab", "--detach")
+    res = run_cli("up", "lab", "--detach")
     try:
         assert res.returncode == 0, res.stderr
         first = res.stdout.splitlines()[0]
@@ -265,11 +249,11 @@ def test_oneshots_env_and_conn_reuse_the_agents_tunnel(agent_port: int) -> None:
     """With `up --detach`, psql/exec use the agent's port (an in-process tunnel would get a free
     one), and env/conn need no --port even though the profile has no local_port."""
     port = agent_port
-    res = tm("exec", "lab", "--", "sh", "-c", 'echo "$PGPORT"; psql -XAt -c "select 6*7"')
+    res = run_cli("exec", "lab", "--", "sh", "-c", 'echo "$PGPORT"; psql -XAt -c "select 6*7"')
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(port), "42"]
-    assert f"port={port} " in tm("conn", "lab", "-f", "dsn").stdout
-    env = tm("env", "lab")
+    assert f"port={port} " in run_cli("conn", "lab", "-f", "dsn").stdout
+    env = run_cli("env", "lab")
     assert f"export PGPORT={port}\n" in env.stdout
     assert env.stderr == ""
 
@@ -281,21 +265,21 @@ def test_conn_port_resolution(tmp_home: Path) -> None:
     path = prof.config_path(None)
     prof.save_profile(path, "fixed", {"endpoint": "db.internal", "local_port": 5433})
     prof.save_profile(path, "auto", {"endpoint": "db.internal"})
-    assert "port=5433" in tm("conn", "fixed", "-f", "dsn").stdout
-    assert "port=6000" in tm("conn", "fixed", "-f", "dsn", "--port", "6000").stdout
-    res = tm("conn", "auto", "-f", "dsn")
+    assert "port=5433" in run_cli("conn", "fixed", "-f", "dsn").stdout
+    assert "port=6000" in run_cli("conn", "fixed", "-f", "dsn", "--port", "6000").stdout
+    res = run_cli("conn", "auto", "-f", "dsn")
     assert res.returncode == 1
     assert "no port for 'auto'" in res.stderr
     assert "tunnelman up auto" in res.stderr
-    res = tm("conn", "fixed", "-f", "jdbc")
+    res = run_cli("conn", "fixed", "-f", "jdbc")
     assert res.stdout.startswith("jdbc:postgresql://127.0.0.1:5433/")
     assert "tunnelman: note:" in res.stderr  # notes go to stderr, stdout stays pasteable
-    res = tm("conn", "fixed")
+    res = run_cli("conn", "fixed")
     assert res.stdout.startswith('psql "host=127.0.0.1 port=5433 ')
 
 
 def test_conn_help_lists_every_format() -> None:
-    res = tm("conn", "--help")
+    res = run_cli("conn", "--help")
     for name, text in clients.FORMATS.items():
         assert name in res.stdout
         assert text.split()[0] in res.stdout
@@ -303,7 +287,7 @@ def test_conn_help_lists_every_format() -> None:
 
 def test_env_reminds_to_start_the_tunnel(tmp_home: Path) -> None:
     prof.save_profile(prof.config_path(None), "fixed", {"endpoint": "db.internal", "local_port": 1})
-    res = tm("env", "fixed")
+    res = run_cli("env", "fixed")
     assert res.returncode == 0
     assert "export PGPORT=1\n" in res.stdout
     assert "tunnelman up fixed" in res.stderr
@@ -321,9 +305,9 @@ def writer(tmp_home: Path, keyring_backend: Any) -> Iterator[str]:
         "w",
         {"bastion": "ec2-user@bastion.example.com", "endpoint": "db.internal", "local_port": 5433},
     )
-    assert tm("password", "set", "w", "--stdin", input="s3cret\n").returncode == 0
+    assert run_cli("password", "set", "w", "--stdin", input="s3cret\n").returncode == 0
     yield "w"
-    tm("password", "delete", "w")
+    run_cli("password", "delete", "w")
 
 
 def test_conn_write_through_a_dotfiles_symlink_says_so(writer: str, tmp_home: Path) -> None:
@@ -332,7 +316,7 @@ def test_conn_write_through_a_dotfiles_symlink_says_so(writer: str, tmp_home: Pa
     real.write_text("other:1:*:u:p\n")
     link = tmp_home / ".pgpass"
     link.symlink_to("dotfiles/pgpass")
-    res = tm("conn", writer, "--format", "pgpass", "--write")
+    res = run_cli("conn", writer, "--format", "pgpass", "--write")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == (
         f"{real}: added the entry (previous version kept as {real}.bak) "
@@ -369,7 +353,7 @@ def test_conn_write_refuses_bad_targets_in_one_line(writer: str, tmp_path: Path,
         str(kept): f"{kept}: left as it was: {kept}.bak: is a directory",
     }
     for target, reason in cases.items():
-        res = tm("conn", writer, "--format", fmt, "--write", "--file", target, timeout=20)
+        res = run_cli("conn", writer, "--format", fmt, "--write", "--file", target, timeout=20)
         assert res.returncode == 1, (target, res.stdout, res.stderr)
         assert res.stdout == ""
         assert res.stderr.startswith("tunnelman: error: "), res.stderr
@@ -413,7 +397,7 @@ def _client_env(passfile: Path, **extra: str) -> dict[str, str]:
 def test_dsn_and_uri_work_in_psql(
     lab_profile: LabProfile, tunnel_port: int, passfile: Path, fmt: str
 ) -> None:
-    target = tm("conn", "lab", "-f", fmt, "--port", str(tunnel_port)).stdout.strip()
+    target = run_cli("conn", "lab", "-f", fmt, "--port", str(tunnel_port)).stdout.strip()
     res = subprocess.run(
         ["psql", "-XAt", target, "-c", "select count(*) from public.pts"],
         capture_output=True, text=True, env=_client_env(passfile), check=False, timeout=30,
@@ -425,7 +409,7 @@ def test_dsn_and_uri_work_in_psql(
 def test_psql_line_runs_in_a_shell(
     lab_profile: LabProfile, tunnel_port: int, passfile: Path
 ) -> None:
-    line = tm("conn", "lab", "--port", str(tunnel_port)).stdout.strip()
+    line = run_cli("conn", "lab", "--port", str(tunnel_port)).stdout.strip()
     res = subprocess.run(
         ["sh", "-c", f"{line} -XAt -c 'select 42'"],
         capture_output=True, text=True, env=_client_env(passfile), check=False, timeout=30,
@@ -441,7 +425,7 @@ def test_service_entry_works_in_psql(
     service_file.write_text("# someone else's\n[other]\nhost=nowhere.invalid\n")
     env = _client_env(passfile, PGSERVICEFILE=str(service_file))
     res = subprocess.run(
-        [*TM, "conn", "lab", "-f", "pg-service", "--write", "--port", str(tunnel_port)],
+        [*TUNNELMAN, "conn", "lab", "-f", "pg-service", "--write", "--port", str(tunnel_port)],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -457,7 +441,7 @@ def test_service_entry_works_in_psql(
 def test_env_export_feeds_pg_dump(
     lab_profile: LabProfile, tunnel_port: int, passfile: Path
 ) -> None:
-    exports = tm("env", "lab", "--port", str(tunnel_port)).stdout
+    exports = run_cli("env", "lab", "--port", str(tunnel_port)).stdout
     script = f"{exports}\nexec pg_dump --schema-only -t public.pts\n"
     res = subprocess.run(
         ["sh", "-c", script],
@@ -470,17 +454,17 @@ def test_env_export_feeds_pg_dump(
 def test_write_pgpass_from_the_keyring_then_psql_needs_no_password(
     lab_profile: LabProfile, keyring_backend: Any, tunnel_port: int, tmp_path: Path
 ) -> None:
-    tm("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
+    run_cli("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
     pgpass = tmp_path / "written.pgpass"
     env = _client_env(pgpass)
     res = subprocess.run(
-        [*TM, "conn", "lab", "-f", "pgpass", "-w", "--port", str(tunnel_port)],
+        [*TUNNELMAN, "conn", "lab", "-f", "pgpass", "-w", "--port", str(tunnel_port)],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert lab_profile.password not in res.stdout + res.stderr
     assert pgpass.stat().st_mode & 0o777 == 0o600
-    dsn = tm("conn", "lab", "-f", "dsn", "--port", str(tunnel_port)).stdout.strip()
+    dsn = run_cli("conn", "lab", "-f", "dsn", "--port", str(tunnel_port)).stdout.strip()
     res = subprocess.run(
         ["psql", "-XAt", "-w", dsn, "-c", "select 1"],
         capture_output=True, text=True, env=env, check=False, timeout=30,
@@ -490,7 +474,7 @@ def test_write_pgpass_from_the_keyring_then_psql_needs_no_password(
 
 def test_sqlalchemy_url_connects(lab_profile: LabProfile, tunnel_port: int) -> None:
     sqlalchemy = pytest.importorskip("sqlalchemy", reason="sqlalchemy is not installed here")
-    url = tm("conn", "lab", "-f", "sqlalchemy", "--port", str(tunnel_port)).stdout.strip()
+    url = run_cli("conn", "lab", "-f", "sqlalchemy", "--port", str(tunnel_port)).stdout.strip()
     engine = sqlalchemy.create_engine(url, connect_args={"password": lab_profile.password})
     try:
         with engine.connect() as conn:
@@ -563,7 +547,7 @@ def test_pgadmin_load_servers_imports_the_file(
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"Servers": {"1": {"Name": "mine", "Group": "Servers", "Host": "h", "Port": 5432, "MaintenanceDB": "postgres", "Username": "me", "SSLMode": "prefer"}}}))  # fmt: skip
     args = ["conn", "prod", "-f", "pgadmin", "--write", "--file", str(servers)]
-    res = tm(*args, *(["--pgadmin-ssh"] if variant == "pgadmin-ssh" else []))
+    res = run_cli(*args, *(["--pgadmin-ssh"] if variant == "pgadmin-ssh" else []))
     assert res.returncode == 0, res.stderr
     data_dir = tmp_path / "pgadmin-data"
     data_dir.mkdir()

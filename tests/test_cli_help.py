@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import click
 import pytest
 
+from tests.cli import run_cli
 from tunnelman.cli.main import COMMANDS, LazyGroup, cli
 
 
@@ -30,9 +28,8 @@ def all_commands() -> list[tuple[str, click.Command]]:
 
 
 def test_top_level_help_lists_commands() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "--help"], capture_output=True, text=True, check=True
-    )
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
     ctx = click.Context(cli)
     assert isinstance(cli, LazyGroup)
     for name in cli.list_commands(ctx):
@@ -50,9 +47,7 @@ def test_every_command_and_option_has_help(name: str, command: click.Command) ->
 
 
 def test_unknown_command_is_one_clear_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "lss"], check=False, capture_output=True, text=True
-    )
+    result = run_cli("lss")
     assert result.returncode == 2
     assert "did you mean 'ls'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
 from tests.lab.toml_profile import write_profile
@@ -26,7 +27,6 @@ from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
     agent_pid,
     ok,
-    run_cli,
     status_json,
     up_detached,
     wait_for,

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import Iterator
@@ -24,28 +23,20 @@ from typing import Any
 
 import pytest
 
+from tests.cli import TUNNELMAN, run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
+from tests.lab.profiles import PTS, query
 from tests.lab.sshd import Sshd
-from tests.test_tunnel import closed_port, listening_addresses, non_loopback_address, query
+from tests.test_tunnel import closed_port, listening_addresses, non_loopback_address
 
 FAST = 15.0
-TUNNELMAN = [sys.executable, "-m", "tunnelman"]
 
 
 def run(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run `tunnelman ARGS` with no terminal; (result, elapsed seconds)."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [*TUNNELMAN, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-        check=False,
-    )
-    return result, time.monotonic() - started
+    """`run_cli(ARGS)` (no terminal); (result, elapsed seconds)."""
+    result = run_cli(*args, timeout=timeout)
+    return result, result.elapsed
 
 
 class Up:
@@ -215,7 +206,7 @@ def test_up_listens_on_loopback_serves_rows_and_ctrl_c_closes(lab_profile: LabPr
         if other is not None:
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((other, port), timeout=2).close()
-        assert query(lab_profile.postgres, port) == 4
+        assert query(port, lab_profile.postgres, PTS) == 4
         code, out, err = proc.finish(signal.SIGINT)
     assert code == 0
     assert "Connecting to bastion" in err
@@ -231,7 +222,7 @@ def test_sigterm_closes_cleanly_too(lab_profile: LabProfile) -> None:
         match = re.search(r"127\.0\.0\.1:(\d+)", stdout)
         assert match
         port = int(match.group(1))
-        assert query(lab_profile.postgres, port) == 4
+        assert query(port, lab_profile.postgres, PTS) == 4
         code, _out, err = proc.finish(signal.SIGTERM)
     assert code == 0
     assert "Closed the tunnel" in err
@@ -257,7 +248,7 @@ def test_up_reports_a_reconnect_and_keeps_the_port(lab_profile: LabProfile, make
         proc.wait_up()
         bastion.kill_sessions()
         time.sleep(0.5)
-        assert query(lab_profile.postgres, port) == 4
+        assert query(port, lab_profile.postgres, PTS) == 4
         code, _out, err = proc.finish()
     assert code == 0
     assert "reconnecting" in err
@@ -310,7 +301,7 @@ def test_accept_new_host_key_connects_and_records_it(lab_profile: LabProfile) ->
         stdout = proc.wait_up()
         match = re.search(r"127\.0\.0\.1:(\d+)", stdout)
         assert match
-        assert query(lab_profile.postgres, int(match.group(1))) == 4
+        assert query(int(match.group(1)), lab_profile.postgres, PTS) == 4
         assert proc.finish()[0] == 0
     found = subprocess.run(
         [

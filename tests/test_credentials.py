@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.moto_server import MotoServer
 from tests.lab.postgres import Postgres
@@ -114,19 +115,13 @@ def test_no_usable_keyring_names_the_way_out(tmp_home: Path, variant: str) -> No
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_KEYRING_BACKEND"}
     env.update(NO_KEYRING_ENVS[variant])
-    res = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "psql", "prod", "-c", "select 1"],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60, check=False,
-    )  # fmt: skip
+    res = run_cli("psql", "prod", "-c", "select 1", env=env)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "no usable OS keyring" in lines[0]
     assert 'password = "prompt"' in lines[0]
-    res = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "password", "set", "prod", "--stdin"],
-        input="pw\n", capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
+    res = run_cli("password", "set", "prod", "--stdin", env=env, input="pw\n")
     assert res.returncode == 1
     assert 'password = "prompt"' in res.stderr
     assert "Traceback" not in res.stderr

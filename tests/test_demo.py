@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.cli import TUNNELMAN, run_cli
 from tunnelman.core import profiles as prof
 from tunnelman.demo import DemoError, database
 from tunnelman.demo.database import INSTALL_HINT, SandboxDatabase, find_binaries
@@ -38,7 +38,6 @@ from tunnelman.demo.sandbox import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-TUNNELMAN = [sys.executable, "-m", "tunnelman"]
 
 USER_FILE = """\
 # My profiles: comments like this one must survive the demo.
@@ -142,15 +141,7 @@ def test_no_postgres_at_all_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
 
 def test_bad_postgres_choice_exits_with_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path) | {"TUNNELMAN_DEMO_POSTGRES": str(tmp_path / "nowhere")}
-    result = subprocess.run(
-        [*TUNNELMAN, "demo", "--no-tui"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("demo", "--no-tui", env=env, cwd=REPO, timeout=60)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("tunnelman: error: TUNNELMAN_DEMO_POSTGRES=")
@@ -412,15 +403,8 @@ def test_demo_end_to_end(demo_env: dict[str, str]) -> None:
         assert has_postgis == (1,)
 
         if _one_shot_available():
-            shot = subprocess.run(
-                [*TUNNELMAN, "psql", "demo", "-tA", "-c", "select count(*) from places"],
-                env=env,
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-                stdin=subprocess.DEVNULL,
+            shot = run_cli(
+                "psql", "demo", "-tA", "-c", "select count(*) from places", env=env, cwd=REPO
             )
             assert shot.returncode == 0, shot.stderr
             assert shot.stdout.strip() == "8"

@@ -28,28 +28,28 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab import procs
 from tests.lab.keys import fingerprint, make_key
 from tests.lab.netns import NetnsPair
 from tests.lab.ports import free_port, port_open
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import make_profile, query
 from tests.lab.sshd import Sshd
 from tests.test_agent_support import (
     Recorder as AgentRecorder,
 )
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
-    query,
     query_within,
-    run_cli,
     up_detached,
     wait_for,
     write_bastion_profile,
 )
 from tests.test_cli_up import up
 from tests.test_faults import one, wait_state
-from tests.test_tunnel import Recorder, listening_addresses, make_profile
+from tests.test_tunnel import Recorder, listening_addresses
 from tunnelman.core.errors import ForwardingFailed, PortBusyError
 from tunnelman.core.known_hosts import HostKeyChanged
 from tunnelman.core.profiles import Endpoint, Profile
@@ -92,7 +92,7 @@ def tunnels() -> Iterator[list[Tunnel]]:
 
 
 def profile_for(engine: str, server: Sshd, pg: Postgres, tmp_path: Path, **changes: Any) -> Profile:
-    """tests/test_tunnel.py's lab profile with `engine` (and `changes`)."""
+    """The shared lab profile (tests/lab/profiles.py) with `engine` (and `changes`)."""
     return make_profile(server, pg, tmp_path, engine=engine, **changes)
 
 

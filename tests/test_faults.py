@@ -30,11 +30,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tests.lab.netns import NetnsPair
 from tests.lab.ports import port_open, wait_port_closed
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import query
 from tests.lab.sshd import Sshd
 from tests.test_agent_support import (
     Recorder,
@@ -44,9 +46,7 @@ from tests.test_agent_support import (
     agent_processes,
     fd_count,
     ok,
-    query,
     query_within,
-    run_cli,
     status_json,
     thread_count,
     up_detached,

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.lab.sshd import Sshd
-from tests.test_agent_support import agent_home, run_cli  # noqa: F401 - fixture
+from tests.test_agent_support import agent_home  # noqa: F401 - fixture
 from tests.test_cli_up import errline, no_traceback
 from tests.test_tunnel import closed_port
 from tests.tui_support import sync, wait_for

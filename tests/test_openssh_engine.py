@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
 from tests.lab.ports import free_port, port_open, wait_port_closed
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import PTS, query
+from tests.lab.profiles import make_profile as shared_profile
 from tests.lab.sshd import Sshd
 from tunnelman.core.errors import (
     AuthenticationFailed,
@@ -34,7 +36,7 @@ from tunnelman.core.errors import (
     PortBusyError,
 )
 from tunnelman.core.known_hosts import HostKeyChanged, HostKeyInfo, HostKeyPolicy, HostKeyUnknown
-from tunnelman.core.profiles import Bastion, Endpoint, Profile, with_overrides
+from tunnelman.core.profiles import Bastion, Profile, with_overrides
 from tunnelman.core.tunnel import TunnelState, TunnelStatus, open_tunnel
 from tunnelman.core.tunnel import openssh as openssh_engine
 from tunnelman.core.tunnel.openssh import OpenSSHMissing, OpenSSHTunnel
@@ -44,38 +46,8 @@ pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh clie
 
 
 def make_profile(server: Sshd, pg: Postgres, tmp_path: Path, **changes: Any) -> Profile:
-    known_hosts = tmp_path / "known_hosts"
-    if not known_hosts.exists():
-        server.write_known_hosts(known_hosts)
-    assert server.key_path is not None
-    profile = Profile(
-        name="lab",
-        bastion=Bastion(server.host, server.user, server.port),
-        identity_file=server.key_path,
-        known_hosts=known_hosts,
-        endpoint=Endpoint("127.0.0.1", pg.port),
-        database=pg.database,
-        user=pg.user,
-        password="none",
-        engine="openssh",
-        connect_timeout=5,
-        keepalive=2,
-    )
-    return with_overrides(profile, **changes) if changes else profile
-
-
-def query(pg: Postgres, port: int) -> Any:
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=port,
-        dbname=pg.database,
-        user=pg.user,
-        password=pg.password,
-        connect_timeout=10,
-    ) as conn:
-        row = conn.execute("select count(*) from public.pts").fetchone()
-        assert row is not None
-        return row[0]
+    """The shared lab profile (tests/lab/profiles.py) with engine = "openssh", keepalive 2 s."""
+    return shared_profile(server, pg, tmp_path, **{"engine": "openssh", "keepalive": 2, **changes})
 
 
 def ssh_children() -> list[int]:
@@ -116,7 +88,7 @@ def test_forwards_on_loopback_and_psql_works(
     port = tunnel.start()
     try:
         assert tunnel.status.state == TunnelState.UP
-        assert query(postgres, port) == 4
+        assert query(port, postgres, PTS) == 4
         psql = shutil.which("psql")
         if psql:
             env = dict(os.environ, PGPASSWORD=postgres.password)
@@ -144,7 +116,7 @@ def test_fixed_port_and_port_busy(sshd: Sshd, postgres: Postgres, tmp_path: Path
     profile = make_profile(sshd, postgres, tmp_path, local_port=port)
     with open_tunnel(profile) as tunnel:
         assert tunnel.local_port == port
-        assert query(postgres, port) == 4
+        assert query(port, postgres, PTS) == 4
         with pytest.raises(PortBusyError, match=f"local port {port} is already in use"):
             open_tunnel(profile).start()
 
@@ -186,7 +158,7 @@ def test_unknown_host_key_refused_asked_or_accepted(
     assert known.read_text() == ""
     with open_tunnel(profile, host_keys=HostKeyPolicy(accept_new=True)) as tunnel:
         assert tunnel.local_port is not None
-        assert query(postgres, tunnel.local_port) == 4
+        assert query(tunnel.local_port, postgres, PTS) == 4
     assert sshd.known_hosts_name() in known.read_text()
 
 
@@ -279,7 +251,7 @@ def test_supervised_tunnel_restarts_ssh_after_the_bastion_drops_it(
         assert tunnel.status.state == TunnelState.UP
         assert tunnel.status.reconnects == 1
         assert tunnel.local_port == port
-        assert query(postgres, port) == 4
+        assert query(port, postgres, PTS) == 4
     assert TunnelState.RECONNECTING in [s.state for s in seen]
 
 
@@ -327,7 +299,7 @@ def test_ssh_dies_with_a_killed_tunnelman(sshd: Sshd, postgres: Postgres, tmp_pa
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        assert query(postgres, port) == 4
+        assert query(port, postgres, PTS) == 4
         child.send_signal(signal.SIGKILL)
         child.wait(10)
         wait_port_closed("127.0.0.1", port, timeout=10)
@@ -346,14 +318,7 @@ def test_one_shot_psql_through_the_cli(lab_profile: LabProfile, tmp_path: Path) 
     passfile.write_text(f"127.0.0.1:*:*:postgres:{lab_profile.password}\n")
     passfile.chmod(0o600)
     env = dict(os.environ, PGPASSFILE=str(passfile))
-    out = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "psql", "lab", "-Atc", "select count(*) from pts"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run_cli("psql", "lab", "-Atc", "select count(*) from pts", env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
     assert ssh_children() == []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import run_cli
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError, ProfileNotFound
 
@@ -19,17 +19,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "profiles.toml"
     path.write_text(text, "utf-8")
     return path
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tunnelman", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
 
 
 def test_example_file_loads_with_the_real_loader() -> None:
@@ -563,7 +552,7 @@ def test_cli_a_fifo_as_log_is_refused_at_once(tmp_home: Path) -> None:
     fifo = tmp_home / "log.fifo"
     os.mkfifo(fifo)
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
-    result = run_cli("--config", str(path), "ls", env={"TUNNELMAN_LOG": str(fifo)})
+    result = run_cli("--config", str(path), "ls", env={**os.environ, "TUNNELMAN_LOG": str(fifo)})
     assert_error_lines(result, 2)
     assert "$TUNNELMAN_LOG" in result.stderr
 
@@ -573,10 +562,13 @@ def test_cli_tilde_of_nobody_is_one_line(tmp_home: Path) -> None:
     result = run_cli("--config", "~nosuchuser-tm/profiles.toml", "ls")
     assert_error_lines(result, 2)
     assert "'~nosuchuser-tm/profiles.toml': starts with '~nosuchuser-tm'" in result.stderr
-    result = run_cli("ls", env={"TUNNELMAN_CONFIG": "~nosuchuser-tm/p.toml"})
+    result = run_cli("ls", env={**os.environ, "TUNNELMAN_CONFIG": "~nosuchuser-tm/p.toml"})
     assert_error_lines(result, 2)
     result = run_cli(
-        "--config", str(path), "ls", env={"TUNNELMAN_LOG": "~nosuchuser-tm/tunnelman.log"}
+        "--config",
+        str(path),
+        "ls",
+        env={**os.environ, "TUNNELMAN_LOG": "~nosuchuser-tm/tunnelman.log"},
     )
     assert_error_lines(result, 2)
     assert "log file ($TUNNELMAN_LOG) '~nosuchuser-tm/tunnelman.log'" in result.stderr
@@ -608,14 +600,7 @@ def test_cli_ls_and_show_escape_the_description(tmp_home: Path) -> None:
 def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n[profiles.b]\nendpoint = "e"\n')
     before = path.read_bytes()
-    result = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "--config", str(path), "profile", "rm", "a"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("--config", str(path), "profile", "rm", "a")
     assert_error_lines(result, 1)
     assert "no terminal to confirm on" in result.stderr
     assert "--yes" in result.stderr
@@ -628,14 +613,7 @@ def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
 @pytest.mark.parametrize("command", [[], ["tui"]])
 def test_cli_tui_without_a_terminal_refuses(tmp_home: Path, command: list[str]) -> None:
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "tunnelman", "--config", str(path), *command],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,  # it used to run until killed
-        check=False,
-    )
+    result = run_cli("--config", str(path), *command, timeout=60)  # it used to run until killed
     assert_error_lines(result, 1)
     assert "the terminal UI needs a terminal (stdin and stdout are not one here)" in result.stderr
 

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.netns import NetnsPair
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import query
 from tests.lab.sshd import Sshd
 from tests.lab.toml_profile import write_profile
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
     ok,
-    query,
-    run_cli,
     status_json,
     up_detached,
 )

@@ -17,27 +17,19 @@ import paramiko
 import pytest
 
 from tests.lab.keys import KeyFormat, KeyKind, make_key
+from tests.lab.profiles import bastion_profile
 from tests.lab.sshd import Sshd
 from tunnelman.core import ssh
 from tunnelman.core.errors import AuthenticationFailed, SSHKeyError
 from tunnelman.core.known_hosts import HostKeyPolicy
-from tunnelman.core.profiles import Bastion, Endpoint, Profile
+from tunnelman.core.profiles import Profile
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
 
 
 def profile_for(server: Sshd, key: Path | None, tmp_path: Path) -> Profile:
-    known_hosts = tmp_path / "known_hosts"
-    if not known_hosts.exists():
-        server.write_known_hosts(known_hosts)
-    return Profile(
-        name="keys",
-        bastion=Bastion(server.host, server.user, server.port),
-        identity_file=key,
-        known_hosts=known_hosts,
-        endpoint=Endpoint("127.0.0.1", 5432),
-        connect_timeout=5,
-    )
+    """The lab bastion profile (tests/lab/profiles.py) named ``keys``, offering ``key``."""
+    return bastion_profile(server, tmp_path, name="keys", identity_file=key)
 
 
 def login(profile: Profile, identity: ssh.Identity) -> None:

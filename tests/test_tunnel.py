@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests.lab.postgres import Postgres
+from tests.lab.profiles import PTS, make_profile, query
 from tests.lab.sshd import Sshd
 from tunnelman.core.errors import (
     AuthenticationFailed,
@@ -35,40 +36,6 @@ from tunnelman.core.profiles import Bastion, Endpoint, Profile, with_overrides
 from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus, open_tunnel
 
 FAST = 15.0  # every failure must be reported within this many seconds
-
-
-def make_profile(server: Sshd, pg: Postgres, tmp_path: Path, **changes: Any) -> Profile:
-    known_hosts = tmp_path / "known_hosts"
-    if not known_hosts.exists():
-        server.write_known_hosts(known_hosts)
-    assert server.key_path is not None
-    profile = Profile(
-        name="lab",
-        bastion=Bastion(server.host, server.user, server.port),
-        identity_file=server.key_path,
-        known_hosts=known_hosts,
-        endpoint=Endpoint("127.0.0.1", pg.port),
-        database=pg.database,
-        user=pg.user,
-        password="none",
-        connect_timeout=5,
-        keepalive=5,
-    )
-    return with_overrides(profile, **changes) if changes else profile
-
-
-def query(pg: Postgres, port: int, sql: str = "select count(*) from public.pts") -> Any:
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=port,
-        dbname=pg.database,
-        user=pg.user,
-        password=pg.password,
-        connect_timeout=10,
-    ) as conn:
-        row = conn.execute(sql).fetchone()
-        assert row is not None
-        return row[0]
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -165,8 +132,8 @@ def test_rows_through_the_tunnel_on_loopback_only(
         if other is not None:
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((other, port), timeout=2).close()
-        assert query(postgres, port) == 4
-        assert query(postgres, port, "select postgis_lib_version()").startswith("3.")
+        assert query(port, postgres, PTS) == 4
+        assert query(port, postgres, "select postgis_lib_version()").startswith("3.")
         status = tunnel.status
         assert status.state == TunnelState.UP
         assert status.local_port == port
@@ -218,7 +185,7 @@ def test_stop_is_idempotent_fast_and_leaks_no_threads_or_fds(
     for _ in range(3):
         tunnel = open_tunnel(profile, supervise=True)
         port = tunnel.start()
-        assert query(postgres, port) == 4
+        assert query(port, postgres, PTS) == 4
         started = time.monotonic()
         tunnel.stop()
         tunnel.stop()
@@ -241,7 +208,7 @@ def test_sshtunnel_logs_go_to_our_logger_not_the_terminal(
 ) -> None:
     with open_tunnel(make_profile(sshd, postgres, tmp_path)) as tunnel:
         assert tunnel.local_port is not None
-        query(postgres, tunnel.local_port)
+        query(tunnel.local_port, postgres, PTS)
     captured = capfd.readouterr()
     assert captured.out == ""
     assert captured.err == ""
@@ -408,7 +375,7 @@ def test_accept_new_records_the_key(sshd: Sshd, postgres: Postgres, tmp_path: Pa
     profile.known_hosts.unlink()
     with open_tunnel(profile, host_keys=HostKeyPolicy(accept_new=True)) as tunnel:
         assert tunnel.local_port is not None
-        assert query(postgres, tunnel.local_port) == 4
+        assert query(tunnel.local_port, postgres, PTS) == 4
     found = subprocess.run(
         ["ssh-keygen", "-F", sshd.known_hosts_name(), "-f", str(profile.known_hosts)],
         capture_output=True,
@@ -489,13 +456,13 @@ def test_dropped_sessions_reconnect_on_the_same_port(
     )
     tunnels.append(tunnel)
     port = tunnel.start()
-    assert query(postgres, port) == 4
+    assert query(port, postgres, PTS) == 4
     mark = len(recorder.statuses)
     assert bastion.kill_sessions() >= 1
     started = time.monotonic()
     recorder.wait_for(TunnelState.RECONNECTING, after=mark, timeout=5)
     recorder.wait_for(TunnelState.UP, after=mark, timeout=5)
-    assert query(postgres, port) == 4
+    assert query(port, postgres, PTS) == 4
     assert time.monotonic() - started < 5
     assert tunnel.local_port == port
     assert tunnel.status.reconnects == 1
@@ -519,7 +486,7 @@ def test_bastion_away_for_5_s_then_back(
     assert away.error
     bastion.start()
     back = time.monotonic()
-    assert query(postgres, port) == 4  # waits for the reconnect instead of being refused
+    assert query(port, postgres, PTS) == 4  # waits for the reconnect instead of being refused
     assert time.monotonic() - back < 5
     assert tunnel.status.state == TunnelState.UP
 
@@ -571,7 +538,7 @@ def test_clock_jump_reconnects_at_once(
         time.sleep(0.05)
     assert tunnel.status.reconnects == 1
     assert tunnel.status.state == TunnelState.UP
-    assert query(postgres, port) == 4
+    assert query(port, postgres, PTS) == 4
 
 
 def test_stop_during_reconnect_is_fast(

@@ -21,9 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.cli import run_cli
 from tests.fuzz import strategies as fs
 from tests.fuzz.budget import count, examples
-from tests.test_agent_support import agent_home, run_cli
+from tests.test_agent_support import agent_home
 from tunnelman.agent import protocol
 from tunnelman.agent.client import AgentClient
 from tunnelman.agent.paths import paths
