@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
     agent_log_tail,
-    run_cli,
     status_json,
 )
 from tunnelman.agent import protocol
