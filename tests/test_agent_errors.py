@@ -53,9 +53,16 @@ from tunnelman.core.known_hosts import (
 from tunnelman.core.profiles import MAX_PROBLEMS_SHOWN, ConfigProblems
 
 # Registered, but raised where no agent reply carries them: the agent's own start (`agent run`),
-# a client-side "no answer", and the one-shot commands and the TUI's clipboard, which run in the
-# CLI's or the TUI's process.
-NEVER_SENT = {"AlreadyRunning", "AgentGone", "ProgramNotFound", "Terminated", "ClipboardError"}
+# a client-side "no answer", and the one-shot commands, `tunnelman db` and the TUI's clipboard,
+# which run in the CLI's or the TUI's process.
+NEVER_SENT = {
+    "AlreadyRunning",
+    "AgentGone",
+    "ProgramNotFound",
+    "Terminated",
+    "ClipboardError",
+    "DbOpsError",
+}
 
 
 def _all_classes() -> dict[str, type[TunnelmanError]]:

@@ -395,7 +395,7 @@ def test_relay_mode_where_ssh_cannot_multiplex(
         port = tunnel.local_port
         assert port is not None
         assert ports.port_holder_pid(port) == os.getpid()  # our listener, not ssh's
-        assert query(port, postgres) == 4
+        assert query(port, postgres, PTS) == 4
         assert server.kill_sessions() >= 1
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (
@@ -404,7 +404,7 @@ def test_relay_mode_where_ssh_cannot_multiplex(
             assert port_open("127.0.0.1", port)  # held throughout
             time.sleep(0.05)
         assert tunnel.status.reconnects == 1
-        assert query(port, postgres) == 4
+        assert query(port, postgres, PTS) == 4
     assert TunnelState.RECONNECTING in [s.state for s in seen]
     wait_port_closed("127.0.0.1", port, timeout=5)
     assert ssh_children() == []
