@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunnelman.core import clients
 from tunnelman.core.errors import TunnelmanError
+from tunnelman.core.platform import process
 
 if TYPE_CHECKING:
     import psycopg
@@ -787,13 +788,7 @@ def _read_program(
                 on_table(table, len(parser.log.tables))
         return proc.wait(), parser.log
     finally:
-        if proc.poll() is None:  # Ctrl-C or an error while reading: never leave it running
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        process.end_child(proc)  # Ctrl-C or an error while reading: never leave it running
 
 
 def dump(

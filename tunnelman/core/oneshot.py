@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from tunnelman.core import clients
 from tunnelman.core.errors import ClientError
-from tunnelman.core.platform import programs, terminal
+from tunnelman.core.platform import process, programs, terminal
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
@@ -261,14 +261,8 @@ class ChildRunner:
                 self._on_signal(signum, None)
             return _exit_status(proc.wait())
         finally:
-            if proc.poll() is None:
-                # Only when waiting itself failed: never leave the child running on its own.
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            # Only when waiting itself failed: never leave the child running on its own.
+            process.end_child(proc)
 
 
 def run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:

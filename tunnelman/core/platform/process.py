@@ -84,6 +84,20 @@ def ssh_child_plan(platform: str = sys.platform) -> ChildPlan:
     return ChildPlan(watchdog=True, job=False, popen={"start_new_session": True})
 
 
+def end_child(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Never leave a child of ours running: terminate it, and kill it after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(OSError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+
+
 def kill_hard(proc: subprocess.Popen[Any]) -> None:
     """The last resort for a child that would not stop: its whole group on POSIX."""
     if sys.platform == "win32":
