@@ -43,14 +43,14 @@ from tunnelman.core.errors import (
     ProfileNotFound,
     TunnelmanError,
 )
-from tunnelman.core.known_hosts import (
+from tunnelman.core.profiles import MAX_PROBLEMS_SHOWN, ConfigProblems
+from tunnelman.core.ssh.known_hosts import (
     HostKeyChanged,
     HostKeyInfo,
     HostKeyTypeMismatch,
     HostKeyUnknown,
     KnownKey,
 )
-from tunnelman.core.profiles import MAX_PROBLEMS_SHOWN, ConfigProblems
 
 # Registered, but raised where no agent reply carries them: the agent's own start (`agent run`),
 # a client-side "no answer", and the one-shot commands, `tunnelman db` and the TUI's clipboard,

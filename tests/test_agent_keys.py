@@ -43,8 +43,8 @@ from tests.tui_support import sync, wait_for
 from tunnelman.agent.client import AgentClient
 from tunnelman.core import ssh
 from tunnelman.core.errors import SSHKeyError
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.profiles import Profile
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.tui.app import make_app
 from tunnelman.tui.hosts import AgentHost, InProcessHost, TunnelHost
 from tunnelman.tui.screens.modals import SecretScreen

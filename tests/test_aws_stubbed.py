@@ -23,7 +23,8 @@ from botocore.stub import ANY, Stubber
 
 from tests.test_aws_lab import load_json
 from tunnelman.cli.main import main
-from tunnelman.core import aws, aws_session
+from tunnelman.core import aws
+from tunnelman.core.aws import session as aws_session
 from tunnelman.core.errors import AWSError
 from tunnelman.core.profiles import Bastion, Profile
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.lab import need
-from tunnelman.core.known_hosts import HostKeyPolicy
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import open_tunnel
 from tunnelman.demo import DemoError
 from tunnelman.demo.database import find_binaries

@@ -51,8 +51,8 @@ from tests.test_cli_up import up
 from tests.test_faults import one, wait_state
 from tests.test_tunnel import Recorder, listening_addresses
 from tunnelman.core.errors import ForwardingFailed, PortBusyError
-from tunnelman.core.known_hosts import HostKeyChanged
 from tunnelman.core.profiles import Endpoint, Profile
+from tunnelman.core.ssh.known_hosts import HostKeyChanged
 from tunnelman.core.tunnel import Tunnel, TunnelState, open_tunnel
 
 pytestmark = [pytest.mark.usefixtures("tmp_home"), pytest.mark.timeout(150)]
@@ -62,7 +62,7 @@ FAST = 15.0  # a refusal is reported by start() within this many seconds
 BACK = 5.0  # a query through the same port works within this many seconds of the bastion's return
 CUT = 30.0  # seconds the link is cut
 NO_SUCH_DB = Endpoint("no-such-db.invalid", 5432)
-# What both engines say when the bastion cannot resolve the endpoint (tunnelman/core/ssh.py
+# What both engines say when the bastion cannot resolve the endpoint (tunnelman/core/ssh/connect.py
 # forward_error, from sshd's reason: paramiko's log line, or ssh's "open failed" line).
 NO_SUCH_DB_WORDS = f"the database endpoint name {NO_SUCH_DB.host} does not resolve on the bastion"
 LOOPBACK_ONLY = {"0100007F"}  # /proc/net/tcp: 127.0.0.1 and nothing else

@@ -19,8 +19,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.profiles import Profile, parse_bastion, parse_endpoint
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import open_tunnel
 from tunnelman.demo.bastion import InprocBastion, fingerprint, generate_key, public_line
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.lab.keys import make_key
 from tunnelman.core.errors import HostKeyError
-from tunnelman.core.known_hosts import (
+from tunnelman.core.ssh.known_hosts import (
     HostKeyChanged,
     HostKeyInfo,
     HostKeyPolicy,

@@ -36,8 +36,13 @@ from tunnelman.core.errors import (
     ForwardingFailed,
     PortBusyError,
 )
-from tunnelman.core.known_hosts import HostKeyChanged, HostKeyInfo, HostKeyPolicy, HostKeyUnknown
 from tunnelman.core.profiles import Bastion, Profile, with_overrides
+from tunnelman.core.ssh.known_hosts import (
+    HostKeyChanged,
+    HostKeyInfo,
+    HostKeyPolicy,
+    HostKeyUnknown,
+)
 from tunnelman.core.tunnel import TunnelState, TunnelStatus, open_tunnel
 from tunnelman.core.tunnel import openssh as openssh_engine
 from tunnelman.core.tunnel.openssh import OpenSSHMissing, OpenSSHTunnel

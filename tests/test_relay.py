@@ -21,8 +21,8 @@ import pytest
 
 from tests.lab.sshd import Sshd
 from tunnelman.core import ssh
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.profiles import Bastion, Endpoint, Profile
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import relay
 
 MB = 1024 * 1024

@@ -29,8 +29,8 @@ from tests.test_agent_support import (
     up_detached,
 )
 from tunnelman.core import profiles as prof
-from tunnelman.core import ssh_config
 from tunnelman.core.errors import ConfigError
+from tunnelman.core.ssh import config as ssh_config
 
 HAVE_SSH = shutil.which("ssh") is not None
 

@@ -21,8 +21,8 @@ from tests.lab.profiles import bastion_profile
 from tests.lab.sshd import Sshd
 from tunnelman.core import ssh
 from tunnelman.core.errors import AuthenticationFailed, SSHKeyError
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.profiles import Profile
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
 

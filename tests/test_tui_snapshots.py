@@ -19,7 +19,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.tui_support import FIXED_NOW, FakeAws, FakeHost, wait_for
-from tunnelman.core.known_hosts import HostKeyInfo
+from tunnelman.core.ssh.known_hosts import HostKeyInfo
 from tunnelman.tui.app import TunnelmanApp, make_app
 from tunnelman.tui.screens.modals import HostKeyChangedScreen, HostKeyScreen
 

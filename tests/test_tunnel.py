@@ -31,8 +31,8 @@ from tunnelman.core.errors import (
     SSHKeyError,
     TunnelError,
 )
-from tunnelman.core.known_hosts import HostKeyChanged, HostKeyPolicy, HostKeyUnknown
 from tunnelman.core.profiles import Bastion, Endpoint, Profile, with_overrides
+from tunnelman.core.ssh.known_hosts import HostKeyChanged, HostKeyPolicy, HostKeyUnknown
 from tunnelman.core.tunnel import Tunnel, TunnelState, TunnelStatus, open_tunnel
 
 FAST = 15.0  # every failure must be reported within this many seconds

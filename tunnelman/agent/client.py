@@ -35,7 +35,7 @@ from tunnelman.core.platform import net
 if TYPE_CHECKING:
     import subprocess
 
-    from tunnelman.core.known_hosts import HostKeyPolicy
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
     from tunnelman.core.tunnel import TunnelStatus
 
 CONNECT_TIMEOUT = 2.0
@@ -299,7 +299,7 @@ class AgentClient:
         on; `ask` is asked here about an unknown key (see the module docstring). Raises the error
         the agent met (HostKeyUnknown, AuthenticationFailed, PortBusyError, …).
         """
-        from tunnelman.core.known_hosts import HostKeyUnknown
+        from tunnelman.core.ssh.known_hosts import HostKeyUnknown
 
         _check_name(name)
         accept_new = bool(host_keys and host_keys.accept_new)

@@ -302,8 +302,10 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
 def _import_senders() -> None:
     """Import the modules outside `errors` whose errors the agent sends, so their classes are
     registered here too. All light: no paramiko, no boto3 (tests/test_agent_errors.py checks)."""
-    import tunnelman.core.known_hosts  # HostKeyUnknown, HostKeyChanged, HostKeyTypeMismatch
-    import tunnelman.core.profiles  # noqa: F401 - ConfigProblems
+    import importlib
+
+    importlib.import_module("tunnelman.core.profiles")  # ConfigProblems
+    importlib.import_module("tunnelman.core.ssh.known_hosts")  # HostKeyUnknown, HostKeyChanged, …
 
 
 def error_class(name: str) -> type[errors.TunnelmanError] | None:

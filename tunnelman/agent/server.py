@@ -817,7 +817,7 @@ class Agent:
 
     def _op_up(self, message: dict[str, Any], lines: protocol.LineSocket) -> dict[str, Any]:
         from tunnelman.core import profiles
-        from tunnelman.core.known_hosts import HostKeyPolicy
+        from tunnelman.core.ssh.known_hosts import HostKeyPolicy
         from tunnelman.core.tunnel import open_tunnel
 
         name = _text(message, "name")

@@ -103,7 +103,7 @@ def demo_cmd(ctx: click.Context, no_tui: bool, port: int | None, postgres: str |
 
 def _hold(info: object, port: int | None) -> None:
     """Open the sandbox's tunnel here, print how to use it, wait for Ctrl-C."""
-    from tunnelman.core.known_hosts import HostKeyPolicy
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
     from tunnelman.core.tunnel import TunnelState, open_tunnel
     from tunnelman.demo.sandbox import SandboxInfo
 

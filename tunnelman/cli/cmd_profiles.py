@@ -179,7 +179,7 @@ def profile_show(ctx: click.Context, name: str, as_json: bool) -> None:
     for key, raw in data.items():
         value = ", ".join(raw) if isinstance(raw, list) else raw
         out(f"{key.ljust(width)}  {'-' if value in (None, '') else prof.printable(str(value))}")
-    from tunnelman.core import ssh_config
+    from tunnelman.core.ssh import config as ssh_config
 
     _resolved, notes = ssh_config.effective(profile)
     for line in notes:

@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from tunnelman.core.credentials import Prompt
-from tunnelman.core.known_hosts import HostKeyInfo, HostKeyPolicy
 from tunnelman.core.ssh import PassphrasePrompt
+from tunnelman.core.ssh.known_hosts import HostKeyInfo, HostKeyPolicy
 
 
 def interactive() -> bool:

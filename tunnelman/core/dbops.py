@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from psycopg import sql
 
     from tunnelman.core.credentials import Login
-    from tunnelman.core.known_hosts import HostKeyPolicy
     from tunnelman.core.profiles import Profile
     from tunnelman.core.ssh import PassphrasePrompt
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
 Echo = Callable[[str], None]
 
@@ -175,7 +175,7 @@ def tunnel_port(
     if port is not None:
         yield port
         return
-    from tunnelman.core.known_hosts import HostKeyPolicy
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
     from tunnelman.core.tunnel import open_tunnel
 
     tunnel = open_tunnel(

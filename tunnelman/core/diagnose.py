@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelmanError
-from tunnelman.core.known_hosts import HostKeyPolicy
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
 if TYPE_CHECKING:
     import paramiko
@@ -120,7 +120,7 @@ class Doctor:
         sets = prof.load(self.config, missing_ok=False)
         profile = sets.get(self.name)
         prof.require_route(profile)
-        from tunnelman.core import ssh_config
+        from tunnelman.core.ssh import config as ssh_config
 
         self.s.given = profile
         resolved, notes = ssh_config.effective(profile)
@@ -131,9 +131,9 @@ class Doctor:
 
     def key_step(self) -> _Found:
         from tunnelman.core import ssh
-        from tunnelman.core.known_hosts import fingerprint
         from tunnelman.core.platform import agents
         from tunnelman.core.platform import keys as platform_keys
+        from tunnelman.core.ssh.known_hosts import fingerprint
 
         profile = self._profile()
         identity = ssh.load_identity(profile, self.passphrase)
@@ -175,7 +175,7 @@ class Doctor:
 
     def host_key_step(self) -> _Found:
         from tunnelman.core import ssh
-        from tunnelman.core.known_hosts import entries_for
+        from tunnelman.core.ssh.known_hosts import entries_for
 
         profile = self._profile()
         assert profile.bastion is not None

@@ -35,9 +35,9 @@ from tunnelman.core.platform import process, programs, terminal
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
-    from tunnelman.core.known_hosts import HostKeyPolicy
     from tunnelman.core.profiles import Profile
     from tunnelman.core.ssh import PassphrasePrompt
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
     from tunnelman.core.tunnel import TunnelStatus
 
 _PG_CLIENT = (
@@ -295,7 +295,7 @@ def run(
     program = find_program(argv[0], env_path)
     with ChildRunner() as runner, contextlib.ExitStack() as stack:
         if port is None:
-            from tunnelman.core.known_hosts import HostKeyPolicy
+            from tunnelman.core.ssh.known_hosts import HostKeyPolicy
             from tunnelman.core.tunnel import open_tunnel
 
             tunnel = open_tunnel(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from tunnelman.core.errors import Cancelled, PassphraseRequired, TunnelmanError
-from tunnelman.core.known_hosts import HostKeyInfo, HostKeyPolicy
+from tunnelman.core.ssh.known_hosts import HostKeyInfo, HostKeyPolicy
 
 if TYPE_CHECKING:
     from tunnelman.agent.client import AgentClient

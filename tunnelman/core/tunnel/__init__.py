@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tunnelman.core.known_hosts import HostKeyPolicy
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel.base import Capabilities, Tunnel, TunnelState, TunnelStatus
 from tunnelman.core.tunnel.ports import free_local_port
 

@@ -40,9 +40,9 @@ from tunnelman.core.errors import (
     TunnelError,
     TunnelmanError,
 )
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.logs import get_logger
 from tunnelman.core.profiles import require_route
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
 if TYPE_CHECKING:
     import paramiko
@@ -298,7 +298,7 @@ class Tunnel(abc.ABC):
 
     def _apply_ssh_config(self) -> Profile:
         """The profile with ~/.ssh/config applied (HostName, Port, User, ProxyJump…), kept."""
-        from tunnelman.core import ssh_config
+        from tunnelman.core.ssh import config as ssh_config
 
         self.profile, notes = ssh_config.effective(self.profile)
         for line in notes:

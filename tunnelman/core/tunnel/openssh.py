@@ -62,7 +62,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunnelman.core import known_hosts
 from tunnelman.core.errors import (
     AuthenticationFailed,
     BastionUnreachable,
@@ -76,8 +75,9 @@ from tunnelman.core.errors import (
     TunnelError,
     TunnelmanError,
 )
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.platform import net, process
+from tunnelman.core.ssh import known_hosts
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import ports, relay
 from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState, TunnelStatus
 
@@ -133,7 +133,7 @@ def _config_args(given: Profile) -> list[str]:
     ssh finds `~` from the passwd entry, tunnelman from $HOME; `ssh_config = false` means none.
     Without a -F, ssh also reads /etc/ssh/ssh_config, as it always did here.
     """
-    from tunnelman.core import ssh_config
+    from tunnelman.core.ssh import config as ssh_config
 
     setting = given.ssh_config
     if setting is False:

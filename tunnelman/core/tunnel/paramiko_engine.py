@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from tunnelman.core import ssh
 from tunnelman.core.errors import TunnelmanError
-from tunnelman.core.known_hosts import HostKeyPolicy
 from tunnelman.core.logs import get_logger
 from tunnelman.core.platform import net
+from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import ports, relay
 from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel
 

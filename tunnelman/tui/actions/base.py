@@ -163,7 +163,7 @@ class AppBase(App[None]):
 
     @on(TaskFailed)
     def _task_failed(self, failed: TaskFailed) -> None:
-        from tunnelman.core.known_hosts import HostKeyChanged, HostKeyTypeMismatch
+        from tunnelman.core.ssh.known_hosts import HostKeyChanged, HostKeyTypeMismatch
         from tunnelman.tui.screens.modals import HostKeyChangedScreen
 
         error, kind, name = failed.error, failed.kind, failed.name

@@ -12,7 +12,7 @@ from textual import on, work
 
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import TunnelmanError
-from tunnelman.core.known_hosts import HostKeyInfo
+from tunnelman.core.ssh.known_hosts import HostKeyInfo
 from tunnelman.core.tunnel import TunnelStatus
 from tunnelman.tui.actions.base import AppBase
 from tunnelman.tui.messages import ConnectFinished, TunnelChanged

@@ -28,8 +28,8 @@ from tunnelman.core.profiles import Profile, printable
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Prompt
-    from tunnelman.core.known_hosts import HostKeyPolicy
     from tunnelman.core.ssh import PassphrasePrompt
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
 _WIDTH = max(len(s) for s in STEPS) + 2
 _MARKS = {"passed": "✓", "failed": "✗", "skipped": "-"}

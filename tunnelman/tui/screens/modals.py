@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from tunnelman.core.known_hosts import HostKeyInfo, KnownKey
+from tunnelman.core.ssh.known_hosts import HostKeyInfo, KnownKey
 
 
 class ConfirmScreen(ModalScreen[bool]):

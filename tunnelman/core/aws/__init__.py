@@ -1,14 +1,14 @@
 """AWS for tunnelman: the one entry point to boto3 (discovery, cluster status/start/stop, serverless
 resume checks, IAM tokens, Secrets Manager, EC2 Instance Connect).
 
-Callers import this module (`from tunnelman.core import aws`) and nothing else of the `aws_*`
-family, which it re-exports:
+Callers import this package (`from tunnelman.core import aws`) and none of its modules, which it
+re-exports:
 
-- `aws_session`  sessions on the standard chain, clients with retries/timeouts, error mapping
-- `aws_model`    `Database`, `Member`, `CustomEndpoint`, `BastionCandidate` (pure, JSON shapes)
-- `aws_rds`      one cluster/instance: look-up, status, start/stop/wait, resume checks
-- `aws_discover` clusters, instances, proxies and bastion candidates across regions
-- `aws_auth`     `iam_token`, `secret_login`, `instance_connect_key`
+- `session`      sessions on the standard chain, clients with retries/timeouts, error mapping
+- `model`        `Database`, `Member`, `CustomEndpoint`, `BastionCandidate` (pure, JSON shapes)
+- `rds`          one cluster/instance: look-up, status, start/stop/wait, resume checks
+- `discovery`    clusters, instances, proxies and bastion candidates across regions
+- `auth`         `iam_token`, `secret_login`, `instance_connect_key`
 
 Importing it is cheap: boto3 (≈0.6 s) is imported inside the functions that call AWS, so the tunnel
 and client code may import this module at top level and call `resume_hint` /
@@ -18,7 +18,7 @@ and client code may import this module at top level and call `resume_hint` /
 
 from __future__ import annotations
 
-from tunnelman.core.aws_auth import (
+from tunnelman.core.aws.auth import (
     Login,
     ephemeral_key,
     iam_token,
@@ -26,9 +26,9 @@ from tunnelman.core.aws_auth import (
     secret_id_for,
     secret_login,
 )
-from tunnelman.core.aws_discover import Discovery, discover
-from tunnelman.core.aws_model import BastionCandidate, CustomEndpoint, Database, Member
-from tunnelman.core.aws_rds import (
+from tunnelman.core.aws.discovery import Discovery, discover
+from tunnelman.core.aws.model import BastionCandidate, CustomEndpoint, Database, Member
+from tunnelman.core.aws.rds import (
     RESUME_CONNECT_TIMEOUT,
     RESUME_NOTE,
     TARGET_STATUS,
@@ -47,7 +47,7 @@ from tunnelman.core.aws_rds import (
     stop_cluster,
     wait_for,
 )
-from tunnelman.core.aws_session import NO_REGION, map_error, region_from_host, session_for
+from tunnelman.core.aws.session import NO_REGION, map_error, region_from_host, session_for
 
 __all__ = [
     "NO_REGION",

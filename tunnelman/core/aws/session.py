@@ -1,6 +1,6 @@
 """AWS sessions, clients and error mapping: the ground floor of `tunnelman.core.aws`.
 
-Called by the other `aws_*` modules only (the CLI and the TUI go through `tunnelman.core.aws`).
+Called by the package's other modules only (the CLI and the TUI go through `tunnelman.core.aws`).
 boto3 is imported inside functions, never at module level, so importing this module costs nothing:
 `tunnelman ls`, `up` and `psql` on a profile without AWS settings never load boto3 (≈0.6 s).
 

@@ -11,8 +11,8 @@ import io
 import json
 from typing import TYPE_CHECKING, NamedTuple
 
-from tunnelman.core.aws_rds import RDSContext, lookup
-from tunnelman.core.aws_session import (
+from tunnelman.core.aws.rds import RDSContext, lookup
+from tunnelman.core.aws.session import (
     calling,
     error_code,
     instance_connect_client,

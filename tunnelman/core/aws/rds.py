@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunnelman.core.aws_model import (
+from tunnelman.core.aws.model import (
     CustomEndpoint,
     Database,
     cluster_from_api,
     custom_endpoints_from_api,
     instance_from_api,
 )
-from tunnelman.core.aws_session import (
+from tunnelman.core.aws.session import (
     calling,
     error_code,
     rds_client,

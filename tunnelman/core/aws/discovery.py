@@ -1,7 +1,7 @@
 """Discovery: Aurora clusters, standalone RDS instances, RDS proxies and bastion candidates in one
 or more regions, queried concurrently.
 
-Called through `tunnelman.core.aws.discover` by `tunnelman discover` and the TUI. Every list call
+Called through `tunnelman.core.aws.discovery` by `tunnelman discover` and the TUI. Every list call
 goes through a paginator. A refused or missing secondary call (proxies, custom endpoints, EC2,
 subnet groups) becomes a warning and the rest is still returned; a region whose clusters or
 instances cannot be listed is a warning too, unless every region fails (then its error is raised).
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tunnelman.core.aws_model import (
+from tunnelman.core.aws.model import (
     BastionCandidate,
     Database,
     bastion_from_api,
@@ -25,7 +25,7 @@ from tunnelman.core.aws_model import (
     instance_from_api,
     proxy_from_api,
 )
-from tunnelman.core.aws_session import (
+from tunnelman.core.aws.session import (
     calling,
     ec2_client,
     rds_client,
