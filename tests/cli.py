@@ -1,6 +1,7 @@
 """Running the tunnelman CLI as a user would: ``python -m tunnelman ARGS`` in a subprocess.
 
-``run_cli`` is the one helper every test uses for that (no tests here).  The child gets this
+``run_cli`` is the one helper every test uses for that (no tests here); tests take it as the
+``run_cli`` fixture (tests/conftest.py), which marks them ``cli``: out of the quick ``-m unit`` run.  The child gets this
 test's environment (``tmp_home`` has already pointed HOME, XDG_* and ``TUNNELMAN_CONFIG``
 inside the test's own home) or exactly ``env`` when given; stdin is not a terminal (empty, or
 ``input``); it runs in a session of its own (setsid) so it has no controlling terminal, as
@@ -15,8 +16,9 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["TUNNELMAN", "CliResult", "run_cli"]
+__all__ = ["TUNNELMAN", "CliResult", "RunCli", "run_cli"]
 __test__ = False  # helpers only
 
 TUNNELMAN = [sys.executable, "-m", "tunnelman"]
@@ -58,3 +60,17 @@ def run_cli(
     result = CliResult(done.args, done.returncode, done.stdout, done.stderr)
     result.elapsed = time.monotonic() - started
     return result
+
+
+class RunCli(Protocol):
+    """The type of the ``run_cli`` fixture: `run_cli` itself."""
+
+    def __call__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 120,
+        cwd: str | Path | None = None,
+        new_session: bool = True,
+    ) -> CliResult: ...

@@ -1,13 +1,14 @@
 """Shared pytest fixtures: the integration lab (real sshd, PostgreSQL/PostGIS, moto, Secret
 Service, network namespaces) and a private HOME for every test that wants one.
 
-Every test is marked ``unit`` or ``lab`` here at collection (``pytest_collection_modifyitems``):
-``lab`` when it uses a lab fixture (``LAB_FIXTURES``, directly or through another fixture),
-lives in a module that starts real processes or drives the whole TUI (``LAB_MODULES``,
-``test_tui_*``) or carries a long-run marker (``LAB_MARKERS``: lab, slow, fuzz, windows);
-``unit`` otherwise.  ``pytest -m unit`` runs the quick ones, and a ``unit`` test that starts a
-lab program anyway (sshd, PostgreSQL, tmux, …: ``LAB_PROGRAMS``, watched by an audit hook)
-fails saying it is a lab test.
+Every test is marked ``unit``, ``cli`` or ``lab`` here at collection
+(``pytest_collection_modifyitems``): ``lab`` when it uses a lab fixture (``LAB_FIXTURES``,
+directly or through another fixture), lives in a module that starts real processes or drives the
+whole TUI (``LAB_MODULES``, ``test_tui_*``) or carries a long-run marker (``LAB_MARKERS``: lab,
+slow, fuzz, windows); else ``cli`` when it runs the tunnelman CLI in a subprocess (the
+``run_cli`` fixture: half a second an interpreter); ``unit`` otherwise.  ``pytest -m unit`` runs
+the quick in-process ones, and a ``unit`` test that starts a lab program or the CLI anyway
+(sshd, PostgreSQL, tmux, …: ``LAB_PROGRAMS``, watched by an audit hook) fails saying what to use.
 
 Session-scoped servers are shared by all tests: do not stop, restart or re-key them; ask
 ``make_sshd`` / ``make_postgres`` for a private one instead.  A service that cannot be
@@ -17,6 +18,7 @@ started skips the test locally and fails it in CI (``tests.lab.need``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import RunCli, run_cli
 from tests.lab import in_ci, need
 from tests.lab.keyring_env import keyring_available
 from tests.lab.moto_server import MotoServer, moto_missing
@@ -57,7 +60,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tunnelman lab: {mode}"
 
 
-# -- test kinds: unit or lab -------------------------------------------------------------------
+# -- test kinds: unit, cli or lab --------------------------------------------------------------
 
 # Fixtures that start (or need) a real service; a test using one, even through another
 # fixture, is a lab test.
@@ -101,6 +104,14 @@ def pytest_configure(config: pytest.Config) -> None:
     sys.addaudithook(_refuse_lab_programs)
 
 
+def _kind(item: pytest.Item) -> pytest.MarkDecorator:
+    if _is_lab(item):
+        return pytest.mark.lab
+    if "run_cli" in getattr(item, "fixturenames", ()):
+        return pytest.mark.cli
+    return pytest.mark.unit
+
+
 def _is_lab(item: pytest.Item) -> bool:
     if any(item.get_closest_marker(name) for name in LAB_MARKERS):
         return True
@@ -115,7 +126,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("lab") is not None:
             continue
-        item.add_marker(pytest.mark.lab if _is_lab(item) else pytest.mark.unit)
+        item.add_marker(_kind(item))
 
 
 _unit_running: list[str] = []  # the nodeid of the unit test being set up or run, if any
@@ -135,9 +146,22 @@ def _program(argv: object) -> str | None:
     return next((name for name in names if name in _LAB_ANYWHERE), None)
 
 
+def _runs_the_cli(argv: object) -> bool:
+    """``python -m tunnelman …``: what the ``run_cli`` fixture runs."""
+    if not isinstance(argv, list | tuple):
+        return False
+    return any(pair == ("-m", "tunnelman") for pair in itertools.pairwise(argv))
+
+
 def _refuse_lab_programs(event: str, args: tuple[object, ...]) -> None:
     if event != "subprocess.Popen" or not _unit_running:
         return
+    if _runs_the_cli(args[1]):
+        pytest.fail(
+            f"{_unit_running[0]} is marked unit but runs the tunnelman CLI: take the `run_cli` "
+            "fixture (tests/cli.py), which marks it cli",
+            pytrace=False,
+        )
     program = _program(args[1])
     if program is not None:
         pytest.fail(
@@ -171,6 +195,16 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     with _watching(item):
         yield
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture() -> RunCli:
+    """``tunnelman ARGS`` in a subprocess, as a user runs it (`tests.cli.run_cli`); a test taking
+    this fixture is a ``cli`` test."""
+    return run_cli
 
 
 # -- SSH bastion -------------------------------------------------------------------------------

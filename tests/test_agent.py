@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tests.lab.keys import make_key
@@ -64,7 +64,7 @@ def raw_request(message: dict[str, Any] | bytes) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- no agent
 
 
-def test_status_and_down_without_an_agent_start_none() -> None:
+def test_status_and_down_without_an_agent_start_none(run_cli: RunCli) -> None:
     assert ok(run_cli("status")).stdout == "No tunnels (the agent is not running).\n"
     assert json.loads(ok(run_cli("status", "--json")).stdout) == []
     assert ok(run_cli("down", "--all")).stdout == "No tunnels to close.\n"
@@ -105,7 +105,7 @@ def test_find_is_cheap_and_light() -> None:
     assert per_call < 0.05
 
 
-def test_find_and_status_through_a_running_agent(lab_profile: LabProfile) -> None:
+def test_find_and_status_through_a_running_agent(run_cli: RunCli, lab_profile: LabProfile) -> None:
     port = up_detached("lab")
     client = AgentClient()
     found = client.find("lab")
@@ -142,7 +142,7 @@ def one_port() -> int:
     return int(rows[0]["local_port"])
 
 
-def test_a_stale_socket_is_replaced(lab_profile: LabProfile) -> None:
+def test_a_stale_socket_is_replaced(run_cli: RunCli, lab_profile: LabProfile) -> None:
     files = agent_files()
     files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,7 +168,7 @@ def test_concurrent_starts_give_one_agent() -> None:
     assert agent_processes() == sorted(pids)
 
 
-def test_a_second_agent_refuses_to_run() -> None:
+def test_a_second_agent_refuses_to_run(run_cli: RunCli) -> None:
     first = AgentClient().ensure_running()
     second = subprocess.run(
         [sys.executable, "-m", "tunnelman.agent", "--lock-wait", "0"],
@@ -195,7 +195,7 @@ def test_an_idle_agent_exits_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_an_agent_holding_a_tunnel_stays_until_it_is_closed(
-    lab_profile: LabProfile, monkeypatch: pytest.MonkeyPatch
+    run_cli: RunCli, lab_profile: LabProfile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNNELMAN_AGENT_IDLE", "1")
     port = up_detached("lab")
@@ -206,7 +206,9 @@ def test_an_agent_holding_a_tunnel_stays_until_it_is_closed(
     wait_for(lambda: not agent_processes(), 20, "the agent to exit once idle")
 
 
-def test_sigterm_closes_every_tunnel_and_removes_the_files(lab_profile: LabProfile) -> None:
+def test_sigterm_closes_every_tunnel_and_removes_the_files(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     port = up_detached("lab")
     pid = agent_pid()
     assert pid is not None
@@ -219,7 +221,9 @@ def test_sigterm_closes_every_tunnel_and_removes_the_files(lab_profile: LabProfi
     assert ok(run_cli("status")).stdout == "No tunnels (the agent is not running).\n"
 
 
-def test_agent_run_in_the_foreground_then_agent_stop(lab_profile: LabProfile) -> None:
+def test_agent_run_in_the_foreground_then_agent_stop(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunnelman", "agent", "run", "--idle-timeout", "0"],
         stdin=subprocess.DEVNULL,
@@ -272,7 +276,9 @@ def test_the_protocol_refuses_what_it_does_not_speak() -> None:
     assert reply["pid"] == agent_pid()
 
 
-def test_errors_keep_their_class_across_the_socket(lab_profile: LabProfile) -> None:
+def test_errors_keep_their_class_across_the_socket(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     client = AgentClient()
     config = os.environ["TUNNELMAN_CONFIG"]
     from tunnelman.core.errors import ProfileNotFound
@@ -298,7 +304,7 @@ def test_subscribe_streams_state_changes(lab_profile: LabProfile) -> None:
 
 
 def test_tcp_transport_with_a_token(
-    lab_profile: LabProfile, monkeypatch: pytest.MonkeyPatch
+    run_cli: RunCli, lab_profile: LabProfile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNNELMAN_AGENT_TRANSPORT", "tcp")
     port = up_detached("lab")
@@ -329,6 +335,7 @@ def test_tcp_transport_with_a_token(
 
 
 def test_up_twice_is_the_same_tunnel_and_another_port_is_refused(
+    run_cli: RunCli,
     lab_profile: LabProfile,
 ) -> None:
     port = up_detached("lab")
@@ -345,7 +352,7 @@ def test_up_twice_is_the_same_tunnel_and_another_port_is_refused(
     assert "the profile has changed since" in changed.stderr
 
 
-def test_a_busy_port_is_reported_by_the_agent(lab_profile: LabProfile) -> None:
+def test_a_busy_port_is_reported_by_the_agent(run_cli: RunCli, lab_profile: LabProfile) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
@@ -361,7 +368,7 @@ def test_a_busy_port_is_reported_by_the_agent(lab_profile: LabProfile) -> None:
 
 
 def test_a_passphrase_protected_key_points_to_ssh_add(
-    lab_profile: LabProfile, tmp_path: Path
+    run_cli: RunCli, lab_profile: LabProfile, tmp_path: Path
 ) -> None:
     key, _pub = make_key(tmp_path, "ed25519", passphrase="correct horse")
     lab_profile.write(identity_file=key)
@@ -375,6 +382,7 @@ def test_a_passphrase_protected_key_points_to_ssh_add(
 
 
 def test_an_unknown_host_key_without_a_terminal_names_the_way_out(
+    run_cli: RunCli,
     lab_profile: LabProfile,
 ) -> None:
     lab_profile.known_hosts.write_text("")
@@ -446,7 +454,9 @@ def test_an_unknown_host_key_is_asked_on_the_terminal_before_the_agent_opens_it(
 # ----------------------------------------------------------------------------- one-shot reuse
 
 
-def test_one_shot_commands_reuse_the_agents_tunnel(lab_profile: LabProfile) -> None:
+def test_one_shot_commands_reuse_the_agents_tunnel(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     lab_profile.write(password="none")
     pgpass = Path(os.environ["HOME"]) / ".pgpass"
     pgpass.write_text(f"*:*:*:{lab_profile.postgres.user}:{lab_profile.password}\n")

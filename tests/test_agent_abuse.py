@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.test_agent_support import (
     agent_files,
     agent_home,  # noqa: F401 - fixture
@@ -149,7 +149,7 @@ class Flood:
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_held_connections_do_not_starve_the_owner(
-    monkeypatch: pytest.MonkeyPatch, transport: str
+    run_cli: RunCli, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     pid = start_agent(monkeypatch, transport)
     rest_fds, rest_threads = fd_count(pid), thread_count(pid)
@@ -278,7 +278,7 @@ def test_an_op_of_the_wrong_type_costs_only_that_connection(op: str) -> None:
     assert info.pid == pid
 
 
-def test_workers_are_capped_and_status_still_answers() -> None:
+def test_workers_are_capped_and_status_still_answers(run_cli: RunCli) -> None:
     pid = AgentClient().ensure_running().pid
     rest = thread_count(pid)
     held: list[protocol.LineSocket] = []
@@ -432,7 +432,7 @@ def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_malformed_ping_replies_are_one_clear_error() -> None:
+def test_malformed_ping_replies_are_one_clear_error(run_cli: RunCli) -> None:
     for key, value in BAD_PING:
         with fake_agent(replies({**PING, key: value}, [])), pytest.raises(AgentError) as caught:
             AgentClient().ping()
@@ -446,7 +446,7 @@ def test_malformed_ping_replies_are_one_clear_error() -> None:
     assert "tunnelman agent stop" in line
 
 
-def test_malformed_tunnels_are_one_clear_error() -> None:
+def test_malformed_tunnels_are_one_clear_error(run_cli: RunCli) -> None:
     cases = [[{**TUNNEL, key: value}] for key, value in BAD_TUNNEL] + BAD_LIST
     for tunnels in cases:
         with fake_agent(replies(PING, tunnels)):
@@ -463,7 +463,7 @@ def test_malformed_tunnels_are_one_clear_error() -> None:
             ), (args, line)
 
 
-def test_garbage_from_the_agent_is_one_clear_error() -> None:
+def test_garbage_from_the_agent_is_one_clear_error(run_cli: RunCli) -> None:
     for raw, expected in (
         (b"not json\n", "not a JSON line"),
         (b"[1, 2]\n", "not a JSON object"),
@@ -503,7 +503,7 @@ def test_a_name_that_is_not_text_is_a_clean_error(running: bool) -> None:
 
 
 def test_a_relative_agent_dir_is_the_same_for_client_and_agent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work = tmp_path / "w"  # short: the socket path must fit in sun_path
     work.mkdir()

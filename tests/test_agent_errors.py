@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli, run_cli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.test_agent_support import (
@@ -388,7 +388,7 @@ def test_openssh_missing_through_the_agent(lab_profile: LabProfile, tmp_path: Pa
 
 @pytest.mark.usefixtures("agent_home")
 def test_a_key_that_needs_a_passphrase_through_the_agent(
-    lab_profile: LabProfile, tmp_path: Path
+    run_cli: RunCli, lab_profile: LabProfile, tmp_path: Path
 ) -> None:
     key, _pub = make_key(tmp_path, "ed25519", passphrase="correct horse")
     lab_profile.write(identity_file=key)

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.lab.ports import port_open
@@ -345,7 +345,7 @@ def test_up_in_the_foreground_with_no_terminal(
 
 
 def test_up_detach_works_with_no_terminal(
-    locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile
+    run_cli: RunCli, locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile
 ) -> None:
     """The acceptance case: the background agent uses the client's ssh-agent for the key."""
     ssh_agent.add(locked)
@@ -357,7 +357,7 @@ def test_up_detach_works_with_no_terminal(
 
 
 def test_up_detach_without_the_key_in_the_agent_is_refused_as_before(
-    locked: Path, ssh_agent: SshAgent
+    run_cli: RunCli, locked: Path, ssh_agent: SshAgent
 ) -> None:
     result = run_cli("up", "lab", "--detach")
     assert result.returncode != 0
@@ -366,7 +366,9 @@ def test_up_detach_without_the_key_in_the_agent_is_refused_as_before(
     assert f"ssh-add {locked}" in line
 
 
-def test_psql_and_exec_one_shot(locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile) -> None:
+def test_psql_and_exec_one_shot(
+    run_cli: RunCli, locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile
+) -> None:
     lab_profile.write(password="none")
     pgpass = Path(os.environ["HOME"]) / ".pgpass"
     pgpass.write_text(f"*:*:*:{lab_profile.postgres.user}:{lab_profile.password}\n")
@@ -379,7 +381,7 @@ def test_psql_and_exec_one_shot(locked: Path, ssh_agent: SshAgent, lab_profile: 
 
 
 def test_check_says_the_key_is_used_through_ssh_agent(
-    locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile
+    run_cli: RunCli, locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile
 ) -> None:
     lab_profile.write(password="none")
     ssh_agent.add(locked)
@@ -406,7 +408,7 @@ def test_openssh_engine_uses_the_key_in_the_agent(
 
 
 def test_openssh_engine_says_the_agent_lacks_the_key(
-    locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile, tmp_path: Path
+    run_cli: RunCli, locked: Path, ssh_agent: SshAgent, lab_profile: LabProfile, tmp_path: Path
 ) -> None:
     lab_profile.write(engine="openssh")
     other, _ = make_key(tmp_path / "o", "ed25519", name="id_other")
@@ -419,7 +421,7 @@ def test_openssh_engine_says_the_agent_lacks_the_key(
 
 
 def test_openssh_engine_pem_without_pub_names_the_fix(
-    ssh_agent: SshAgent, lab_profile: LabProfile, tmp_path: Path
+    run_cli: RunCli, ssh_agent: SshAgent, lab_profile: LabProfile, tmp_path: Path
 ) -> None:
     key, public = locked_key(tmp_path / "k", "pem")
     lab_profile.sshd.authorize(public)

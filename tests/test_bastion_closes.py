@@ -19,7 +19,7 @@ import paramiko
 import pytest
 from paramiko.common import AUTH_FAILED, AUTH_SUCCESSFUL, OPEN_FAILED_CONNECT_FAILED
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.lab.toml_profile import write_profile
 from tests.test_cli_up import errline, no_traceback
 
@@ -134,7 +134,9 @@ EXIT = {"accept": 3, "banner": 3, "auth": 4, "forward": 6}
 
 @pytest.mark.parametrize("closing", list(WHERE), indirect=True)
 @pytest.mark.parametrize("command", ["up", "psql", "check"])
-def test_a_bastion_hanging_up_is_one_clear_line(closing: ClosingBastion, command: str) -> None:
+def test_a_bastion_hanging_up_is_one_clear_line(
+    run_cli: RunCli, closing: ClosingBastion, command: str
+) -> None:
     args = {
         "up": ["up", "x", "--accept-new-host-key"],
         "psql": ["psql", "--accept-new-host-key", "x", "-c", "select 1"],

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.lab.moto_server import REGION, MotoServer
 from tests.test_aws_lab import OTHER_REGION, REPO, Seeded, cli_env, client, seed
 
@@ -61,7 +61,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_discover_json_lists_each_kind(
-    env: dict[str, str], seeded: Seeded, moto: MotoServer
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
 ) -> None:
     result = run_cli("discover", "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -126,7 +126,9 @@ def test_discover_json_lists_each_kind(
     assert seeded.mysql not in by_id  # not PostgreSQL: only with --all-engines
 
 
-def test_discover_table_reads_at_100_columns(env: dict[str, str], seeded: Seeded) -> None:
+def test_discover_table_reads_at_100_columns(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
     result = run_cli("discover", env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -140,7 +142,7 @@ def test_discover_table_reads_at_100_columns(env: dict[str, str], seeded: Seeded
     assert result.stderr.startswith("Querying AWS in us-east-2")
 
 
-def test_discover_several_regions(env: dict[str, str], seeded: Seeded) -> None:
+def test_discover_several_regions(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     result = run_cli("discover", "--region", REGION, "--region", OTHER_REGION, env=env)
     assert result.returncode == 0, result.stderr
     assert all(len(line) <= 100 for line in result.stdout.splitlines())
@@ -150,13 +152,13 @@ def test_discover_several_regions(env: dict[str, str], seeded: Seeded) -> None:
     assert seeded.mysql in {item["id"] for item in everything}
 
 
-def test_discover_without_region(env: dict[str, str]) -> None:
+def test_discover_without_region(run_cli: RunCli, env: dict[str, str]) -> None:
     del env["AWS_DEFAULT_REGION"], env["AWS_REGION"]
     line = _one_error_line(run_cli("discover", env=env))
     assert line == "tunnelman: error: no region: pass --region or set AWS_DEFAULT_REGION"
 
 
-def test_discover_unknown_aws_profile(env: dict[str, str], tmp_home: Path) -> None:
+def test_discover_unknown_aws_profile(run_cli: RunCli, env: dict[str, str], tmp_home: Path) -> None:
     (tmp_home / ".aws").mkdir()
     (tmp_home / ".aws" / "config").write_text("[profile geo-admin]\nregion = us-east-2\n")
     line = _one_error_line(run_cli("discover", "--aws-profile", "geo-admn", env=env))
@@ -180,7 +182,7 @@ local_port = 5434
 
 
 def test_profile_add_from_cluster_keeps_the_file(
-    env: dict[str, str], seeded: Seeded, moto: MotoServer
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
 ) -> None:
     path = _write_config(_EXISTING)
     result = run_cli(
@@ -224,7 +226,7 @@ def test_profile_add_from_cluster_keeps_the_file(
     assert "Looking up" not in again.stderr  # refused before asking AWS
 
 
-def test_profile_add_from_instance_id(env: dict[str, str], seeded: Seeded) -> None:
+def test_profile_add_from_instance_id(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     result = run_cli("profile", "add", "reports", "--cluster", seeded.standalone, env=env)
     assert result.returncode == 0, result.stderr
     geo = tomllib.loads(_config().read_text("utf-8"))["profiles"]["reports"]
@@ -234,7 +236,7 @@ def test_profile_add_from_instance_id(env: dict[str, str], seeded: Seeded) -> No
     assert "password" not in geo
 
 
-def test_profile_add_unknown_cluster(env: dict[str, str], seeded: Seeded) -> None:
+def test_profile_add_unknown_cluster(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     line = _one_error_line(run_cli("profile", "add", "x", "--cluster", "geo-prd", env=env))
     assert "no RDS cluster or instance 'geo-prd' in us-east-2 (did you mean 'geo-prod'?)" in line
     assert not _config().exists()
@@ -264,7 +266,7 @@ region = "{REGION}"
     )
 
 
-def test_cluster_status_text_and_json(env: dict[str, str], seeded: Seeded) -> None:
+def test_cluster_status_text_and_json(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     text = run_cli("cluster", "status", "geo", env=env)
     assert text.returncode == 0, text.stderr
@@ -279,7 +281,7 @@ def test_cluster_status_text_and_json(env: dict[str, str], seeded: Seeded) -> No
     assert "resuming" in data["note"]
 
 
-def test_cluster_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
+def test_cluster_stop_and_start(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     fast = ["--yes", "--poll-interval", "0.2"]
     stopped = run_cli("cluster", "stop", "geo", *fast, env=env)
@@ -296,20 +298,24 @@ def test_cluster_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
     assert json.loads(started.stdout)["status"] == "available"
 
 
-def test_instance_stop_and_start(env: dict[str, str], seeded: Seeded) -> None:
+def test_instance_stop_and_start(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     fast = ["--yes", "--poll-interval", "0.2"]
     assert "is stopped" in run_cli("cluster", "stop", "reports", *fast, env=env).stdout
     assert "is available" in run_cli("cluster", "start", "reports", *fast, env=env).stdout
 
 
-def test_serverless_v1_cannot_be_stopped(env: dict[str, str], seeded: Seeded) -> None:
+def test_serverless_v1_cannot_be_stopped(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
     _cluster_profiles(seeded)
     line = _one_error_line(run_cli("cluster", "stop", "legacy", "--yes", env=env))
     assert "Serverless v1: it cannot be stopped, it pauses by itself" in line
 
 
-def test_stop_refuses_without_a_terminal(env: dict[str, str], seeded: Seeded) -> None:
+def test_stop_refuses_without_a_terminal(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
     _cluster_profiles(seeded)
     line = _one_error_line(run_cli("cluster", "stop", "geo", env=env, input=""))
     assert "refusing to stop cluster 'geo-prod' without confirmation" in line
@@ -355,7 +361,7 @@ def _run_on_pty(args: list[str], env: dict[str, str], answer: str) -> tuple[int,
         os.close(master)
 
 
-def test_stop_asks_on_a_terminal(env: dict[str, str], seeded: Seeded) -> None:
+def test_stop_asks_on_a_terminal(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
     code, output = _run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "n")
     assert code != 0
@@ -381,7 +387,7 @@ def test_stop_asks_on_a_terminal(env: dict[str, str], seeded: Seeded) -> None:
     ids=["discover", "cluster-status", "profile-add"],
 )
 def test_without_credentials_one_clear_line(
-    args: list[str], tmp_home: Path, seeded: Seeded
+    run_cli: RunCli, args: list[str], tmp_home: Path, seeded: Seeded
 ) -> None:
     _cluster_profiles(seeded)
     env = cli_env(None)  # empty HOME, no AWS_* at all, no instance metadata
@@ -396,7 +402,7 @@ def test_without_credentials_one_clear_line(
 
 
 def test_up_and_psql_say_resuming_for_an_auto_pausing_cluster(
-    env: dict[str, str], seeded: Seeded
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
 ) -> None:
     from tests.lab.ports import free_port
 

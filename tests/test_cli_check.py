@@ -209,6 +209,7 @@ def test_no_identity_file_and_no_agent(lab_profile: LabProfile) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+@pytest.mark.usefixtures("run_cli")  # through `run`: a cli test
 def test_help() -> None:
     result, _ = run("check", "--help")
     assert result.returncode == 0

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import TUNNELMAN, run_cli
+from tests.cli import TUNNELMAN, RunCli, run_cli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tunnelman.core import clients
@@ -43,20 +43,20 @@ def lab(lab_profile: LabProfile, keyring_backend: Any) -> Iterator[LabProfile]:
 # ----------------------------------------------------------------------------- acceptance
 
 
-def test_psql_prints_the_postgis_version(lab: LabProfile) -> None:
+def test_psql_prints_the_postgis_version(run_cli: RunCli, lab: LabProfile) -> None:
     res = run_cli("psql", "lab", "-c", "select postgis_full_version()")
     assert res.returncode == 0, res.stderr
     assert 'POSTGIS="3' in res.stdout
 
 
-def test_psql_returns_psqls_exit_code(lab: LabProfile) -> None:
+def test_psql_returns_psqls_exit_code(run_cli: RunCli, lab: LabProfile) -> None:
     res = run_cli("psql", "lab", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope")
     assert res.returncode == 1
     assert 'column "nope" does not exist' in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_exec_pg_dump_through_the_tunnel(lab: LabProfile) -> None:
+def test_exec_pg_dump_through_the_tunnel(run_cli: RunCli, lab: LabProfile) -> None:
     res = run_cli("exec", "lab", "--", "pg_dump", "--schema-only", "-t", "public.pts")
     assert res.returncode == 0, res.stderr
     assert "CREATE TABLE public.pts" in res.stdout
@@ -201,7 +201,7 @@ def test_sigterm_and_a_crashing_child_also_remove_the_file(lab: LabProfile) -> N
         assert not passfile.parent.exists(), how
 
 
-def test_missing_psql_says_how_to_install(tmp_home: Path) -> None:
+def test_missing_psql_says_how_to_install(run_cli: RunCli, tmp_home: Path) -> None:
     prof.save_profile(
         prof.config_path(None), "p", {"bastion": "u@bastion.invalid", "endpoint": "db.invalid"}
     )
@@ -218,7 +218,7 @@ def test_missing_psql_says_how_to_install(tmp_home: Path) -> None:
 
 
 def test_no_stored_password_without_a_terminal_is_one_clear_line(
-    lab_profile: LabProfile, keyring_backend: Any
+    run_cli: RunCli, lab_profile: LabProfile, keyring_backend: Any
 ) -> None:
     run_cli("password", "delete", "lab")
     res = run_cli("psql", "lab", "-c", "select 1")
@@ -245,7 +245,7 @@ def agent_port(lab: LabProfile, monkeypatch: pytest.MonkeyPatch) -> Iterator[int
         AgentClient().shutdown(wait=30)
 
 
-def test_oneshots_env_and_conn_reuse_the_agents_tunnel(agent_port: int) -> None:
+def test_oneshots_env_and_conn_reuse_the_agents_tunnel(run_cli: RunCli, agent_port: int) -> None:
     """With `up --detach`, psql/exec use the agent's port (an in-process tunnel would get a free
     one), and env/conn need no --port even though the profile has no local_port."""
     port = agent_port
@@ -261,7 +261,7 @@ def test_oneshots_env_and_conn_reuse_the_agents_tunnel(agent_port: int) -> None:
 # ----------------------------------------------------------------------------- conn: ports
 
 
-def test_conn_port_resolution(tmp_home: Path) -> None:
+def test_conn_port_resolution(run_cli: RunCli, tmp_home: Path) -> None:
     path = prof.config_path(None)
     prof.save_profile(path, "fixed", {"endpoint": "db.internal", "local_port": 5433})
     prof.save_profile(path, "auto", {"endpoint": "db.internal"})
@@ -278,14 +278,14 @@ def test_conn_port_resolution(tmp_home: Path) -> None:
     assert res.stdout.startswith('psql "host=127.0.0.1 port=5433 ')
 
 
-def test_conn_help_lists_every_format() -> None:
+def test_conn_help_lists_every_format(run_cli: RunCli) -> None:
     res = run_cli("conn", "--help")
     for name, text in clients.FORMATS.items():
         assert name in res.stdout
         assert text.split()[0] in res.stdout
 
 
-def test_env_reminds_to_start_the_tunnel(tmp_home: Path) -> None:
+def test_env_reminds_to_start_the_tunnel(run_cli: RunCli, tmp_home: Path) -> None:
     prof.save_profile(prof.config_path(None), "fixed", {"endpoint": "db.internal", "local_port": 1})
     res = run_cli("env", "fixed")
     assert res.returncode == 0
@@ -310,7 +310,9 @@ def writer(tmp_home: Path, keyring_backend: Any) -> Iterator[str]:
     run_cli("password", "delete", "w")
 
 
-def test_conn_write_through_a_dotfiles_symlink_says_so(writer: str, tmp_home: Path) -> None:
+def test_conn_write_through_a_dotfiles_symlink_says_so(
+    run_cli: RunCli, writer: str, tmp_home: Path
+) -> None:
     real = tmp_home / "dotfiles" / "pgpass"
     real.parent.mkdir()
     real.write_text("other:1:*:u:p\n")
@@ -330,7 +332,9 @@ def test_conn_write_through_a_dotfiles_symlink_says_so(writer: str, tmp_home: Pa
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file types")
 @pytest.mark.parametrize("fmt", ["pgpass", "pg-service", "pgadmin", "qgis-xml"])
-def test_conn_write_refuses_bad_targets_in_one_line(writer: str, tmp_path: Path, fmt: str) -> None:
+def test_conn_write_refuses_bad_targets_in_one_line(
+    run_cli: RunCli, writer: str, tmp_path: Path, fmt: str
+) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     (tmp_path / "loop").symlink_to("loop")
@@ -395,7 +399,7 @@ def _client_env(passfile: Path, **extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("fmt", ["dsn", "uri"])
 def test_dsn_and_uri_work_in_psql(
-    lab_profile: LabProfile, tunnel_port: int, passfile: Path, fmt: str
+    run_cli: RunCli, lab_profile: LabProfile, tunnel_port: int, passfile: Path, fmt: str
 ) -> None:
     target = run_cli("conn", "lab", "-f", fmt, "--port", str(tunnel_port)).stdout.strip()
     res = subprocess.run(
@@ -407,7 +411,7 @@ def test_dsn_and_uri_work_in_psql(
 
 
 def test_psql_line_runs_in_a_shell(
-    lab_profile: LabProfile, tunnel_port: int, passfile: Path
+    run_cli: RunCli, lab_profile: LabProfile, tunnel_port: int, passfile: Path
 ) -> None:
     line = run_cli("conn", "lab", "--port", str(tunnel_port)).stdout.strip()
     res = subprocess.run(
@@ -439,7 +443,7 @@ def test_service_entry_works_in_psql(
 
 
 def test_env_export_feeds_pg_dump(
-    lab_profile: LabProfile, tunnel_port: int, passfile: Path
+    run_cli: RunCli, lab_profile: LabProfile, tunnel_port: int, passfile: Path
 ) -> None:
     exports = run_cli("env", "lab", "--port", str(tunnel_port)).stdout
     script = f"{exports}\nexec pg_dump --schema-only -t public.pts\n"
@@ -452,7 +456,7 @@ def test_env_export_feeds_pg_dump(
 
 
 def test_write_pgpass_from_the_keyring_then_psql_needs_no_password(
-    lab_profile: LabProfile, keyring_backend: Any, tunnel_port: int, tmp_path: Path
+    run_cli: RunCli, lab_profile: LabProfile, keyring_backend: Any, tunnel_port: int, tmp_path: Path
 ) -> None:
     run_cli("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
     pgpass = tmp_path / "written.pgpass"
@@ -472,7 +476,9 @@ def test_write_pgpass_from_the_keyring_then_psql_needs_no_password(
     assert res.returncode == 0, res.stderr
 
 
-def test_sqlalchemy_url_connects(lab_profile: LabProfile, tunnel_port: int) -> None:
+def test_sqlalchemy_url_connects(
+    run_cli: RunCli, lab_profile: LabProfile, tunnel_port: int
+) -> None:
     sqlalchemy = pytest.importorskip("sqlalchemy", reason="sqlalchemy is not installed here")
     url = run_cli("conn", "lab", "-f", "sqlalchemy", "--port", str(tunnel_port)).stdout.strip()
     engine = sqlalchemy.create_engine(url, connect_args={"password": lab_profile.password})
@@ -517,7 +523,7 @@ def _pgadmin_python(cache_dir: Path) -> Path:
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", ["tunnelman", "pgadmin-ssh"])
 def test_pgadmin_load_servers_imports_the_file(
-    pytestconfig: pytest.Config, tmp_home: Path, tmp_path: Path, variant: str
+    run_cli: RunCli, pytestconfig: pytest.Config, tmp_home: Path, tmp_path: Path, variant: str
 ) -> None:
     """pgAdmin's own `setup.py load-servers` (pgadmin4 from PyPI, desktop mode, a private data
     dir) imports what `conn --format pgadmin --write` wrote; its sqlite then holds the server."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tunnelman.cli.main import COMMANDS, LazyGroup, cli
 
 
@@ -27,7 +27,7 @@ def all_commands() -> list[tuple[str, click.Command]]:
     return found
 
 
-def test_top_level_help_lists_commands() -> None:
+def test_top_level_help_lists_commands(run_cli: RunCli) -> None:
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
     ctx = click.Context(cli)
@@ -46,7 +46,7 @@ def test_every_command_and_option_has_help(name: str, command: click.Command) ->
             assert param.help, f"`{name}` option {param.opts} has no help"
 
 
-def test_unknown_command_is_one_clear_line() -> None:
+def test_unknown_command_is_one_clear_line(run_cli: RunCli) -> None:
     result = run_cli("lss")
     assert result.returncode == 2
     assert "did you mean 'ls'" in result.stderr

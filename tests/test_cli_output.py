@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
 from tests.lab.toml_profile import write_profile
@@ -82,6 +82,7 @@ class Foreground:
 
 
 def test_up_detach_json_is_the_tunnel_object_and_status_counts_connections(
+    run_cli: RunCli,
     lab_profile: LabProfile,
 ) -> None:
     result = ok(run_cli("up", "lab", "--detach", "--json"))
@@ -122,7 +123,7 @@ def test_up_detach_json_is_the_tunnel_object_and_status_counts_connections(
     assert status_json() == []
 
 
-def test_down_all_and_down_json_say_what_was_cut(lab_profile: LabProfile) -> None:
+def test_down_all_and_down_json_say_what_was_cut(run_cli: RunCli, lab_profile: LabProfile) -> None:
     other_profile(lab_profile)
     port = up_detached("lab")
     up_detached("other")
@@ -175,7 +176,7 @@ def test_foreground_up_json_prints_one_line_then_holds(lab_profile: LabProfile) 
 )
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "foreground"])
 def test_each_failure_family_has_its_exit_code(
-    case: str, detach: bool, lab_profile: LabProfile, tmp_path: Path
+    run_cli: RunCli, case: str, detach: bool, lab_profile: LabProfile, tmp_path: Path
 ) -> None:
     holder = socket.socket()
     args = ["up", "nope" if case == "config" else "lab", "--json"]
@@ -212,7 +213,7 @@ def test_each_failure_family_has_its_exit_code(
     errline(result.stderr)
 
 
-def test_help_documents_the_exit_codes() -> None:
+def test_help_documents_the_exit_codes(run_cli: RunCli) -> None:
     for args in (["--help"], ["up", "--help"]):
         text = ok(run_cli(*args)).stdout
         assert "Exit codes:" in text
@@ -226,7 +227,9 @@ def test_help_documents_the_exit_codes() -> None:
 # ----------------------------------------------------------------------------- a port tunnelman holds
 
 
-def test_a_port_held_by_an_agent_tunnel_names_the_profile(lab_profile: LabProfile) -> None:
+def test_a_port_held_by_an_agent_tunnel_names_the_profile(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     other_profile(lab_profile)
     port = up_detached("lab")
     pid = agent_pid()
@@ -249,7 +252,7 @@ def test_a_port_held_by_an_agent_tunnel_names_the_profile(lab_profile: LabProfil
     assert [t["name"] for t in status_json()] == ["lab"]  # the holder is untouched
 
 
-def test_a_port_held_by_a_foreground_up_names_it(lab_profile: LabProfile) -> None:
+def test_a_port_held_by_a_foreground_up_names_it(run_cli: RunCli, lab_profile: LabProfile) -> None:
     other_profile(lab_profile)
     up = Foreground("lab")
     try:
@@ -268,7 +271,7 @@ def test_a_port_held_by_a_foreground_up_names_it(lab_profile: LabProfile) -> Non
     assert "Ctrl-C" in line
 
 
-def test_another_programs_port_keeps_its_message(lab_profile: LabProfile) -> None:
+def test_another_programs_port_keeps_its_message(run_cli: RunCli, lab_profile: LabProfile) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()

@@ -462,6 +462,7 @@ def test_unknown_profile(lab_profile: LabProfile) -> None:
 # ----------------------------------------------------------------------------- flags
 
 
+@pytest.mark.usefixtures("run_cli")  # through `run`: a cli test
 def test_help_lists_the_flags() -> None:
     result, _ = run("up", "--help")
     assert result.returncode == 0

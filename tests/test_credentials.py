@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.moto_server import MotoServer
 from tests.lab.postgres import Postgres
@@ -109,7 +109,7 @@ NO_KEYRING_ENVS = {
 
 
 @pytest.mark.parametrize("variant", list(NO_KEYRING_ENVS))
-def test_no_usable_keyring_names_the_way_out(tmp_home: Path, variant: str) -> None:
+def test_no_usable_keyring_names_the_way_out(run_cli: RunCli, tmp_home: Path, variant: str) -> None:
     prof.save_profile(
         prof.config_path(None), "prod", {"endpoint": FAKE_ENDPOINT, "bastion": "u@b.invalid"}
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cli import TUNNELMAN, run_cli
+from tests.cli import TUNNELMAN, RunCli
 from tunnelman.core import profiles as prof
 from tunnelman.demo import DemoError, database
 from tunnelman.demo.database import INSTALL_HINT, SandboxDatabase, find_binaries
@@ -139,7 +139,7 @@ def test_no_postgres_at_all_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
     assert INSTALL_HINT in str(info.value)
 
 
-def test_bad_postgres_choice_exits_with_one_line(tmp_path: Path) -> None:
+def test_bad_postgres_choice_exits_with_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     env = _env(tmp_path) | {"TUNNELMAN_DEMO_POSTGRES": str(tmp_path / "nowhere")}
     result = run_cli("demo", "--no-tui", env=env, cwd=REPO, timeout=60)
     assert result.returncode != 0
@@ -370,7 +370,7 @@ def _one_shot_available() -> bool:
     )
 
 
-def test_demo_end_to_end(demo_env: dict[str, str]) -> None:
+def test_demo_end_to_end(run_cli: RunCli, demo_env: dict[str, str]) -> None:
     env = demo_env
     demo = DemoProcess(env)
     try:

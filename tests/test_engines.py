@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab import procs
 from tests.lab.keys import fingerprint, make_key
@@ -431,6 +431,7 @@ def test_agent_link_cut_for_30_s_reconnecting_port_held_then_served(
 
 
 def test_agent_up_detach_with_an_unresolvable_endpoint_fails(
+    run_cli: RunCli,
     engine: str,
     agent_home: Path,  # noqa: F811
     sshd: Sshd,

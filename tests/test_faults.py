@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab import need
 from tests.lab.netns import NetnsPair
@@ -84,6 +84,7 @@ def wait_state(name: str, state: str, timeout: float) -> dict[str, Any]:
 
 
 def test_up_detach_returns_once_the_port_is_ready_and_status_lists_it(
+    run_cli: RunCli,
     lab_profile: LabProfile,
 ) -> None:
     start = time.time()
@@ -317,7 +318,9 @@ def test_a_silent_link_is_noticed_within_about_15_s_by_default(
             net.link_up()
 
 
-def test_down_closes_the_port_and_down_all_closes_every_port(lab_profile: LabProfile) -> None:
+def test_down_closes_the_port_and_down_all_closes_every_port(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     lab_profile.write(local_port=None)
     write_bastion_profile("other", lab_profile.sshd, lab_profile.postgres)
     first = up_detached("lab")
@@ -439,7 +442,9 @@ def test_no_fds_or_threads_leak_after_1000_connections(lab_profile: LabProfile) 
 # ----------------------------------------------------------------------------- the agent dies
 
 
-def test_agent_killed_with_9_is_reported_and_replaced(lab_profile: LabProfile) -> None:
+def test_agent_killed_with_9_is_reported_and_replaced(
+    run_cli: RunCli, lab_profile: LabProfile
+) -> None:
     port = up_detached("lab")
     old = agent_pid()
     assert old is not None
@@ -468,7 +473,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_an_error_met_by_the_agent_is_one_line(agent_home: Path) -> None:  # noqa: F811
+def test_an_error_met_by_the_agent_is_one_line(run_cli: RunCli, agent_home: Path) -> None:  # noqa: F811
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
     free = port.getsockname()[1]

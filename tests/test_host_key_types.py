@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.keys import fingerprint, make_key
 from tests.lab.sshd import Sshd
@@ -78,6 +78,7 @@ def assert_refused(result: Any, pinned_fp: str, lab_profile: LabProfile, server:
     ids=["up", "up-accept-new", "check", "check-accept-new", "psql", "exec"],
 )
 def test_every_command_refuses_another_key_type(
+    run_cli: RunCli,
     args: list[str],
     lab_profile: LabProfile,
     rsa_only: Sshd,
@@ -98,7 +99,7 @@ def test_every_command_refuses_another_key_type(
 
 @pytest.mark.usefixtures("agent_home")
 def test_the_agent_refuses_it_too(
-    lab_profile: LabProfile, rsa_only: Sshd, pinned: tuple[str, bytes]
+    run_cli: RunCli, lab_profile: LabProfile, rsa_only: Sshd, pinned: tuple[str, bytes]
 ) -> None:
     for extra in ([], [ACCEPT]):
         result = run_cli("up", "lab", "--detach", "--port", str(closed_port()), *extra)
@@ -108,7 +109,7 @@ def test_the_agent_refuses_it_too(
 
 
 def test_the_openssh_engine_refuses_it_too(
-    lab_profile: LabProfile, rsa_only: Sshd, pinned: tuple[str, bytes]
+    run_cli: RunCli, lab_profile: LabProfile, rsa_only: Sshd, pinned: tuple[str, bytes]
 ) -> None:
     lab_profile.write(engine="openssh")
     for extra in ([], [ACCEPT]):
@@ -116,7 +117,9 @@ def test_the_openssh_engine_refuses_it_too(
         assert_refused(result, pinned[0], lab_profile, rsa_only)
 
 
-def test_the_known_type_is_asked_for_first(make_sshd: Any, lab_profile: LabProfile) -> None:
+def test_the_known_type_is_asked_for_first(
+    run_cli: RunCli, make_sshd: Any, lab_profile: LabProfile
+) -> None:
     """A bastion with ED25519 and RSA keys, RSA pinned: paramiko's default would pick ED25519
     (a mismatch); asking for the pinned type first makes it present RSA, which is accepted."""
     both: Sshd = make_sshd(host_key_types=("ed25519", "rsa"))

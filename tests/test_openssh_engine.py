@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.keys import make_key
 from tests.lab.ports import free_port, port_open, wait_port_closed
@@ -315,7 +315,9 @@ def test_ssh_dies_with_a_killed_tunnelman(sshd: Sshd, postgres: Postgres, tmp_pa
             child.wait()
 
 
-def test_one_shot_psql_through_the_cli(lab_profile: LabProfile, tmp_path: Path) -> None:
+def test_one_shot_psql_through_the_cli(
+    run_cli: RunCli, lab_profile: LabProfile, tmp_path: Path
+) -> None:
     """`tunnelman psql` with engine = "openssh": the password only in a temporary PGPASSFILE."""
     if shutil.which("psql") is None:
         pytest.skip("psql not installed")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import ConfigError, ProfileNotFound
 
@@ -191,7 +191,7 @@ def test_atomic_write_keeps_mode(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ as a user sees it (real CLI)
 
 
-def test_cli_broken_toml_is_one_line(tmp_path: Path) -> None:
+def test_cli_broken_toml_is_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     path = write(tmp_path, "[profiles.a\n")
     result = run_cli("--config", str(path), "ls")
     assert result.returncode != 0
@@ -201,7 +201,7 @@ def test_cli_broken_toml_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_cli_unknown_key_is_one_line(tmp_path: Path) -> None:
+def test_cli_unknown_key_is_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     path = write(tmp_path, '[profiles.a]\nendpont = "db"\n')
     result = run_cli("--config", str(path), "ls")
     assert result.returncode != 0
@@ -210,7 +210,7 @@ def test_cli_unknown_key_is_one_line(tmp_path: Path) -> None:
     assert "did you mean 'endpoint'" in result.stderr
 
 
-def test_cli_ls_json_shape(tmp_path: Path) -> None:
+def test_cli_ls_json_shape(run_cli: RunCli, tmp_path: Path) -> None:
     path = write(tmp_path, '[profiles.a]\nendpoint = "db"\nbastion = "u@b"\nlocal_port = 5433\n')
     result = run_cli("--config", str(path), "ls", "--json")
     assert result.returncode == 0, result.stderr
@@ -223,7 +223,7 @@ def test_cli_ls_json_shape(tmp_path: Path) -> None:
     assert data[0]["bastion"] == "u@b"
 
 
-def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
+def test_cli_profile_add_endpoint_keeps_comments(run_cli: RunCli, tmp_path: Path) -> None:
     path = write(tmp_path, '# mine\n[profiles.a]\nendpoint = "db" # here\n')
     result = run_cli(
         "--config", str(path), "profile", "add", "geo",
@@ -240,7 +240,7 @@ def test_cli_profile_add_endpoint_keeps_comments(tmp_path: Path) -> None:
     assert "--force" in again.stderr
 
 
-def test_cli_profile_add_engine(tmp_path: Path) -> None:
+def test_cli_profile_add_engine(run_cli: RunCli, tmp_path: Path) -> None:
     path = tmp_path / "profiles.toml"
     result = run_cli(
         "--config", str(path), "profile", "add", "sys",
@@ -517,7 +517,9 @@ def assert_error_lines(result: subprocess.CompletedProcess[str], code: int, coun
 
 
 @pytest.mark.parametrize("command", [["ls"], ["check", "a"], ["up", "a"], ["psql", "a"]])
-def test_cli_reports_every_problem_each_on_its_line(tmp_home: Path, command: list[str]) -> None:
+def test_cli_reports_every_problem_each_on_its_line(
+    run_cli: RunCli, tmp_home: Path, command: list[str]
+) -> None:
     path = write(
         tmp_home,
         '[profiles.a]\nbastion = "u@b"\nendpoint = "db"\nkeepalive = 1000000\n'
@@ -538,7 +540,7 @@ def test_cli_reports_every_problem_each_on_its_line(tmp_home: Path, command: lis
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
-def test_cli_a_fifo_as_config_is_refused_at_once(tmp_home: Path) -> None:
+def test_cli_a_fifo_as_config_is_refused_at_once(run_cli: RunCli, tmp_home: Path) -> None:
     fifo = tmp_home / "profiles.fifo"
     os.mkfifo(fifo)
     for command in (["ls"], ["up", "a"]):
@@ -548,7 +550,7 @@ def test_cli_a_fifo_as_config_is_refused_at_once(tmp_home: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
-def test_cli_a_fifo_as_log_is_refused_at_once(tmp_home: Path) -> None:
+def test_cli_a_fifo_as_log_is_refused_at_once(run_cli: RunCli, tmp_home: Path) -> None:
     fifo = tmp_home / "log.fifo"
     os.mkfifo(fifo)
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
@@ -557,7 +559,7 @@ def test_cli_a_fifo_as_log_is_refused_at_once(tmp_home: Path) -> None:
     assert "$TUNNELMAN_LOG" in result.stderr
 
 
-def test_cli_tilde_of_nobody_is_one_line(tmp_home: Path) -> None:
+def test_cli_tilde_of_nobody_is_one_line(run_cli: RunCli, tmp_home: Path) -> None:
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
     result = run_cli("--config", "~nosuchuser-tm/profiles.toml", "ls")
     assert_error_lines(result, 2)
@@ -574,7 +576,7 @@ def test_cli_tilde_of_nobody_is_one_line(tmp_home: Path) -> None:
     assert "log file ($TUNNELMAN_LOG) '~nosuchuser-tm/tunnelman.log'" in result.stderr
 
 
-def test_cli_a_too_long_config_name_is_one_line(tmp_home: Path) -> None:
+def test_cli_a_too_long_config_name_is_one_line(run_cli: RunCli, tmp_home: Path) -> None:
     result = run_cli("--config", str(tmp_home / LONG_NAME), "ls")
     assert_error_lines(result, 2)
     assert "the system allows 255" in result.stderr
@@ -583,7 +585,7 @@ def test_cli_a_too_long_config_name_is_one_line(tmp_home: Path) -> None:
 ESCAPES = '"\\u001b[31mRED\\u001b[0m \\u001b]0;pwned\\u0007 [/] [b]x"'
 
 
-def test_cli_ls_and_show_escape_the_description(tmp_home: Path) -> None:
+def test_cli_ls_and_show_escape_the_description(run_cli: RunCli, tmp_home: Path) -> None:
     path = write(tmp_home, f'[profiles.a]\nendpoint = "db"\ndescription = {ESCAPES}\n')
     for command in (["ls"], ["profile", "show", "a"]):
         result = run_cli("--config", str(path), *command)
@@ -597,7 +599,7 @@ def test_cli_ls_and_show_escape_the_description(tmp_home: Path) -> None:
     assert json.loads(listed.stdout)[0]["description"].startswith("\x1b[31mRED")  # data, as it is
 
 
-def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
+def test_cli_profile_rm_without_a_terminal_says_yes(run_cli: RunCli, tmp_home: Path) -> None:
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n[profiles.b]\nendpoint = "e"\n')
     before = path.read_bytes()
     result = run_cli("--config", str(path), "profile", "rm", "a")
@@ -611,7 +613,9 @@ def test_cli_profile_rm_without_a_terminal_says_yes(tmp_home: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["tui"]])
-def test_cli_tui_without_a_terminal_refuses(tmp_home: Path, command: list[str]) -> None:
+def test_cli_tui_without_a_terminal_refuses(
+    run_cli: RunCli, tmp_home: Path, command: list[str]
+) -> None:
     path = write(tmp_home, '[profiles.a]\nendpoint = "db"\n')
     result = run_cli("--config", str(path), *command, timeout=60)  # it used to run until killed
     assert_error_lines(result, 1)

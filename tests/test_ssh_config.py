@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.netns import NetnsPair
 from tests.lab.postgres import Postgres
@@ -211,6 +211,7 @@ def logging_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ids=["host-star-only", "match-only", "names-the-bastion"],
 )  # fmt: skip
 def test_one_tunnel_start_runs_ssh_g_only_for_a_bastion_the_file_names(
+    run_cli: RunCli,
     lab_profile: LabProfile,
     agent_home: Path,  # noqa: F811 - the imported fixture
     tmp_path: Path,
@@ -262,7 +263,7 @@ def alias_profile(home: Path, server: Sshd, pg: Postgres, name: str, **extra: An
 @pytest.mark.usefixtures("agent_home")
 @pytest.mark.parametrize("engine", ["sshtunnel", "openssh"])
 def test_up_and_check_with_only_an_alias_in_both_engines(
-    tmp_home: Path, make_sshd: Callable[..., Sshd], postgres: Postgres, engine: str
+    run_cli: RunCli, tmp_home: Path, make_sshd: Callable[..., Sshd], postgres: Postgres, engine: str
 ) -> None:
     if engine == "openssh" and not HAVE_SSH:
         pytest.skip("no ssh client")
@@ -320,7 +321,7 @@ def _db_keys(pg: Postgres) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("agent_home")
 def test_jump_key_reaches_a_bastion_only_the_hop_can_reach(
-    hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path
+    run_cli: RunCli, hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path
 ) -> None:
     hop, bastion, pg = hidden_bastion
     # Without the hop: the bastion cannot be reached from here at all.
@@ -396,7 +397,7 @@ def test_reconnect_goes_through_the_jump_host(
 @pytest.mark.usefixtures("agent_home")
 @pytest.mark.parametrize("engine", ["sshtunnel", "openssh"])
 def test_proxyjump_from_ssh_config_in_both_engines(
-    hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path, engine: str
+    run_cli: RunCli, hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path, engine: str
 ) -> None:
     if engine == "openssh" and not HAVE_SSH:
         pytest.skip("no ssh client")
@@ -423,7 +424,7 @@ def test_proxyjump_from_ssh_config_in_both_engines(
 
 @pytest.mark.parametrize("engine", ["sshtunnel", "openssh"])
 def test_a_changed_host_key_on_the_jump_host_is_refused(
-    hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path, engine: str
+    run_cli: RunCli, hidden_bastion: tuple[Sshd, Sshd, Postgres], tmp_home: Path, engine: str
 ) -> None:
     if engine == "openssh" and not HAVE_SSH:
         pytest.skip("no ssh client")
