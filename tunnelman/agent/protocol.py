@@ -16,7 +16,8 @@ may carry several requests in turn::
                                                       {"event": "shutdown"}
     {"v": 1, "op": "shutdown"}                     -> {"ok": true}; the agent closes its tunnels and exits
 
-    TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections"}
+    TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections",
+              "bytes_sent", "bytes_received" (n | null), "rate_sent", "rate_received" (bytes/s | null)}
     failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown",
                "ancestry": ["HostKeyError", "TunnelmanError"], "message", "hint", "exit_code": n,
                ...the class's own fields (`wire_fields()`):
@@ -157,6 +158,10 @@ def status_to_wire(status: TunnelStatus) -> dict[str, Any]:
         "reconnects": status.reconnects,
         "error": status.error,
         "connections": status.connections,
+        "bytes_sent": status.bytes_sent,
+        "bytes_received": status.bytes_received,
+        "rate_sent": status.rate_sent,
+        "rate_received": status.rate_received,
     }
 
 
@@ -188,6 +193,11 @@ def status_from_wire(data: Any) -> TunnelStatus:
         reconnects=reply_int(data, "reconnects", what=what + "reconnects", null=True) or 0,
         error=error,
         connections=reply_int(data, "connections", what=what + "connections", null=True) or 0,
+        # Missing (an older agent) or null (not counted there): None.
+        bytes_sent=reply_int(data, "bytes_sent", what=what + "bytes_sent", null=True),
+        bytes_received=reply_int(data, "bytes_received", what=what + "bytes_received", null=True),
+        rate_sent=reply_number(data, "rate_sent", what=what + "rate_sent", null=True),
+        rate_received=reply_number(data, "rate_received", what=what + "rate_received", null=True),
     )
 
 

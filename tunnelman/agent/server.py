@@ -57,6 +57,7 @@ from tunnelman.core.errors import AgentError, PassphraseRequired, TunnelError, T
 from tunnelman.core.logs import get_logger, setup_file_logging
 from tunnelman.core.platform import net
 from tunnelman.core.tunnel import TunnelState
+from tunnelman.core.tunnel.events import EventRecorder, events_path
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -191,6 +192,8 @@ class Agent:
         self._socket_ino: int | None = None
         self._next_check = 0.0
         self._orphaned = False
+        # What happened to each tunnel, for `tunnelman log` and the TUI, outliving this agent.
+        self._events = EventRecorder(events_path())
 
     # ------------------------------------------------------------------------- life
 
@@ -852,20 +855,17 @@ class Agent:
                 existing = None
                 replaced = held
                 cancel = threading.Event()
-                held = Held(
-                    name=name,
-                    profile=profile,
+                tunnel = open_tunnel(
+                    profile,
+                    local_port=port,
+                    host_keys=policy,
+                    passphrase=_passphrase_refused(name),
+                    on_status=self._on_status,
                     cancel=cancel,
-                    tunnel=open_tunnel(
-                        profile,
-                        local_port=port,
-                        host_keys=policy,
-                        passphrase=_passphrase_refused(name),
-                        on_status=self._on_status,
-                        cancel=cancel,
-                        supervise=True,
-                    ),
+                    supervise=True,
                 )
+                tunnel.on_client = self._events.client
+                held = Held(name=name, profile=profile, cancel=cancel, tunnel=tunnel)
                 self._held[name] = held
         if existing is not None:
             return self._join_existing(existing, profile, port)
@@ -952,6 +952,7 @@ class Agent:
         _log.info(
             "%s: %s%s", status.name, status.state, f" ({status.error})" if status.error else ""
         )
+        self._events.status(status)
         self._publish({"event": "status", "tunnel": protocol.status_to_wire(status)})
 
     def _publish(self, event: dict[str, Any]) -> None:

@@ -37,6 +37,18 @@ def _ago(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
 
 
+def _bytes(count: int | None, rate: float | None) -> str:
+    """ "50.3 MB (2.1 MB/s)": a total and, while it moves, its rate ("" where not counted)."""
+    if count is None:
+        return ""
+    from tunnelman.core.tunnel.traffic import human_bytes
+
+    text = human_bytes(count)
+    if rate is not None and rate >= 1:
+        text += f" ({human_bytes(rate)}/s)"
+    return text
+
+
 def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
     return [
         [
@@ -46,6 +58,8 @@ def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
             _ago(s.since),
             s.reconnects,
             s.connections,
+            _bytes(s.bytes_sent, s.rate_sent),
+            _bytes(s.bytes_received, s.rate_received),
             s.error or "",
         ]
         for s in statuses
@@ -58,9 +72,11 @@ def status_cmd(as_json: bool) -> None:
     """Show the tunnels the background agent holds (never starts the agent).
 
     \b
-    JSON: [{name, state, local_port, since, reconnects, error, connections}], state one of
-    starting, up, reconnecting, failed, stopped; since is when it last came up (ISO 8601);
-    connections is how many client connections are open through it.
+    JSON: [{name, state, local_port, since, reconnects, error, connections, bytes_sent,
+    bytes_received, rate_sent, rate_received}], state one of starting, up, reconnecting,
+    failed, stopped; since is when it last came up (ISO 8601); connections is how many client
+    connections are open through it; bytes_* what it carried to (sent) and from (received)
+    the database, rate_* in bytes per second over the last seconds (null where not counted).
     """
     client = AgentClient()
     statuses = client.status()
@@ -69,7 +85,17 @@ def status_cmd(as_json: bool) -> None:
         return
     if statuses:
         table(
-            ["NAME", "STATE", "ADDRESS", "UP SINCE", "RECONNECTS", "CONNECTIONS", "ERROR"],
+            [
+                "NAME",
+                "STATE",
+                "ADDRESS",
+                "UP SINCE",
+                "RECONNECTS",
+                "CONNECTIONS",
+                "SENT",
+                "RECEIVED",
+                "ERROR",
+            ],
             _rows(statuses),
         )
         return

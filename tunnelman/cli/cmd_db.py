@@ -294,12 +294,9 @@ def _on_table(verb: str) -> Callable[[str, int], None]:
 
 
 def _size(path: Path) -> str:
-    size = float(path.stat().st_size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+    from tunnelman.core.tunnel.traffic import human_bytes
+
+    return human_bytes(path.stat().st_size)
 
 
 @db_group.command("dump")

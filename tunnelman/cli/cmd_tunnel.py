@@ -114,7 +114,8 @@ def up_cmd(
 
     \b
     JSON (--json): {name, state, local_port, since, reconnects, error, connections,
-    address, engine, bastion, endpoint, database, user, detached}, one line, printed
+    bytes_sent, bytes_received, rate_sent, rate_received, address, engine, bastion, endpoint,
+    database, user, detached}, one line, printed
     when the tunnel is up (with --detach: then it exits; without: it holds until Ctrl-C).
     """
     if detach:
@@ -122,16 +123,24 @@ def up_cmd(
         return
     profile = load_profile(ctx, name)
     from tunnelman.core.tunnel import TunnelState, open_tunnel
+    from tunnelman.core.tunnel.events import EventRecorder, events_path
 
     events: queue.Queue[TunnelStatus | None] = queue.Queue()
+    recorder = EventRecorder(events_path())  # `tunnelman log` shows this tunnel's events too
+
+    def on_status(status: TunnelStatus) -> None:
+        recorder.status(status)
+        events.put(status)
+
     tunnel = open_tunnel(
         profile,
         local_port=port,
         host_keys=host_key_policy(accept_new_host_key),
         passphrase=passphrase_prompt(),
-        on_status=events.put,
+        on_status=on_status,
         supervise=True,
     )
+    tunnel.on_client = recorder.client
     target = str(profile.endpoint) if profile.endpoint else "?"
     announce_resume(profile)
     progress(f"Connecting to bastion {profile.bastion} … (database {target})")

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "up": ("tunnelman.cli.cmd_tunnel", "up_cmd", "Open a profile's tunnel on 127.0.0.1."),
     "down": ("tunnelman.cli.cmd_agent", "down_cmd", "Close tunnels held by the agent."),
     "status": ("tunnelman.cli.cmd_agent", "status_cmd", "Show tunnels held by the agent."),
+    "log": ("tunnelman.cli.cmd_log", "log_cmd", "What happened to the tunnels (events)."),
     "psql": ("tunnelman.cli.cmd_clients", "psql_cmd", "Run psql through the tunnel, then close."),
     "exec": ("tunnelman.cli.cmd_clients", "exec_cmd", "Run any libpq program through the tunnel."),
     "env": ("tunnelman.cli.cmd_clients", "env_cmd", "Print PG* exports for eval."),

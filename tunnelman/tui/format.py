@@ -13,6 +13,7 @@ from rich.text import Text
 
 from tunnelman.core.profiles import printable
 from tunnelman.core.tunnel import TunnelState
+from tunnelman.core.tunnel.traffic import human_bytes
 from tunnelman.tui.state import CONNECTING, is_open
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def profile_text(profile: Profile) -> Text:
 def tunnel_text(
     view: TunnelStatus | None, *, connecting: bool, last_error: str | None, now: float
 ) -> Text:
-    """Tunnel state: up since, port, open connections, reconnects, last error."""
+    """Tunnel state: up since, port, open connections, traffic, reconnects, last error."""
     text = Text()
     state: Shown = CONNECTING if connecting else (view.state if view else TunnelState.STOPPED)
     if state == TunnelState.STOPPED and last_error:
@@ -101,6 +102,17 @@ def tunnel_text(
         if view.since:
             _row(text, "up since", f"{clock_time(view.since)}  ({duration(now - view.since)} ago)")
         _row(text, "connections", str(view.connections))
+        if view.bytes_sent is not None and view.bytes_received is not None:
+            _row(
+                text,
+                "traffic",
+                f"↑ {human_bytes(view.bytes_sent)} sent  ↓ {human_bytes(view.bytes_received)} received",
+            )
+            _row(
+                text,
+                "rate",
+                f"↑ {human_bytes(view.rate_sent or 0)}/s  ↓ {human_bytes(view.rate_received or 0)}/s",
+            )
         if view.reconnects:
             _row(text, "reconnects", str(view.reconnects))
     error = (view.error if view is not None else None) or last_error

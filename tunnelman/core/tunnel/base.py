@@ -43,6 +43,7 @@ from tunnelman.core.errors import (
 from tunnelman.core.logs import get_logger
 from tunnelman.core.profiles import require_route
 from tunnelman.core.ssh.known_hosts import HostKeyPolicy
+from tunnelman.core.tunnel.traffic import Traffic
 
 if TYPE_CHECKING:
     import paramiko
@@ -88,6 +89,11 @@ class TunnelStatus:
     reconnects: int
     error: str | None
     connections: int
+    # What the tunnel carried (None: this engine cannot count here, e.g. ssh owns the port on macOS)
+    bytes_sent: int | None = None  # client → database, since the tunnel opened
+    bytes_received: int | None = None  # database → client
+    rate_sent: float | None = None  # bytes per second, over the last few seconds
+    rate_received: float | None = None
 
     def to_json(self) -> dict[str, object]:
         since = (
@@ -103,6 +109,10 @@ class TunnelStatus:
             "reconnects": self.reconnects,
             "error": self.error,
             "connections": self.connections,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "rate_sent": None if self.rate_sent is None else round(self.rate_sent),
+            "rate_received": None if self.rate_received is None else round(self.rate_received),
         }
 
 
@@ -192,6 +202,11 @@ class Tunnel(abc.ABC):
         self._since: float | None = None
         self._reconnects = 0
         self._connections = 0
+        # Engines count into it (or give it the kernel's counters); None: they cannot here.
+        self._traffic: Traffic | None = Traffic()
+        # Told of each local client that connects (True) or goes (False): the event log.
+        # Set before start(); engines where ssh accepts the clients itself do not call it.
+        self.on_client: Callable[[TunnelStatus, bool], object] | None = None
         self._port: int | None = None
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -351,16 +366,30 @@ class Tunnel(abc.ABC):
                     return False
                 if self._state == TunnelState.UP and ready():
                     self._connections += 1
-                    return True
+                    snapshot = self._snapshot() if self.on_client is not None else None
+                    break
                 self._backoff.wake()  # someone needs the tunnel now: retry without waiting
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(min(remaining, 0.5))
+        self._tell_client(snapshot, arrived=True)
+        return True
+
+    def _tell_client(self, snapshot: TunnelStatus | None, *, arrived: bool) -> None:
+        callback = self.on_client
+        if callback is None or snapshot is None:
+            return
+        try:
+            callback(snapshot, arrived)
+        except Exception:
+            self._log.exception("on_client callback failed")
 
     def _client_left(self) -> None:
         with self._lock:
             self._connections -= 1
+            snapshot = self._snapshot() if self.on_client is not None else None
+        self._tell_client(snapshot, arrived=False)
 
     # ------------------------------------------------------------------------- supervision
 
@@ -406,6 +435,12 @@ class Tunnel(abc.ABC):
     # ------------------------------------------------------------------------- status
 
     def _snapshot(self) -> TunnelStatus:
+        traffic = self._traffic
+        sent = received = None
+        rates = None
+        if traffic is not None:
+            sent, received = traffic.totals()
+            rates = traffic.rates()
         return TunnelStatus(
             name=self.profile.name,
             state=self._state,
@@ -414,7 +449,16 @@ class Tunnel(abc.ABC):
             reconnects=self._reconnects,
             error=self._error,
             connections=max(0, self._connections),
+            bytes_sent=sent,
+            bytes_received=received,
+            rate_sent=None if rates is None else rates.sent,
+            rate_received=None if rates is None else rates.received,
         )
+
+    @property
+    def traffic(self) -> Traffic | None:
+        """The tunnel's byte counts and the last minutes of rates (None: not counted here)."""
+        return self._traffic
 
     def _set_state(self, state: TunnelState, *, error: str | None = None) -> None:
         with self._lock:
@@ -424,6 +468,8 @@ class Tunnel(abc.ABC):
                 self._error = None
             elif error is not None:
                 self._error = error
+            if self._traffic is not None:
+                self._traffic.running(state not in (TunnelState.STOPPED, TunnelState.FAILED))
             snapshot = self._snapshot()
             self._changed.notify_all()
         if changed and self._on_status is not None:

@@ -56,6 +56,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -80,6 +81,7 @@ from tunnelman.core.ssh import known_hosts
 from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 from tunnelman.core.tunnel import ports, relay
 from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState, TunnelStatus
+from tunnelman.core.tunnel.traffic import KernelCounts, Traffic
 
 if TYPE_CHECKING:
     import paramiko
@@ -362,6 +364,13 @@ class OpenSSHTunnel(Tunnel):
         # `ssh -L`); our listener holds the port only while ssh reconnects. Relay (no mux:
         # Windows): our listener always, each client relayed to ssh's inner port.
         self._direct = process.ssh_multiplexing()
+        if self._direct:
+            # ssh moves the bytes itself: count them from the kernel's sockets (Linux only).
+            self._traffic = (
+                Traffic(KernelCounts(self._kernel_sockets))
+                if sys.platform.startswith("linux")
+                else None
+            )
         self._mux_dir: Path | None = None
         self._bridged = 0  # direct: our relays into ssh's listener (counted twice by /proc)
 
@@ -537,7 +546,8 @@ class OpenSSHTunnel(Tunnel):
             with self._lock:
                 self._clients.add(upstream)
                 self._bridged += 1
-            relay.bridge(client, upstream)
+            # Direct: what we relay into ssh's listener is counted there, by the kernel.
+            relay.bridge(client, upstream, None if self._direct else self._traffic)
         finally:
             if counted:
                 self._client_left()
@@ -551,6 +561,10 @@ class OpenSSHTunnel(Tunnel):
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.close()
+
+    def _kernel_sockets(self) -> dict[int, tuple[int, int]] | None:
+        port = self._bound
+        return ports.loopback_traffic(port) if port else {}
 
     def _ssh_running(self) -> bool:
         proc = self._ssh_proc

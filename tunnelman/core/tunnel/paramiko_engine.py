@@ -109,6 +109,7 @@ def _make_forwarder_class() -> type[Any]:
             class Handler(base):  # type: ignore[misc,valid-type]
                 remote_address = remote_address_
                 logger = self.logger
+                traffic = owner._traffic
 
                 def handle(self) -> None:
                     transport = owner._enter_connection()

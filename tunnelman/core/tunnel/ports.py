@@ -13,6 +13,8 @@ import contextlib
 import errno
 import os
 import socket
+import struct
+import sys
 from pathlib import Path
 
 from tunnelman.core.errors import PortBusyError, TunnelError
@@ -24,6 +26,7 @@ __all__ = [
     "established_on_loopback",
     "free_local_port",
     "listening_on_loopback",
+    "loopback_traffic",
     "port_busy_error",
     "port_holder",
     "port_holder_pid",
@@ -75,6 +78,112 @@ def established_on_loopback(port: int, *, proc: Path = Path("/proc")) -> int | N
         for fields in (line.split() for line in lines)
         if len(fields) > 3 and fields[1] == wanted and fields[3] == _ESTABLISHED
     )
+
+
+# sock_diag (netlink): the kernel's byte counts of TCP sockets, as `ss -ti` shows them.
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_INET_DIAG_INFO = 2
+# ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: the states with a tcp_info
+_TCPF_OPEN = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11)
+_TCPI_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
+_TCPI_BYTES_AT = 120  # their offset in struct tcp_info (Linux ≥ 4.2)
+_DIAG_MSG = struct.Struct("=BBBBHH16s16sIQIIIII")  # struct inet_diag_msg (72 bytes)
+
+
+if sys.platform == "linux":
+
+    def loopback_traffic(port: int) -> dict[int, tuple[int, int]] | None:
+        """The sockets accepted on 127.0.0.1:`port` by other processes than this one, by cookie:
+        (bytes they received from their client, bytes they sent it that the client acknowledged).
+
+        For the OpenSSH engine's direct mode, where ssh owns the port: the bytes never pass through
+        tunnelman. None where the kernel cannot be asked (not Linux, or no sock_diag).
+        """
+        try:
+            replies = _sock_diag_dump()
+        except OSError:
+            return None
+        ours = _own_socket_inodes()
+        found: dict[int, tuple[int, int]] = {}
+        for msg, info in replies:
+            fields = _DIAG_MSG.unpack_from(msg)
+            sport = socket.ntohs(fields[4])
+            src = fields[6][:4]
+            cookie, inode = fields[9], fields[14]
+            if sport != port or src != b"\x7f\0\0\x01" or inode in ours:
+                continue
+            if info is None or len(info) < _TCPI_BYTES_AT + _TCPI_BYTES.size:
+                return None  # a kernel without the byte counters
+            acked, received = _TCPI_BYTES.unpack_from(info, _TCPI_BYTES_AT)
+            found[cookie] = (received, acked)
+        return found
+
+    def _sock_diag_dump() -> list[tuple[bytes, bytes | None]]:
+        """Every IPv4 TCP socket of the host that is established or closing: (inet_diag_msg, tcp_info)."""
+        request = struct.pack(
+            "=BBBBI4s4s16s16sI8s",
+            socket.AF_INET,
+            socket.IPPROTO_TCP,
+            1 << (_INET_DIAG_INFO - 1),
+            0,
+            _TCPF_OPEN,
+            b"", b"", b"", b"", 0, b"\xff" * 8,
+        )  # fmt: skip
+        header = struct.pack(
+            "=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0
+        )
+        out: list[tuple[bytes, bytes | None]] = []
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(2.0)
+            sock.send(header + request)
+            while True:
+                data = sock.recv(1 << 16)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+                    if length < 16:
+                        return out
+                    if kind == _NLMSG_DONE:
+                        return out
+                    if kind == _NLMSG_ERROR:
+                        raise OSError(errno.EIO, "sock_diag refused the request")
+                    body = data[offset + 16 : offset + length]
+                    out.append(
+                        (body[: _DIAG_MSG.size], _attribute(body, _DIAG_MSG.size, _INET_DIAG_INFO))
+                    )
+                    offset += (length + 3) & ~3
+
+    def _attribute(body: bytes, start: int, wanted: int) -> bytes | None:
+        """The payload of the netlink attribute of type `wanted` after `start`, if any."""
+        offset = start
+        while offset + 4 <= len(body):
+            length, kind = struct.unpack_from("=HH", body, offset)
+            if length < 4:
+                return None
+            if kind == wanted:
+                return body[offset + 4 : offset + length]
+            offset += (length + 3) & ~3
+        return None
+
+else:
+
+    def loopback_traffic(port: int) -> dict[int, tuple[int, int]] | None:
+        """Not Linux: the kernel's per-socket byte counts cannot be read (see the Linux one)."""
+        return None
+
+
+def _own_socket_inodes() -> set[int]:
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
 
 
 def listening_on_loopback(port: int, *, proc: Path = Path("/proc")) -> bool | None:

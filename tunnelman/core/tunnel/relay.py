@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunnelman.core.platform import net
+from tunnelman.core.tunnel.traffic import Flow, Traffic
 
 if TYPE_CHECKING:
     import paramiko
@@ -56,6 +57,7 @@ MAX_PACKET = 32 * 1024  # OpenSSH sends ≤ 32 KiB per packet whatever we allow 
 CHUNK = 1024 * 1024  # upper bound per read; a read returns what is there, it never waits to fill
 OPEN_TIMEOUT = 15.0
 _ATTR = "_tunnelman_relay"
+_NO_FLOW = Flow()  # counts what arrives for a channel nobody relays yet (never read)
 _MSG_IGNORE = 2
 _MSG_GLOBAL_REQUEST = 80
 _MSG_CHANNEL_WINDOW_ADJUST = 93
@@ -123,12 +125,13 @@ def tune_socket(sock: socket.socket) -> None:
 class _Relay:
     """Per channel: where the transport thread may send its data directly."""
 
-    __slots__ = ("chan", "direct", "lock", "sock")
+    __slots__ = ("chan", "direct", "flow", "lock", "sock")
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
+        self.flow = _NO_FLOW  # the connection's counters (`down_direct`: this thread's own)
         # Only the connection's thread sets `direct` (when nothing is buffered and it holds no
         # unsent data); only the transport thread clears it. That keeps the byte order.
         self.direct = False
@@ -150,6 +153,7 @@ class _Relay:
             else:
                 chan.in_buffer.feed(data)
         if sent:
+            self.flow.down_direct += sent
             _grant(chan, sent)
 
 
@@ -243,17 +247,21 @@ def open_channel(
     )
 
 
-def _upstream(sock: socket.socket, chan: paramiko.Channel, pending: bytes, done: Any) -> None:
+def _upstream(
+    sock: socket.socket, chan: paramiko.Channel, pending: bytes, done: Any, flow: Flow
+) -> None:
     """Client → channel on a thread of its own (a bulk upload that filled the SSH window)."""
     try:
         if pending:
             chan.sendall(pending)
+            flow.up += len(pending)
         while True:
             data = sock.recv(CHUNK)
             if not data:
                 chan.shutdown_write()
                 return
             chan.sendall(data)
+            flow.up += len(data)
     except (OSError, EOFError):
         _abort(sock, chan)
     finally:
@@ -265,6 +273,7 @@ class _Conn:
     sock: socket.socket
     chan: paramiko.Channel
     done: threading.Event
+    flow: Flow
 
 
 class _Upstream:
@@ -339,11 +348,12 @@ class _Upstream:
         except (OSError, EOFError):
             self._finish(conn, abort=True)
             return
+        conn.flow.up += sent
         if sent < len(data):
             self.sel.unregister(conn.sock)
             threading.Thread(
                 target=_upstream,
-                args=(conn.sock, conn.chan, data[sent:], conn.done),
+                args=(conn.sock, conn.chan, data[sent:], conn.done, conn.flow),
                 name="tunnelman-up",
                 daemon=True,
             ).start()
@@ -412,26 +422,34 @@ def _abort(sock: socket.socket, chan: paramiko.Channel) -> None:
         chan.close()
 
 
-def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) -> None:
+def pump(
+    sock: socket.socket,
+    chan: paramiko.Channel,
+    *,
+    direct: bool = True,
+    traffic: Traffic | None = None,
+) -> None:
     """Relay both ways until both sides are done or one fails; closes the channel, not `sock`.
 
     `direct`: let the transport thread write to `sock` (needs `install()` on the transport, and
-    an OS with a per-call non-blocking send).
+    an OS with a per-call non-blocking send). `traffic`: where the bytes are counted.
     """
     direct = direct and _DIRECT_POSSIBLE
     tune_socket(sock)
     done = threading.Event()
-    conn = _Conn(sock, chan, done)
+    flow = traffic.flow() if traffic is not None else Flow()
+    conn = _Conn(sock, chan, done, flow)
     transport = chan.get_transport()
     # A loop may end (its last connection done) just as we arrive: then a new one is made.
     if not (_upstream_for(transport).add(conn) or _upstream_for(transport).add(conn)):
         threading.Thread(
-            target=_upstream, args=(sock, chan, b"", done), name="tunnelman-up", daemon=True
+            target=_upstream, args=(sock, chan, b"", done, flow), name="tunnelman-up", daemon=True
         ).start()
     relay = _relay_of(chan)
     buffer = chan.in_buffer
     with relay.lock:
         relay.sock = sock
+        relay.flow = flow
     try:
         while True:
             if direct:
@@ -444,6 +462,7 @@ def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) ->
                     sock.shutdown(socket.SHUT_WR)
                 break
             sock.sendall(data)
+            flow.down += len(data)
     except (OSError, EOFError):
         _abort(sock, chan)
     finally:
@@ -457,6 +476,8 @@ def pump(sock: socket.socket, chan: paramiko.Channel, *, direct: bool = True) ->
             _abort(sock, chan)
     with contextlib.suppress(Exception):
         chan.close()
+    if traffic is not None:
+        traffic.done(flow)
 
 
 def _peer(sock: socket.socket) -> tuple[str, int]:
@@ -474,6 +495,8 @@ def handler_base() -> type[Any]:
     class FastForwardHandler(sshtunnel._ForwardHandler):  # type: ignore[misc]
         """One local connection: open a channel, relay until both sides are done."""
 
+        traffic: Traffic | None = None  # the tunnel's counters (set by the engine's subclass)
+
         def handle(self) -> None:
             transport = self.ssh_transport
             direct = install(transport)
@@ -483,7 +506,7 @@ def handler_base() -> type[Any]:
                 self.logger.info("opening a channel to %s failed: %r", self.remote_address, exc)
                 return
             try:
-                pump(self.request, chan, direct=direct)
+                pump(self.request, chan, direct=direct, traffic=self.traffic)
             finally:
                 with contextlib.suppress(OSError):
                     self.request.close()
@@ -497,27 +520,33 @@ _SPLICE = getattr(os, "splice", None)  # Linux ≥ 2.6.17 and Python ≥ 3.10
 _BRIDGE_CHUNK = 256 * 1024
 
 
-def bridge(a: socket.socket, b: socket.socket) -> None:
+def bridge(client: socket.socket, server: socket.socket, traffic: Traffic | None = None) -> None:
     """Relay both ways between two connected sockets until both directions end; close neither.
 
     One direction runs on a thread of its own, the other on the caller's. An end of input is
     passed on as a half-close (the other side may still answer); an error on either side shuts
-    both sockets down, which also ends the other direction.
+    both sockets down, which also ends the other direction. `traffic`: where the bytes are
+    counted (`client` → `server` as sent).
     """
-    tune_socket(a)
-    tune_socket(b)
-    other = threading.Thread(target=_copy, args=(b, a), name="tunnelman-bridge", daemon=True)
+    tune_socket(client)
+    tune_socket(server)
+    flow = traffic.flow() if traffic is not None else Flow()
+    other = threading.Thread(
+        target=_copy, args=(server, client, flow, False), name="tunnelman-bridge", daemon=True
+    )
     other.start()
-    _copy(a, b)
+    _copy(client, server, flow, True)
     other.join()
+    if traffic is not None:
+        traffic.done(flow)
 
 
-def _copy(src: socket.socket, dst: socket.socket) -> None:
+def _copy(src: socket.socket, dst: socket.socket, flow: Flow, up: bool) -> None:
     try:
         if _SPLICE is not None:
-            _copy_spliced(src, dst)
+            _copy_spliced(src, dst, flow, up)
         else:
-            _copy_buffered(src, dst)
+            _copy_buffered(src, dst, flow, up)
     except OSError:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
@@ -527,7 +556,7 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_WR)
 
 
-def _copy_buffered(src: socket.socket, dst: socket.socket) -> None:
+def _copy_buffered(src: socket.socket, dst: socket.socket, flow: Flow, up: bool) -> None:
     buf = bytearray(_BRIDGE_CHUNK)
     view = memoryview(buf)
     while True:
@@ -535,9 +564,13 @@ def _copy_buffered(src: socket.socket, dst: socket.socket) -> None:
         if not n:
             return
         dst.sendall(view[:n])
+        if up:
+            flow.up += n
+        else:
+            flow.down += n
 
 
-def _copy_spliced(src: socket.socket, dst: socket.socket) -> None:
+def _copy_spliced(src: socket.socket, dst: socket.socket, flow: Flow, up: bool) -> None:
     """socket → pipe → socket in the kernel: the bytes never enter Python (os.splice drops the GIL)."""
     assert _SPLICE is not None
     r, w = os.pipe()
@@ -547,8 +580,13 @@ def _copy_spliced(src: socket.socket, dst: socket.socket) -> None:
             n = _SPLICE(s_fd, w, _BRIDGE_CHUNK)
             if not n:
                 return
+            moved = n
             while n:
                 n -= _SPLICE(r, d_fd, n)
+            if up:
+                flow.up += moved
+            else:
+                flow.down += moved
     finally:
         os.close(r)
         os.close(w)
