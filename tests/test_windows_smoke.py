@@ -296,6 +296,16 @@ def test_up_detach_through_the_agent_over_tcp(smoke: dict[str, Any]) -> None:
     assert isinstance(state["port"], int), state
     tunnels = json.loads(_ok(_step(smoke, "status_json")))
     assert [t["state"] for t in tunnels if t["name"] == "lab"] == ["up"], tunnels
+    (lab,) = [t for t in tunnels if t["name"] == "lab"]
+    assert isinstance(lab["bytes_received"], int), lab  # the relay counts on Windows too
+
+
+def test_the_event_log_of_the_agent_s_tunnel(smoke: dict[str, Any]) -> None:
+    """events.jsonl on Windows: written by the agent, read by `tunnelman log`, after `down`."""
+    events = [e["event"] for e in json.loads(_ok(_step(smoke, "log_json")))]
+    assert events[:1] == ["opened"], events
+    assert "client-connected" in events, events
+    assert events[-1] == "closed", events
 
 
 def test_redirected_output_to_a_file_in_cp1252(smoke: dict[str, Any]) -> None:

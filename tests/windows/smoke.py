@@ -216,6 +216,8 @@ class Smoke:
             self.step("exec_agent", lambda: self.exec_step(name, "agent"))
         self.step("down_all", lambda: self.cli("down", "--all"))
         self.step("status_after_down", lambda: self.cli("status", "--json"))
+        self.step("status_table", lambda: self.cli("status"))
+        self.step("log_json", lambda: self.cli("log", name, "--json"))
         if port is not None:
             self.step("port_closed", lambda: self.port_closed(port))
         # With no agent holding the profile, `exec` opens its own tunnel in-process (the relay).
