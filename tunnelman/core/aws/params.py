@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 PREFIX = "ssm:"
 Key = Literal["secret", "cluster"]
 
-# Parameter names: letters, digits, _.-/ (a path), or a parameter ARN; an optional :VERSION/:LABEL.
-NAME_RE = re.compile(
-    r"(?:arn:aws[a-z-]*:ssm:[a-z0-9-]+:\d{12}:parameter)?/?[A-Za-z0-9_.\-/]+(?::[A-Za-z0-9_.\-]+)?"
-)
 _SECRET_ARN_RE = re.compile(
     r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
 )
@@ -57,16 +53,6 @@ def is_reference(value: str | None) -> bool:
 def parameter_name(value: str) -> str:
     """The parameter name in `ssm:NAME`."""
     return value[len(PREFIX) :] if value.startswith(PREFIX) else value
-
-
-def name_problem(value: str) -> str | None:
-    """Why `ssm:…` does not name a parameter, else None (used by the profile schema)."""
-    name = parameter_name(value)
-    if not name:
-        return 'names no parameter; expected "ssm:/NAME"'
-    if not NAME_RE.fullmatch(name):
-        return "is not an SSM parameter name (letters, digits and _.-/ only)"
-    return None
 
 
 def clear_cache() -> None:
