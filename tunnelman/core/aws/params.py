@@ -33,9 +33,9 @@ PREFIX = "ssm:"
 Key = Literal["secret", "cluster"]
 
 _SECRET_ARN_RE = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
+    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]+"
 )
-_SECRET_NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_SECRET_NAME_RE = re.compile(r"[A-Za-z0-9/_+=.@!-]{1,512}")  # RDS names its own "rds!…"
 _RDS_ARN_RE = re.compile(
     r"arn:aws[a-z-]*:rds:(?P<region>[a-z0-9-]+):\d{12}:(?:cluster|db):(?P<id>[A-Za-z][A-Za-z0-9-]*)"
 )
