@@ -195,6 +195,19 @@ def test_the_request_names_cluster_secret_and_database(
             "includeResultMetadata": True,
         }
     ]
+    # A secret named (not by ARN) in an SSM parameter: the Data API is handed the secret's ARN.
+    app_arn = client(moto, "secretsmanager").create_secret(
+        Name="geo/query-app", SecretString='{"username": "app", "password": "pw"}'
+    )["ARN"]
+    client(moto, "ssm").put_parameter(
+        Name="/geo/query-secret", Value="geo/query-app", Type="String"
+    )
+    by_ref = Profile(
+        name="geo", cluster=seeded_once.geo, region=REGION, secret="ssm:/geo/query-secret"
+    )
+    _queue(moto, {"records": [], "numberOfRecordsUpdated": 1})
+    assert aws.execute(by_ref, "DELETE FROM t WHERE id = 1").updated == 1
+    assert (sent[-1]["secretArn"], sent[-1]["database"]) == (app_arn, "postgres")
     aws.clear_cache()
 
 

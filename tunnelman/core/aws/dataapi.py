@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunnelman.core.aws import params
 from tunnelman.core.aws.auth import secret_id_for
+from tunnelman.core.aws.model import Database
 from tunnelman.core.aws.rds import RDSContext, lookup
 from tunnelman.core.aws.session import (
     calling,
@@ -86,30 +87,31 @@ def result_from_api(answer: Mapping[str, Any]) -> Result:
     return Result(columns=columns, rows=rows, updated=updated if isinstance(updated, int) else None)
 
 
-def _secret_arn(ctx: RDSContext, profile: Profile, cluster_secret: str | None, cluster: str) -> str:
+def _secret_arn(ctx: RDSContext, profile: Profile, db: Database) -> str:
     if profile.secret:
         secret = secret_id_for(profile)
-    elif cluster_secret:
-        secret = cluster_secret
+    elif db.secret_arn:
+        secret = db.secret_arn
     else:
         raise ConfigError(
-            f"profile '{profile.name}' names no secret and cluster '{cluster}' has no RDS-managed "
+            f"profile '{profile.name}' names no secret and cluster '{db.id}' has no RDS-managed "
             "master secret: the Data API logs in with a Secrets Manager secret",
             hint=f'add secret = "arn:aws:secretsmanager:…" (or "ssm:/NAME") to '
             f"[profiles.{profile.name}]",
         )
     if secret.startswith("arn:"):
         return secret
-    # The Data API wants the ARN; a name is looked up once.
-    client = secrets_client(ctx.session, ctx.region)
-    with calling("secretsmanager:DescribeSecret", region=ctx.region, session=ctx.session):
+    region = db.region
+    # The Data API wants the ARN; a name is looked up once, where the cluster is.
+    client = secrets_client(ctx.session, region)
+    with calling("secretsmanager:DescribeSecret", region=region, session=ctx.session):
         try:
             return str(client.describe_secret(SecretId=secret)["ARN"])
         except Exception as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 ref = profile.secret if params.is_reference(profile.secret) else None
                 raise AWSError(
-                    f"secret {params.describe_secret(secret, ref)} not found in {ctx.region}",
+                    f"secret {params.describe_secret(secret, ref)} not found in {region}",
                     hint=f"check `secret` in profile '{profile.name}' (and its region)",
                 ) from None
             raise
@@ -132,7 +134,7 @@ def execute(profile: Profile, sql: str) -> Result:
             "clusters only",
             hint=f"use the tunnel instead: tunnelman psql {profile.name} -c '…'",
         )
-    secret = _secret_arn(ctx, profile, db.secret_arn, db.id)
+    secret = _secret_arn(ctx, profile, db)
     client = data_api_client(ctx.session, db.region)
     with calling(ACTION, region=db.region, session=ctx.session):
         try:
