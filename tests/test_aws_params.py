@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.lab.moto_server import REGION, MotoServer
 from tests.test_aws_lab import OTHER_REGION, Seeded, cli_env, client, seed
 from tests.test_aws_stubbed import Stubs
@@ -287,7 +287,9 @@ def _write_config(text: str) -> Path:
     return path
 
 
-def test_cli_cluster_status_through_a_parameter(seeded: Seeded, moto: MotoServer, ssm: Any) -> None:
+def test_cli_cluster_status_through_a_parameter(
+    run_cli: RunCli, seeded: Seeded, moto: MotoServer, ssm: Any
+) -> None:
     ref = ssm.put("/geo/cluster-arn", _cluster_arn(moto, seeded.geo), secure=True)
     _write_config(
         f'[profiles.geo]\nendpoint = "geo.example.com"\ncluster = "{ref}"\nregion = "{REGION}"\n'
@@ -307,7 +309,9 @@ def test_cli_cluster_status_through_a_parameter(seeded: Seeded, moto: MotoServer
     ]
 
 
-def test_cli_profile_add_keeps_the_reference(seeded: Seeded, moto: MotoServer, ssm: Any) -> None:
+def test_cli_profile_add_keeps_the_reference(
+    run_cli: RunCli, seeded: Seeded, moto: MotoServer, ssm: Any
+) -> None:
     ref = ssm.put("/geo/cluster-id", seeded.geo)
     path = _write_config("")
     added = run_cli("profile", "add", "geo", "--cluster", ref, env=cli_env(moto))

@@ -242,7 +242,9 @@ def test_profile_add_unknown_cluster(run_cli: RunCli, env: dict[str, str], seede
     assert not _config().exists()
 
 
-def test_profile_add_reader_endpoint(env: dict[str, str], seeded: Seeded, moto: MotoServer) -> None:
+def test_profile_add_reader_endpoint(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
+) -> None:
     result = run_cli("profile", "add", "geo-ro", "--cluster", seeded.geo, "--reader", env=env)
     assert result.returncode == 0, result.stderr
     reader = client(moto, "rds").describe_db_clusters(DBClusterIdentifier=seeded.geo)["DBClusters"][
@@ -256,14 +258,18 @@ def test_profile_add_reader_endpoint(env: dict[str, str], seeded: Seeded, moto: 
     assert f"Note: cluster '{seeded.geo}' has no reader instance yet" in result.stderr
 
 
-def test_profile_add_reader_of_an_instance(env: dict[str, str], seeded: Seeded) -> None:
+def test_profile_add_reader_of_an_instance(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
     added = run_cli("profile", "add", "r", "--cluster", seeded.standalone, "--reader", env=env)
     line = _one_error_line(added)
     assert "instance 'reports' is not an Aurora cluster: it has no reader endpoint" in line
     assert not _config().exists()
 
 
-def test_profile_add_proxy_endpoint(env: dict[str, str], seeded: Seeded, moto: MotoServer) -> None:
+def test_profile_add_proxy_endpoint(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
+) -> None:
     added = run_cli(
         "profile", "add", "geo-px", "--cluster", seeded.geo, "--proxy", seeded.proxy, env=env
     )
@@ -277,7 +283,9 @@ def test_profile_add_proxy_endpoint(env: dict[str, str], seeded: Seeded, moto: M
     assert "secret" not in saved
 
 
-def test_profile_add_unknown_proxy_lists_the_proxies(env: dict[str, str], seeded: Seeded) -> None:
+def test_profile_add_unknown_proxy_lists_the_proxies(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
     added = run_cli("profile", "add", "x", "--cluster", seeded.geo, "--proxy", "geo-prxy", env=env)
     line = _one_error_line(added)
     assert line == (
@@ -299,7 +307,7 @@ def test_profile_add_unknown_proxy_lists_the_proxies(env: dict[str, str], seeded
     ],
 )
 def test_profile_add_reader_proxy_usage(
-    env: dict[str, str], seeded: Seeded, args: list[str], expected: str
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, args: list[str], expected: str
 ) -> None:
     added = run_cli("profile", "add", "x", *args, env=env)
     assert added.returncode == 2

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import RunCli
 from tests.lab.moto_server import REGION, MotoServer
 from tests.test_aws_lab import Seeded, cli_env, client, load_json, seed
 from tests.test_aws_stubbed import Stubs
@@ -107,7 +107,9 @@ def _one_error_line(result: Any) -> str:
 # ----------------------------------------------------------------------------- the three formats
 
 
-def test_table_json_and_csv(env: dict[str, str], seeded_once: Seeded, moto: MotoServer) -> None:
+def test_table_json_and_csv(
+    run_cli: RunCli, env: dict[str, str], seeded_once: Seeded, moto: MotoServer
+) -> None:
     _write_config(seeded_once)
     sql = "SELECT id, name, area_km2, active FROM towns ORDER BY id"
     _queue(moto, _rows())
@@ -136,7 +138,7 @@ def test_table_json_and_csv(env: dict[str, str], seeded_once: Seeded, moto: Moto
 
 
 def test_a_statement_without_rows(
-    env: dict[str, str], seeded_once: Seeded, moto: MotoServer
+    run_cli: RunCli, env: dict[str, str], seeded_once: Seeded, moto: MotoServer
 ) -> None:
     _write_config(seeded_once)
     sql = "UPDATE towns SET active = true WHERE active IS NULL"
@@ -148,7 +150,9 @@ def test_a_statement_without_rows(
     assert run_cli("query", "geo", sql, "--csv", env=env).stdout == ""
 
 
-def test_sql_from_stdin(env: dict[str, str], seeded_once: Seeded, moto: MotoServer) -> None:
+def test_sql_from_stdin(
+    run_cli: RunCli, env: dict[str, str], seeded_once: Seeded, moto: MotoServer
+) -> None:
     _write_config(seeded_once)
     _queue(moto, {"records": [[{"stringValue": "3.4"}]], "columnMetadata": [{"label": "v"}]})
     shown = run_cli("query", "geo", "-", "--csv", input="SELECT postgis_version() AS v", env=env)
@@ -214,7 +218,7 @@ def test_the_request_names_cluster_secret_and_database(
 # ----------------------------------------------------------------------------- errors (moto)
 
 
-def test_errors_a_person_can_fix(env: dict[str, str], seeded_once: Seeded) -> None:
+def test_errors_a_person_can_fix(run_cli: RunCli, env: dict[str, str], seeded_once: Seeded) -> None:
     _write_config(seeded_once)
     no_secret = _one_error_line(run_cli("query", "legacy", "SELECT 1", env=env))
     assert "profile 'legacy' names no secret and cluster 'legacy-v1' has no RDS-managed" in (
@@ -231,7 +235,7 @@ def test_errors_a_person_can_fix(env: dict[str, str], seeded_once: Seeded) -> No
     assert "no SQL statement given" in empty
 
 
-def test_query_is_listed_in_help(env: dict[str, str]) -> None:
+def test_query_is_listed_in_help(run_cli: RunCli, env: dict[str, str]) -> None:
     shown = run_cli("--help", env=env)
     assert "query" in shown.stdout
     assert "Run one SQL statement via the Data API." in shown.stdout
