@@ -242,6 +242,80 @@ def test_profile_add_unknown_cluster(run_cli: RunCli, env: dict[str, str], seede
     assert not _config().exists()
 
 
+def test_profile_add_reader_endpoint(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
+) -> None:
+    result = run_cli("profile", "add", "geo-ro", "--cluster", seeded.geo, "--reader", env=env)
+    assert result.returncode == 0, result.stderr
+    reader = client(moto, "rds").describe_db_clusters(DBClusterIdentifier=seeded.geo)["DBClusters"][
+        0
+    ]["ReaderEndpoint"]
+    saved = tomllib.loads(_config().read_text("utf-8"))["profiles"]["geo-ro"]
+    assert saved["endpoint"] == reader
+    assert (saved["cluster"], saved["database"], saved["user"]) == (seeded.geo, "geo", "geoadmin")
+    assert saved["secret"] == seeded.geo_secret
+    # the seeded cluster has a writer only
+    assert f"Note: cluster '{seeded.geo}' has no reader instance yet" in result.stderr
+
+
+def test_profile_add_reader_of_an_instance(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
+    added = run_cli("profile", "add", "r", "--cluster", seeded.standalone, "--reader", env=env)
+    line = _one_error_line(added)
+    assert "instance 'reports' is not an Aurora cluster: it has no reader endpoint" in line
+    assert not _config().exists()
+
+
+def test_profile_add_proxy_endpoint(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, moto: MotoServer
+) -> None:
+    added = run_cli(
+        "profile", "add", "geo-px", "--cluster", seeded.geo, "--proxy", seeded.proxy, env=env
+    )
+    assert added.returncode == 0, added.stderr
+    proxy = client(moto, "rds").describe_db_proxies(DBProxyName=seeded.proxy)["DBProxies"][0]
+    saved = tomllib.loads(_config().read_text("utf-8"))["profiles"]["geo-px"]
+    assert saved["endpoint"] == proxy["Endpoint"]
+    assert saved["cluster"] == seeded.geo
+    # the seeded proxy requires IAM authentication: passwords would be refused, tokens need TLS
+    assert (saved["password"], saved["sslmode"]) == ("iam", "require")
+    assert "secret" not in saved
+
+
+def test_profile_add_unknown_proxy_lists_the_proxies(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded
+) -> None:
+    added = run_cli("profile", "add", "x", "--cluster", seeded.geo, "--proxy", "geo-prxy", env=env)
+    line = _one_error_line(added)
+    assert line == (
+        "tunnelman: error: no RDS proxy 'geo-prxy' in us-east-2 (did you mean 'geo-proxy'?) "
+        "(proxies there: geo-proxy)"
+    )
+    assert not _config().exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--cluster", "geo-prod", "--reader", "--proxy", "p"], "--reader and --proxy cannot"),
+        (["--endpoint", "db.example.com", "--reader"], "--reader needs --cluster ID"),
+        (
+            ["--cluster", "geo-prod", "--endpoint", "db.example.com", "--proxy", "p"],
+            "--proxy sets the endpoint: do not pass --endpoint too",
+        ),
+    ],
+)
+def test_profile_add_reader_proxy_usage(
+    run_cli: RunCli, env: dict[str, str], seeded: Seeded, args: list[str], expected: str
+) -> None:
+    added = run_cli("profile", "add", "x", *args, env=env)
+    assert added.returncode == 2
+    assert expected in _one_error_line(added)
+    assert "Looking up" not in added.stderr
+    assert not _config().exists()
+
+
 # ----------------------------------------------------------------------------- cluster
 
 

@@ -119,7 +119,7 @@ def test_ls_importtime_has_no_boto3(profiles: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["up", "psql", "exec", "env", "conn", "discover", "cluster", "profile", "check"],
+    ["up", "psql", "exec", "env", "conn", "discover", "cluster", "profile", "check", "query"],
 )
 def test_help_never_imports_boto3(command: str, tmp_home: Path) -> None:
     loaded, stderr = _loaded_by(_RUN_CLI, command, "--help")

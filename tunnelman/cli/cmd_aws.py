@@ -249,12 +249,16 @@ def _text(values: dict[str, object], key: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def fill_from_cluster(values: dict[str, object]) -> dict[str, object]:
+def fill_from_cluster(
+    values: dict[str, object], *, reader: bool = False, proxy: str | None = None
+) -> dict[str, object]:
     """Fill a new profile's values from the RDS cluster (or instance) named by `values["cluster"]`.
 
-    Sets what the person did not give: endpoint (HOST[:PORT]), database (DatabaseName, else
+    Sets what the person did not give: endpoint (HOST[:PORT]; the cluster's reader endpoint with
+    `reader`, the RDS proxy `proxy`'s endpoint with `proxy`), database (DatabaseName, else
     "postgres"), user (MasterUsername), region, and — when the cluster has an RDS-managed master
     secret and no --password was given — password = "secretsmanager" with that secret's ARN.
+    A `cluster = "ssm:/NAME"` reference is kept as given: it is read again at each use.
     """
     ident = _text(values, "cluster")
     if ident is None:
@@ -268,7 +272,12 @@ def fill_from_cluster(values: dict[str, object]) -> dict[str, object]:
             hint="try again when it is available, or pass --endpoint HOST[:PORT]",
         )
     filled = dict(values)
-    filled["cluster"] = db.id
+    if not aws.is_reference(ident):
+        filled["cluster"] = db.id
+    if reader:
+        filled["endpoint"] = _reader_endpoint(db)
+    elif proxy:
+        filled["endpoint"] = _proxy_endpoint(proxy, db, filled)
     if filled.get("endpoint") is None:
         filled["endpoint"] = str(prof.Endpoint(db.endpoint, db.port or prof.DEFAULT_DB_PORT))
     if filled.get("database") is None:
@@ -290,6 +299,45 @@ def fill_from_cluster(values: dict[str, object]) -> dict[str, object]:
     if db.status and db.status != "available":
         progress(f"Note: {db.kind} '{db.id}' is {db.status}.")
     return filled
+
+
+def _reader_endpoint(db: aws.Database) -> str:
+    if db.kind != "cluster":
+        raise AWSError(
+            f"{db.kind} '{db.id}' is not an Aurora cluster: it has no reader endpoint",
+            hint="drop --reader, or name the cluster it belongs to",
+        )
+    if not db.reader_endpoint:
+        raise AWSError(
+            f"cluster '{db.id}' has no reader endpoint (status {db.status})",
+            hint="try again when it is available, or pass --endpoint HOST[:PORT]",
+        )
+    if not any(m.role == "reader" for m in db.members):
+        progress(
+            f"Note: cluster '{db.id}' has no reader instance yet: its reader endpoint reaches "
+            "the writer until one is added."
+        )
+    return str(prof.Endpoint(db.reader_endpoint, db.port or prof.DEFAULT_DB_PORT))
+
+
+def _proxy_endpoint(name: str, db: aws.Database, filled: dict[str, object]) -> str:
+    progress(f"Looking up RDS proxy '{name}'…")
+    found = aws.find_proxy(name, region=db.region, aws_profile=_text(filled, "aws_profile"))
+    if found.engine and not found.is_postgres:
+        raise AWSError(f"RDS proxy '{found.id}' is for {found.engine}, not PostgreSQL")
+    if not found.endpoint:
+        raise AWSError(
+            f"RDS proxy '{found.id}' has no endpoint yet (status {found.status})",
+            hint="try again when it is available",
+        )
+    if found.status and found.status != "available":
+        progress(f"Note: RDS proxy '{found.id}' is {found.status}.")
+    if found.iam_auth and filled.get("password") is None:
+        # A proxy that requires IAM authentication refuses passwords; tokens need TLS.
+        filled["password"] = "iam"
+        if filled.get("sslmode") in (None, "disable", "allow", "prefer"):
+            filled["sslmode"] = "require"
+    return str(prof.Endpoint(found.endpoint, found.port or prof.DEFAULT_DB_PORT))
 
 
 # ----------------------------------------------------------------------------- cluster

@@ -66,6 +66,14 @@ def _endpoint_option(value: str | None) -> str | None:
 @click.argument("name")
 @click.option("--cluster", metavar="ID", help="RDS cluster or instance id: endpoint etc. from AWS.")
 @click.option("--endpoint", metavar="HOST[:PORT]", help="Database endpoint as the bastion sees it.")
+@click.option(
+    "--reader", is_flag=True, help="With --cluster: connect to the cluster's reader endpoint."
+)
+@click.option(
+    "--proxy",
+    metavar="NAME",
+    help="With --cluster: connect through this RDS Proxy's endpoint.",
+)
 @click.option("--region", metavar="R", help="AWS region of the cluster.")
 @click.option("--aws-profile", metavar="P", help="AWS shared-config profile to use.")
 @click.option("--bastion", metavar="[USER@]HOST[:PORT]", help="The SSH bastion.")
@@ -108,6 +116,8 @@ def profile_add(
     name: str,
     cluster: str | None,
     endpoint: str | None,
+    reader: bool,
+    proxy: str | None,
     region: str | None,
     aws_profile: str | None,
     bastion: str | None,
@@ -123,9 +133,21 @@ def profile_add(
     description: str | None,
     force: bool,
 ) -> None:
-    """Add a profile NAME, from an AWS cluster (--cluster) or a known endpoint (--endpoint)."""
+    """Add a profile NAME, from an AWS cluster (--cluster) or a known endpoint (--endpoint).
+
+    With --cluster, --reader uses the cluster's reader endpoint and --proxy NAME an RDS Proxy's
+    endpoint (see `tunnelman discover`); --cluster may be "ssm:/NAME" (an SSM parameter holding the
+    id or ARN), kept as such in the profile.
+    """
     if not cluster and not endpoint:
         raise click.UsageError("give --cluster ID (looked up in AWS) or --endpoint HOST[:PORT]")
+    if reader and proxy:
+        raise click.UsageError("--reader and --proxy cannot be used together: pick one endpoint")
+    chosen = "--reader" if reader else "--proxy" if proxy else None
+    if chosen and not cluster:
+        raise click.UsageError(f"{chosen} needs --cluster ID (the cluster it belongs to)")
+    if chosen and endpoint:
+        raise click.UsageError(f"{chosen} sets the endpoint: do not pass --endpoint too")
     path = prof.config_path(get_ctx(ctx).config)
     values: dict[str, object] = {
         "description": description,
@@ -153,7 +175,7 @@ def profile_add(
     if cluster and not endpoint:
         from tunnelman.cli import cmd_aws  # boto3 only when AWS fills the profile
 
-        values = cmd_aws.fill_from_cluster(values)
+        values = cmd_aws.fill_from_cluster(values, reader=reader, proxy=proxy)
     prof.save_profile(
         path, name, {k: v for k, v in values.items() if v is not None}, overwrite=force
     )

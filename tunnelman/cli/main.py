@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("tunnelman.cli.cmd_demo", "demo_cmd", "A sandbox bastion and database, no AWS."),
     "agent": ("tunnelman.cli.cmd_agent", "agent_group", "Run or stop the background agent."),
     "db": ("tunnelman.cli.cmd_db", "db_group", "Users, databases, dumps the RDS way."),
+    "query": ("tunnelman.cli.cmd_query", "query_cmd", "Run one SQL statement via the Data API."),
 }
 
 

@@ -59,6 +59,11 @@ MAX_PROBLEMS_SHOWN = 20
 
 _REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's own rule
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+SSM_PREFIX = "ssm:"
+# An SSM parameter: a name or /path, or a parameter ARN; an optional :VERSION or :LABEL.
+_SSM_NAME_RE = re.compile(
+    r"(?:arn:aws[a-z-]*:ssm:[a-z0-9-]+:\d{12}:parameter)?/?[A-Za-z0-9_.\-/]+(?::[A-Za-z0-9_.\-]+)?"
+)
 _ZONE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _URL_DELIMITERS = frozenset("@?#[]\\%<>\"'`{}|^,;=!$&()*+~")
 # Bidirectional overrides and isolates: they reorder what a terminal shows ("Trojan Source").
@@ -366,6 +371,21 @@ def _word(value: Any, key: str) -> str:
     return text
 
 
+def _aws_ref(value: Any, key: str) -> str:
+    """`secret` / `cluster`: an id, name or ARN, or `ssm:/NAME` (read from SSM Parameter Store)."""
+    text = _word(value, key)
+    if text.startswith(SSM_PREFIX):
+        name = text[len(SSM_PREFIX) :]
+        if not name:
+            raise _bad(key, 'names no SSM parameter; expected "ssm:/NAME"')
+        if not _SSM_NAME_RE.fullmatch(name):
+            raise _bad(
+                key,
+                f"{_show(text)} is not an SSM parameter name (letters, digits and _.-/ only)",
+            )
+    return text
+
+
 def _region(value: Any, key: str) -> str:
     text = _nonempty_str(value, key)
     if not _REGION_RE.fullmatch(text):
@@ -552,10 +572,10 @@ SCHEMA: dict[str, _Converter] = {
     "user": _nonempty_str,
     "local_port": _port,
     "password": _choice(get_args(PasswordSource)),
-    "secret": _word,
+    "secret": _aws_ref,
     "sslmode": _choice(get_args(SSLMode)),
     "sslrootcert": _path,
-    "cluster": _word,
+    "cluster": _aws_ref,
     "region": _region,
     "aws_profile": _nonempty_str,
     "engine": _choice(get_args(Engine)),

@@ -9,6 +9,8 @@ re-exports:
 - `rds`          one cluster/instance: look-up, status, start/stop/wait, resume checks
 - `discovery`    clusters, instances, proxies and bastion candidates across regions
 - `auth`         `iam_token`, `secret_login`, `instance_connect_key`
+- `params`       `ssm:/NAME` references (SSM Parameter Store) for `secret` and `cluster`
+- `dataapi`      `execute`: one statement through the RDS Data API (`tunnelman query`)
 
 Importing it is cheap: boto3 (≈0.6 s) is imported inside the functions that call AWS, so the tunnel
 and client code may import this module at top level and call `resume_hint` /
@@ -26,8 +28,10 @@ from tunnelman.core.aws.auth import (
     secret_id_for,
     secret_login,
 )
+from tunnelman.core.aws.dataapi import QueryError, Result, execute
 from tunnelman.core.aws.discovery import Discovery, discover
 from tunnelman.core.aws.model import BastionCandidate, CustomEndpoint, Database, Member
+from tunnelman.core.aws.params import get_parameter, is_reference, resolve_cluster, resolve_secret
 from tunnelman.core.aws.rds import (
     RESUME_CONNECT_TIMEOUT,
     RESUME_NOTE,
@@ -41,6 +45,7 @@ from tunnelman.core.aws.rds import (
     cluster_status,
     connect_timeout_for,
     find,
+    find_proxy,
     needs_resume_timeout,
     resume_hint,
     start_cluster,
@@ -61,6 +66,8 @@ __all__ = [
     "Discovery",
     "Login",
     "Member",
+    "QueryError",
+    "Result",
     "assess",
     "change_state",
     "check_action",
@@ -70,12 +77,18 @@ __all__ = [
     "connect_timeout_for",
     "discover",
     "ephemeral_key",
+    "execute",
     "find",
+    "find_proxy",
+    "get_parameter",
     "iam_token",
     "instance_connect_key",
+    "is_reference",
     "map_error",
     "needs_resume_timeout",
     "region_from_host",
+    "resolve_cluster",
+    "resolve_secret",
     "resume_hint",
     "secret_id_for",
     "secret_login",

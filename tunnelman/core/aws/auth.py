@@ -11,6 +11,7 @@ import io
 import json
 from typing import TYPE_CHECKING, NamedTuple
 
+from tunnelman.core.aws import params
 from tunnelman.core.aws.rds import RDSContext, lookup
 from tunnelman.core.aws.session import (
     calling,
@@ -76,7 +77,17 @@ def iam_token(profile: Profile) -> str:
 
 
 def secret_id_for(profile: Profile) -> str:
-    """The profile's `secret`, else its cluster's (or instance's) managed MasterUserSecret ARN."""
+    """The profile's `secret` (read from SSM Parameter Store for `ssm:/NAME`), else its cluster's
+    (or instance's) managed MasterUserSecret ARN."""
+    if profile.secret and params.is_reference(profile.secret):
+        session = session_for(profile)
+        hosts = (profile.endpoint.host,) if profile.endpoint else ()
+        return params.resolve_secret(
+            profile.secret,
+            session=session,
+            region=resolve_region(session, profile, hosts=hosts),
+            profile_name=profile.name,
+        )
     if profile.secret:
         return profile.secret
     if not profile.cluster:
@@ -96,6 +107,8 @@ def secret_id_for(profile: Profile) -> str:
 def secret_login(profile: Profile) -> Login:
     """Username and password from the secret's JSON (`{"username": …, "password": …}`)."""
     secret_id = secret_id_for(profile)
+    ref = profile.secret if params.is_reference(profile.secret) else None
+    shown = params.describe_secret(secret_id, ref)
     session = session_for(profile)
     region = region_from_arn(secret_id) or resolve_region(session, profile)
     client = secrets_client(session, region)
@@ -106,28 +119,28 @@ def secret_login(profile: Profile) -> Login:
             code = error_code(exc)
             if code == "ResourceNotFoundException":
                 raise AWSError(
-                    f"secret '{secret_id}' not found in {region}",
+                    f"secret {shown} not found in {region}",
                     hint=f"check `secret` in profile '{profile.name}' (and its region)",
                 ) from None
             if code == "DecryptionFailure":
                 raise AWSError(
-                    f"cannot decrypt secret '{secret_id}': kms:Decrypt on its KMS key was refused",
+                    f"cannot decrypt secret {shown}: kms:Decrypt on its KMS key was refused",
                     hint="your IAM policy needs kms:Decrypt for the secret's key",
                 ) from None
             raise
     text = value.get("SecretString")
     if text is None:
-        raise CredentialError(f"secret '{secret_id}' holds binary data, not JSON text")
+        raise CredentialError(f"secret {shown} holds binary data, not JSON text")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         raise CredentialError(
-            f"secret '{secret_id}' is not JSON",
+            f"secret {shown} is not JSON",
             hint='expected {"username": "…", "password": "…"}',
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("password"), str):
         raise CredentialError(
-            f"secret '{secret_id}' has no \"password\" string",
+            f'secret {shown} has no "password" string',
             hint='expected {"username": "…", "password": "…"}',
         )
     username = data.get("username")

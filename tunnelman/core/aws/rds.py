@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunnelman.core.aws import params
 from tunnelman.core.aws.model import (
     CustomEndpoint,
     Database,
     cluster_from_api,
     custom_endpoints_from_api,
     instance_from_api,
+    proxy_from_api,
 )
 from tunnelman.core.aws.session import (
     calling,
@@ -176,11 +178,27 @@ def custom_endpoints(
     return custom_endpoints_from_api(items)
 
 
+def _resolve(ctx: RDSContext, ident: str) -> tuple[RDSContext, str]:
+    """`ident` as an id: read from SSM for `ssm:/NAME`; an ARN's id, in the ARN's region."""
+    ref: params.ClusterRef | None = None
+    if params.is_reference(ident):
+        ref = params.resolve_cluster(ident, session=ctx.session, region=ctx.region)
+    elif ident.startswith("arn:"):
+        ref = params.rds_ident(ident)
+    if ref is None:
+        return ctx, ident
+    if ref.region and ref.region != ctx.region:
+        ctx = RDSContext(ctx.session, ref.region, rds_client(ctx.session, ref.region))
+    return ctx, ref.ident
+
+
 def lookup(ctx: RDSContext, ident: str, *, detail: bool = False) -> Database:
     """The cluster `ident`, else the instance `ident`, else an AWSError with a did-you-mean.
 
-    `detail` adds member classes/statuses, the VPC and custom endpoints (3 more calls).
+    `ident` may be an ARN, or `ssm:/NAME` (a parameter holding the id or ARN). `detail` adds
+    member classes/statuses, the VPC and custom endpoints (3 more calls).
     """
+    ctx, ident = _resolve(ctx, ident)
     cluster = _describe_cluster(ctx, ident)
     if cluster is not None:
         if not detail:
@@ -211,6 +229,34 @@ def find(
 ) -> Database:
     """Look up a cluster or instance id without a profile (for `profile add --cluster`)."""
     return lookup(RDSContext.create(region=region, aws_profile=aws_profile), ident, detail=detail)
+
+
+def find_proxy(name: str, *, region: str | None = None, aws_profile: str | None = None) -> Database:
+    """The RDS proxy `name` (for `profile add --proxy`); AWSError listing the proxies there are."""
+    ctx = RDSContext.create(region=region, aws_profile=aws_profile)
+    with ctx.calling("rds:DescribeDBProxies"):
+        try:
+            found = ctx.client.describe_db_proxies(DBProxyName=name)["DBProxies"]
+        except Exception as exc:
+            if error_code(exc) not in ("DBProxyNotFoundFault", "DBProxyNotFound"):
+                raise
+            found = []
+    if found:
+        return proxy_from_api(dict(found[0]), ctx.region)
+    with ctx.calling("rds:DescribeDBProxies"):
+        names = [
+            str(p["DBProxyName"])
+            for page in ctx.client.get_paginator("describe_db_proxies").paginate()
+            for p in page.get("DBProxies", [])
+        ]
+    guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    tip = f" (did you mean '{guess[0]}'?)" if guess else ""
+    hint = (
+        "proxies there: " + ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+        if names
+        else "there is no RDS proxy there: another region? see `tunnelman discover --region R`"
+    )
+    raise AWSError(f"no RDS proxy '{name}' in {ctx.region}{tip}", hint=hint)
 
 
 def _require_cluster(profile: Profile) -> str:
@@ -363,6 +409,7 @@ def clear_cache() -> None:
     """Forget every cached cluster state (after a change made elsewhere, and between tests)."""
     with _cache_lock:
         _cache.clear()
+    params.clear_cache()
 
 
 def cluster_state(profile: Profile) -> Database | None:

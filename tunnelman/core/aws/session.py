@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_ec2_instance_connect import EC2InstanceConnectClient
     from mypy_boto3_rds import RDSClient
+    from mypy_boto3_rds_data import RDSDataServiceClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_ssm import SSMClient
 
     from tunnelman.core.profiles import Profile
 
@@ -164,6 +166,14 @@ def ec2_client(session: boto3.Session, region: str) -> EC2Client:
 
 def secrets_client(session: boto3.Session, region: str) -> SecretsManagerClient:
     return cast("SecretsManagerClient", make_client(session, "secretsmanager", region))
+
+
+def ssm_client(session: boto3.Session, region: str) -> SSMClient:
+    return cast("SSMClient", make_client(session, "ssm", region))
+
+
+def data_api_client(session: boto3.Session, region: str) -> RDSDataServiceClient:
+    return cast("RDSDataServiceClient", make_client(session, "rds-data", region))
 
 
 def instance_connect_client(session: boto3.Session, region: str) -> EC2InstanceConnectClient:
