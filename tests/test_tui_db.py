@@ -21,7 +21,7 @@ from textual.widgets import Button, Input, Static
 
 from tests.conftest import LabProfile
 from tests.lab.rds_like import RdsLike
-from tests.test_db_ops import as_role, databases, master, one, rds, roles  # noqa: F401
+from tests.test_db_ops import as_role, databases, master, ok, one, rds, roles, tm  # noqa: F401
 from tests.test_tui_snapshots import PROFILES, SIZE, SnapCompare, app_with, fixed_world, settle  # noqa: F401
 from tests.tui_support import sync, wait_for
 from tunnelman.core import profiles as prof
@@ -145,6 +145,7 @@ async def test_palette_db_operations_against_rds_like(master: LabProfile, rds: R
         result = await run(app, pilot)
         assert result.ok, result.error
         assert "Created role app1" in (result.summary or "")
+        assert any("opening a tunnel to 'lab'" in line for line in result.lines)
         with rds.superuser() as conn:
             row = conn.execute(
                 "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles"
@@ -252,6 +253,85 @@ async def test_palette_db_operations_against_rds_like(master: LabProfile, rds: R
         pass
     else:
         raise AssertionError("app1 can still log in")
+
+
+@sync
+async def test_grant_read_dump_restore_through_the_open_tunnel(
+    master: LabProfile,  # noqa: F811
+    rds: RdsLike,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    pw = "app2-pw-1234"
+    for args in (
+        ("create-user", "lab", "app2", "--password-stdin"),
+        ("create-user", "lab", "reader2", "--password-stdin"),
+        ("create-database", "lab", "src", "--owner", "app2", "--extension", "postgis"),
+        ("create-database", "lab", "dst", "--owner", "app2", "--extension", "postgis"),
+    ):
+        ok(tm("db", *args, input=pw + "\n"))
+    with as_role(rds, "app2", pw, "src") as conn:
+        conn.execute("CREATE TABLE pts (id int, geom geometry(Point, 4326))")
+        conn.execute("INSERT INTO pts SELECT i, ST_MakePoint(i, i) FROM generate_series(1, 9) i")
+    archive = tmp_path / "src.dump"
+    app = make_app(master.config, initial_profile="lab", host=InProcessHost(), poll_interval=3600)
+    async with app.run_test(size=(160, 45)) as pilot:
+        # The tunnel the TUI holds open is the one the operations use.
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.state_of("lab")[0] == "up", 30, "the tunnel")
+
+        form = await palette(app, pilot, "Database: grant read…")
+        await fill(pilot, form, db="src", role="reader2")
+        plan = await dry_run(pilot, form)
+        assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "reader2";' in plan
+        assert one(rds, "SELECT has_table_privilege('reader2', 'pts', 'SELECT')", db="src") is False
+        result = await run(app, pilot)
+        assert result.ok, result.error
+        assert not any("opening a tunnel" in line for line in result.lines)
+        assert "✓ reader2 reads public.pts (existing table)" in result.lines, result.lines
+        assert any(line.startswith("✓ reader2 cannot write") for line in result.lines)
+        assert not any(line.startswith("✗") for line in result.lines)
+        assert one(rds, "SELECT has_table_privilege('reader2', 'pts', 'SELECT')", db="src") is True
+        await pilot.press("escape")
+
+        form = await palette(app, pilot, "Database: dump…")
+        await fill(pilot, form, db="src", file=str(archive))
+        plan = await dry_run(pilot, form)
+        assert "pg_dump --format=custom --verbose" in plan
+        assert not archive.exists()
+        result = await run(app, pilot)
+        assert result.ok, result.error
+        assert "dumping public.pts (table 1)" in result.lines[0], result.lines
+        assert archive.read_bytes()[:5] == b"PGDMP"
+        await pilot.press("escape")
+
+        form = await palette(app, pilot, "Database: restore…")
+        await fill(pilot, form, db="dst", file=str(archive))
+        plan = await dry_run(pilot, form)
+        assert "--no-owner --no-acl --verbose --role=app2" in plan
+        result = await run(app, pilot)
+        assert result.ok, result.error
+        assert any("restoring public.pts" in line for line in result.lines), result.lines
+        assert "Restored" in (result.summary or "")
+        assert one(rds, "SELECT count(*) FROM pts", db="dst") == 9
+        await pilot.press("escape")
+
+        # A file that is no archive: the error's message and hint, nothing restored.
+        bogus = tmp_path / "bogus.dump"
+        bogus.write_text("not a dump")
+        form = await palette(app, pilot, "Database: restore…")
+        await fill(pilot, form, db="dst", file=str(bogus))
+        result = await run(app, pilot)
+        status = str(result.query_one("#db-status", Static).render())
+        assert "is not a pg_dump custom-format archive" in status
+        assert "fix: make one with `tunnelman db dump" in status
+        await pilot.press("escape")
+    for args in (
+        ("drop-database", "lab", "src", "--yes"),
+        ("drop-database", "lab", "dst", "--yes"),
+        ("drop-user", "lab", "reader2", "--yes"),
+        ("drop-user", "lab", "app2", "--yes"),
+    ):
+        ok(tm("db", *args))
 
 
 # ----------------------------------------------------------------------------- snapshot

@@ -319,9 +319,7 @@ class DbActions(AppBase):
         )
 
     def _db_dry_run(self, req: DbRequest, form: DbFormScreen) -> None:
-        profile = self.profiles.get(req.profile)
-        if profile is not None:
-            self._db_work(profile, req, form, dry_run=True)
+        self._db_work(form.profile, req, form, dry_run=True)
 
     def _db_confirmed(self, profile: prof.Profile, req: DbRequest | None) -> None:
         """The form was answered with Run (and, for a drop, the typed name): run it."""
