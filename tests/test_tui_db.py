@@ -353,3 +353,24 @@ def test_snapshot_db_form(fixed_world: Path, snap_compare: SnapCompare) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=form)
+
+
+def test_snapshot_drop_confirmation(fixed_world: Path, snap_compare: SnapCompare) -> None:  # noqa: F811
+    app = app_with(PROFILES, profile="staging")
+
+    async def confirm(pilot: Pilot[Any]) -> None:
+        await settle(app, pilot)
+        app.db_operation("drop-database")
+        await wait_for(pilot, on_top(app, DbFormScreen), 3, "the form")
+        screen = app.screen
+        assert isinstance(screen, DbFormScreen)
+        await wait_for(pilot, lambda: bool(screen.query("#db-db")), 3, "the fields")
+        await fill(pilot, screen, db="appdb")
+        await pilot.click("#run")
+        await wait_for(pilot, on_top(app, TypedConfirmScreen), 3, "the confirmation")
+        await pilot.press(*"appd")
+        for field in app.screen.query(Input):
+            field.cursor_blink = False
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=confirm)

@@ -294,7 +294,7 @@ class DbActions(AppBase):
         for op in OPS:
             yield (
                 op.title,
-                f"{op.help}, for the highlighted profile",
+                f"{op.help} (highlighted profile)",
                 partial(self.db_operation, op.key),
             )
 
@@ -357,7 +357,7 @@ class DbActions(AppBase):
             login = resolve_login(
                 profile,
                 prompt=lambda label: self.ask_from_thread(
-                    SecretScreen("Database password", f"{label}:")
+                    SecretScreen("Database password", label.strip())
                 ),
             )
             status = self.state.tunnel_of(profile.name)

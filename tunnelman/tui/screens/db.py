@@ -75,10 +75,11 @@ class DbFormScreen(ModalScreen["DbRequest | None"]):
         max-height: 16;
         background: $boost;
         padding: 0 1;
+        margin-top: 1;
     }
-    DbFormScreen #db-error {
-        padding-left: 0;
-        margin-bottom: 1;
+    DbFormScreen .db-error-text {
+        color: $error;
+        margin-top: 1;
     }
     """
 
@@ -128,7 +129,7 @@ class DbFormScreen(ModalScreen["DbRequest | None"]):
                         password=name.startswith("password"),
                         compact=True,
                     )
-            yield Static("", id="db-error", classes="field-error", markup=False)
+            yield Static("", id="db-error", classes="db-error-text", markup=False)
             with VerticalScroll(id="db-plan-box"):
                 yield Static("", id="db-plan", markup=False)
             with Horizontal(classes="dialog-buttons"):
@@ -277,6 +278,17 @@ class DbFormScreen(ModalScreen["DbRequest | None"]):
 class TypedConfirmScreen(ModalScreen[bool]):
     """A drop's confirmation: the button works only once the name is typed exactly (as GitHub's)."""
 
+    DEFAULT_CSS = """
+    TypedConfirmScreen #typed {
+        margin-top: 1;
+        background: $boost;
+    }
+    TypedConfirmScreen .db-error-text {
+        color: $error;
+        margin-top: 1;
+    }
+    """
+
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, body: str, expected: str, *, yes: str = "Drop") -> None:
@@ -292,7 +304,7 @@ class TypedConfirmScreen(ModalScreen[bool]):
             yield Static(self._body, classes="dialog-body", markup=False)
             yield Static(f"Type {self.expected} to confirm:", markup=False)
             yield Input(placeholder=self.expected, id="typed", compact=True)
-            yield Static("", id="typed-error", classes="field-error", markup=False)
+            yield Static("", id="typed-error", classes="db-error-text", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self._yes, variant="error", id="yes", disabled=True)
                 yield Button("Cancel", id="no")
