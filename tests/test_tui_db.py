@@ -9,6 +9,7 @@ snapshot uses the fixed world of tests/test_tui_snapshots.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,11 @@ async def test_palette_db_operations_against_rds_like(master: LabProfile, rds: R
             assert result.ok, result.error
             await pilot.press("escape")
         assert not {"app1", "gen1"} & roles(rds)
+    # Neither password reached a log (tunnelman's, under XDG_STATE_HOME) nor the server's.
+    logs = [p for p in Path(os.environ["XDG_STATE_HOME"]).rglob("*") if p.is_file()]
+    for secret_text in (pw, generated):
+        assert all(secret_text not in p.read_text(errors="replace") for p in logs)
+        assert secret_text not in rds.log_text()
     try:
         psycopg.connect(rds.dsn(user="app1", password=pw, dbname="postgres")).close()
     except psycopg.OperationalError:
