@@ -1,7 +1,7 @@
 """The TUI application: the composition of its actions; `make_app` builds it for CLI and tests.
 
 `TunnelmanApp` is the action groups of `tui/actions/` (tunnels, cluster, profiles, connection
-settings) over one state model (`tui/state.py`, a `ProfileState` per profile) and one host
+settings, database operations) over one state model (`tui/state.py`, a `ProfileState` per profile) and one host
 (`tui/hosts.py`). What is left here is app-wide: mounting, help, quitting, the command palette.
 """
 
@@ -18,6 +18,7 @@ from textual.screen import Screen
 
 from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.cluster import ClusterActions
+from tunnelman.tui.actions.db import DbActions
 from tunnelman.tui.actions.profiles import ProfileActions
 from tunnelman.tui.actions.settings import SettingsActions
 from tunnelman.tui.actions.tunnels import TunnelActions
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 CSS_FILE = Path(__file__).with_name("tunnelman.tcss")
 
 
-class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsActions):
+class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsActions, DbActions):
     """tunnelman's terminal UI."""
 
     CSS_PATH = CSS_FILE
@@ -155,6 +156,7 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
                 "Keep the database password in the OS keyring (p)",
                 main.action_password,
             ),
+            *self.db_commands(),
             ("Reload profiles", "Read the profile file again (ctrl+r)", self.action_reload),
             ("Keys", "Every key (?)", self.action_help),
         )
