@@ -37,16 +37,13 @@ def _ago(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
 
 
-def _bytes(count: int | None, rate: float | None) -> str:
-    """ "50.3 MB (2.1 MB/s)": a total and, while it moves, its rate ("" where not counted)."""
-    if count is None:
+def _traffic(status: TunnelStatus) -> str:
+    """ "298 B / 19.2 MB": sent to the database / received from it ("" where not counted)."""
+    if status.bytes_sent is None or status.bytes_received is None:
         return ""
     from tunnelman.core.tunnel.traffic import human_bytes
 
-    text = human_bytes(count)
-    if rate is not None and rate >= 1:
-        text += f" ({human_bytes(rate)}/s)"
-    return text
+    return f"{human_bytes(status.bytes_sent)} / {human_bytes(status.bytes_received)}"
 
 
 def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
@@ -58,8 +55,7 @@ def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
             _ago(s.since),
             s.reconnects,
             s.connections,
-            _bytes(s.bytes_sent, s.rate_sent),
-            _bytes(s.bytes_received, s.rate_received),
+            _traffic(s),
             s.error or "",
         ]
         for s in statuses
@@ -92,8 +88,7 @@ def status_cmd(as_json: bool) -> None:
                 "UP SINCE",
                 "RECONNECTS",
                 "CONNECTIONS",
-                "SENT",
-                "RECEIVED",
+                "SENT / RECEIVED",
                 "ERROR",
             ],
             _rows(statuses),
