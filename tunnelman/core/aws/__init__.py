@@ -7,6 +7,7 @@ re-exports:
 - `session`      sessions on the standard chain, clients with retries/timeouts, error mapping
 - `model`        `Database`, `Member`, `CustomEndpoint`, `BastionCandidate` (pure, JSON shapes)
 - `rds`          one cluster/instance: look-up, status, start/stop/wait, resume checks
+- `wake`         start on connect: a stopped/starting cluster found before a tunnel opens
 - `discovery`    clusters, instances, proxies and bastion candidates across regions
 - `auth`         `iam_token`, `secret_login`, `instance_connect_key`
 
@@ -48,12 +49,23 @@ from tunnelman.core.aws.rds import (
     wait_for,
 )
 from tunnelman.core.aws.session import NO_REGION, map_error, region_from_host, session_for
+from tunnelman.core.aws.wake import (
+    POLL_INTERVAL_ENV,
+    WAKE_TIMEOUT,
+    Need,
+    after_wake,
+    poll_interval,
+    wake,
+    wake_needed,
+)
 
 __all__ = [
     "NO_REGION",
+    "POLL_INTERVAL_ENV",
     "RESUME_CONNECT_TIMEOUT",
     "RESUME_NOTE",
     "TARGET_STATUS",
+    "WAKE_TIMEOUT",
     "Action",
     "BastionCandidate",
     "CustomEndpoint",
@@ -61,6 +73,8 @@ __all__ = [
     "Discovery",
     "Login",
     "Member",
+    "Need",
+    "after_wake",
     "assess",
     "change_state",
     "check_action",
@@ -75,6 +89,7 @@ __all__ = [
     "instance_connect_key",
     "map_error",
     "needs_resume_timeout",
+    "poll_interval",
     "region_from_host",
     "resume_hint",
     "secret_id_for",
@@ -83,4 +98,6 @@ __all__ = [
     "start_cluster",
     "stop_cluster",
     "wait_for",
+    "wake",
+    "wake_needed",
 ]
