@@ -178,7 +178,8 @@ def _on_pty(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str
 
 
 def test_a_terminal_is_asked(stopped: LabProfile, aws_env: MotoServer) -> None:
-    args = ["psql", "lab", "-XAt", "-c", "select 3"]
+    # a pty of 0 rows would make psql start its pager
+    args = ["psql", "lab", "-XAt", "-P", "pager=off", "-c", "select 3"]
     code, output = _on_pty(args, _env(aws_env), "n")
     assert f"Cluster '{CLUSTER}' is stopped. Start it now? [y/N]" in output
     assert code == 1

@@ -56,6 +56,17 @@ def login_for(profile: Profile) -> Login:
     return resolve_login(profile, prompt=prompt, offer_save=offer)
 
 
+def _leading_flag(args: tuple[str, ...]) -> tuple[bool, list[str]]:
+    """`--start-cluster` given right after NAME (`psql NAME --start-cluster -c …`): ours, not the
+    program's (neither psql nor `--` takes it); anything after the first other argument is left."""
+    rest = list(args)
+    found = False
+    while rest and rest[0] == "--start-cluster":
+        rest.pop(0)
+        found = True
+    return found, rest
+
+
 def _run_oneshot(
     ctx: click.Context,
     name: str,
@@ -104,9 +115,10 @@ def psql_cmd(
     `tunnelman psql prod -v ON_ERROR_STOP=1 -c "select postgis_full_version()"`.
     The password reaches psql only through a temporary PGPASSFILE (0600), removed afterwards.
     A tunnel the agent already holds for NAME is reused. A stopped cluster: asked whether to
-    start it (--start-cluster: started without asking).
+    start it (--start-cluster, before NAME or right after it: started without asking).
     """
-    _run_oneshot(ctx, name, ["psql", *psql_args], accept_new_host_key, start_cluster)
+    flag, rest = _leading_flag(psql_args)
+    _run_oneshot(ctx, name, ["psql", *rest], accept_new_host_key, start_cluster or flag)
 
 
 @click.command("exec", context_settings=_PASSTHROUGH)
@@ -128,7 +140,8 @@ def exec_cmd(
     `tunnelman exec prod -- pg_dump --schema-only -t public.pts`, or ogr2ogr, pgcli, qgis.
     Returns CMD's exit code; the tunnel closes when CMD ends.
     """
-    argv = list(command)
+    flag, argv = _leading_flag(command)
+    start_cluster = start_cluster or flag
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
