@@ -8,6 +8,7 @@ as `TunnelChanged` / `ConnectFinished` and `ProfileState.changed` decides what i
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from textual import on, work
 
@@ -115,8 +116,14 @@ class TunnelActions(AppBase):
             )
         )
 
+        shown = self.state[profile.name].cluster or db  # the detail pane's cluster box
+
         def on_status(status: str, elapsed: float) -> None:
-            if not cancel.is_set() and status != "available":
+            if cancel.is_set():
+                return
+            if " " not in status:  # the cluster's own status ("writer ID STATUS" is not)
+                self.post_message(ClusterLoaded(profile.name, replace(shown, status=status)))
+            if status != "available":
                 self.post_message(Notice(f"{title}: {status}… ({elapsed:.0f} s)"))
 
         self.aws.wake(profile, db, need, on_status=on_status, cancel=cancel)
