@@ -374,3 +374,51 @@ async def test_tui_accept_starts_the_cluster_and_opens_the_tunnel(
         )
         assert await asyncio.to_thread(query, port, stopped.postgres) == 1
     assert _status(aws_env) == "available"
+
+
+@sync
+async def test_tui_wait_keeps_the_ui_responsive_and_enter_cancels_it(
+    stubs: Stubs, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(aws.POLL_INTERVAL_ENV, "0.05")
+    rds = stubs("rds")
+    ident = {"DBClusterIdentifier": CLUSTER}
+    rds.add_response("describe_db_clusters", _cluster("stopped"), ident)
+    rds.add_response("start_db_cluster", {"DBCluster": _cluster("starting")["DBClusters"][0]})
+    for _ in range(600):  # 30 s of "starting" at most: the test cancels long before
+        rds.add_response("describe_db_clusters", _cluster("starting"), ident)
+    config = Path(os.environ["TUNNELMAN_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        '[profiles.geo]\nbastion = "ec2-user@192.0.2.1"\n'
+        f'endpoint = "geo.example.com"\ncluster = "{CLUSTER}"\nregion = "{REGION}"\n'
+    )
+    app = make_app(config, initial_profile="geo", host=InProcessHost())
+    app.CLUSTER_FETCH_DELAY = 3600  # the stubbed answers are for the start, in order
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"),
+            20,
+            "the start-cluster question",
+        )
+        await pilot.click("#yes")
+        await wait_for(
+            pilot,
+            lambda: (
+                app.clusters.get("geo") is not None and app.clusters["geo"].status == "starting"
+            ),
+            10,
+            "the cluster box to say starting",
+        )
+        assert app.state_of("geo")[0] == "connecting"
+        await pilot.press("question_mark")  # the UI answers while the worker waits
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen", 5, "help")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.main is app.screen, 5, "the main screen")
+        await pilot.press("enter")  # cancels the attempt, and with it the wait
+        await wait_for(pilot, lambda: "geo" not in app.connecting, 5, "the cancel")
+        assert app.state_of("geo")[0] == "stopped"
+        assert "geo" not in app.last_errors
+        assert app.host.statuses() == {}
