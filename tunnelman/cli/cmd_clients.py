@@ -111,7 +111,7 @@ def psql_cmd(
 ) -> None:
     """Run psql against NAME through the tunnel, then close it; returns psql's exit code.
 
-    Everything after NAME goes to psql unchanged, e.g.
+    Everything after NAME (but a leading --start-cluster) goes to psql unchanged, e.g.
     `tunnelman psql prod -v ON_ERROR_STOP=1 -c "select postgis_full_version()"`.
     The password reaches psql only through a temporary PGPASSFILE (0600), removed afterwards.
     A tunnel the agent already holds for NAME is reused. A stopped cluster: asked whether to
