@@ -116,7 +116,8 @@ class TunnelActions(AppBase):
             )
         )
 
-        shown = self.state[profile.name].cluster or db  # the detail pane's cluster box
+        known = self.state.get(profile.name)  # read only: workers never change the state
+        shown = (known.cluster if known is not None else None) or db  # the cluster box's base
 
         def on_status(status: str, elapsed: float) -> None:
             if cancel.is_set():
@@ -128,7 +129,8 @@ class TunnelActions(AppBase):
 
         self.aws.wake(profile, db, need, on_status=on_status, cancel=cancel)
         if cancel.is_set():
-            return None  # AWS carries on starting it
+            self.post_message(Notice(f"Stopped waiting: {what} keeps starting in AWS."))
+            return None
         self.post_message(ClusterLoaded(profile.name, self.aws.cluster_status(profile)))
         return after_wake(profile)
 
