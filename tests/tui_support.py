@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from tunnelman.core.aws import Database, Discovery, Member
+from tunnelman.core.aws import Database, Discovery, Member, Need
 from tunnelman.core.tunnel import TunnelState, TunnelStatus
 from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnRemoved, OnStatus
 
@@ -200,6 +200,24 @@ class FakeAws:
     def stop_cluster(self, profile: Profile) -> Database:
         self.calls.append(f"stop {profile.name}")
         self.cluster = replace(self.cluster, status="stopping")
+        return self.cluster
+
+    def wake_needed(self, profile: Profile) -> tuple[Database, Need] | None:
+        if self.cluster.status == "stopped":
+            return self.cluster, "start"
+        return (self.cluster, "wait") if self.cluster.status == "starting" else None
+
+    def wake(
+        self,
+        profile: Profile,
+        db: Database,
+        need: Need,
+        *,
+        on_status: Callable[[str, float], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Database:
+        self.calls.append(f"wake {profile.name} {need}")
+        self.cluster = replace(self.cluster, status="available")
         return self.cluster
 
     def discover(self, regions: Sequence[str] = (), *, aws_profile: str | None = None) -> Discovery:

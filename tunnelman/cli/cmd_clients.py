@@ -12,9 +12,10 @@ import sys
 
 import click
 
-from tunnelman.cli.common import accept_new_host_key_option, announce_resume, load_profile
+from tunnelman.cli.common import accept_new_host_key_option, load_profile
 from tunnelman.cli.output import err, out, progress
 from tunnelman.cli.prompts import host_key_policy, interactive, passphrase_prompt, password_prompt
+from tunnelman.cli.wake import prepare, start_cluster_option
 from tunnelman.core import clients
 from tunnelman.core.credentials import Login, resolve_login
 from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
@@ -55,15 +56,33 @@ def login_for(profile: Profile) -> Login:
     return resolve_login(profile, prompt=prompt, offer_save=offer)
 
 
-def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host_key: bool) -> None:
+def _leading_flag(args: tuple[str, ...]) -> tuple[bool, list[str]]:
+    """`--start-cluster` given right after NAME (`psql NAME --start-cluster -c …`): ours, not the
+    program's (neither psql nor `--` takes it); anything after the first other argument is left."""
+    rest = list(args)
+    found = False
+    while rest and rest[0] == "--start-cluster":
+        rest.pop(0)
+        found = True
+    return found, rest
+
+
+def _run_oneshot(
+    ctx: click.Context,
+    name: str,
+    argv: list[str],
+    accept_new_host_key: bool,
+    start_cluster: bool = False,
+) -> None:
     from tunnelman.core import oneshot
 
     profile = load_profile(ctx, name)
     oneshot.find_program(argv[0])  # before any prompt or SSH work
     login = login_for(profile)
     port = agent_port(name)
-    if port is None:
-        announce_resume(profile)
+    if port is None or start_cluster:
+        # The agent's tunnel is reused without asking AWS unless the flag says to check.
+        profile = prepare(ctx, profile, start_cluster=start_cluster, announce=port is None)
     if port is None and sys.stderr.isatty():
         progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
     code = oneshot.run(
@@ -79,29 +98,41 @@ def _run_oneshot(ctx: click.Context, name: str, argv: list[str], accept_new_host
 
 @click.command("psql", context_settings=_PASSTHROUGH)
 @accept_new_host_key_option
+@start_cluster_option
 @click.argument("name")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def psql_cmd(
-    ctx: click.Context, name: str, psql_args: tuple[str, ...], accept_new_host_key: bool
+    ctx: click.Context,
+    name: str,
+    psql_args: tuple[str, ...],
+    accept_new_host_key: bool,
+    start_cluster: bool,
 ) -> None:
     """Run psql against NAME through the tunnel, then close it; returns psql's exit code.
 
-    Everything after NAME goes to psql unchanged, e.g.
+    Everything after NAME (but a leading --start-cluster) goes to psql unchanged, e.g.
     `tunnelman psql prod -v ON_ERROR_STOP=1 -c "select postgis_full_version()"`.
     The password reaches psql only through a temporary PGPASSFILE (0600), removed afterwards.
-    A tunnel the agent already holds for NAME is reused.
+    A tunnel the agent already holds for NAME is reused. A stopped cluster: asked whether to
+    start it (--start-cluster, before NAME or right after it: started without asking).
     """
-    _run_oneshot(ctx, name, ["psql", *psql_args], accept_new_host_key)
+    flag, rest = _leading_flag(psql_args)
+    _run_oneshot(ctx, name, ["psql", *rest], accept_new_host_key, start_cluster or flag)
 
 
 @click.command("exec", context_settings=_PASSTHROUGH)
 @accept_new_host_key_option
+@start_cluster_option
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def exec_cmd(
-    ctx: click.Context, name: str, command: tuple[str, ...], accept_new_host_key: bool
+    ctx: click.Context,
+    name: str,
+    command: tuple[str, ...],
+    accept_new_host_key: bool,
+    start_cluster: bool,
 ) -> None:
     """Run any libpq program against NAME through the tunnel: `tunnelman exec NAME -- CMD [ARGS…]`.
 
@@ -109,12 +140,13 @@ def exec_cmd(
     `tunnelman exec prod -- pg_dump --schema-only -t public.pts`, or ogr2ogr, pgcli, qgis.
     Returns CMD's exit code; the tunnel closes when CMD ends.
     """
-    argv = list(command)
+    flag, argv = _leading_flag(command)
+    start_cluster = start_cluster or flag
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise click.UsageError("no command given: tunnelman exec NAME -- CMD [ARGS…]")
-    _run_oneshot(ctx, name, argv, accept_new_host_key)
+    _run_oneshot(ctx, name, argv, accept_new_host_key, start_cluster)
 
 
 @click.command("env")
@@ -128,8 +160,11 @@ def exec_cmd(
     default=None,
     help="The shell to write for (default: the one running: posix; on Windows PowerShell or cmd).",
 )
+@start_cluster_option
 @click.pass_context
-def env_cmd(ctx: click.Context, name: str, port: int | None, shell: str | None) -> None:
+def env_cmd(
+    ctx: click.Context, name: str, port: int | None, shell: str | None, start_cluster: bool
+) -> None:
     """Print PG* settings for NAME's tunnel, for your shell to load.
 
     \b
@@ -140,8 +175,13 @@ def env_cmd(ctx: click.Context, name: str, port: int | None, shell: str | None) 
     The tunnel must outlive this command: the agent's tunnel is used when it is up, else the
     profile's local_port (start it with `tunnelman up NAME`). No password is printed: libpq
     asks, or reads your .pgpass (`tunnelman conn NAME --format pgpass --write`).
+    With --start-cluster, a stopped cluster is started (and a starting one waited for) first.
     """
     profile = load_profile(ctx, name)
+    if (
+        start_cluster
+    ):  # without the flag nothing asks AWS: `eval "$(tunnelman env NAME)"` stays fast
+        prepare(ctx, profile, start_cluster=True, announce=False)
     shell = shell or shells.default_shell()
     chosen = port or agent_port(name)
     if chosen is None:
@@ -218,6 +258,7 @@ def _conn_help() -> str:
     is_flag=True,
     help="pgadmin: let pgAdmin run the SSH tunnel itself (UseSSHTunnel) instead of tunnelman.",
 )
+@start_cluster_option
 @click.pass_context
 def conn_cmd(
     ctx: click.Context,
@@ -227,8 +268,11 @@ def conn_cmd(
     port: int | None,
     path: str | None,
     pgadmin_ssh: bool,
+    start_cluster: bool,
 ) -> None:
     profile = load_profile(ctx, name)
+    if start_cluster:  # as for env: only the flag makes conn ask AWS
+        prepare(ctx, profile, start_cluster=True, announce=False)
     chosen = port or agent_port(name) or profile.local_port
     if chosen is None:
         if fmt == "pgadmin" and pgadmin_ssh:

@@ -18,7 +18,6 @@ import click
 
 from tunnelman.cli.common import (
     accept_new_host_key_option,
-    announce_resume,
     json_option,
     load_profile,
     psql_command,
@@ -27,6 +26,7 @@ from tunnelman.cli.main import exit_code_help, get_ctx
 from tunnelman.cli.output import err, json_line, out, progress
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
 from tunnelman.cli.signals import interrupt, routed
+from tunnelman.cli.wake import prepare, start_cluster_option
 from tunnelman.core import profiles as prof
 from tunnelman.core.errors import AgentError, TunnelError
 from tunnelman.core.profiles import Profile
@@ -97,6 +97,7 @@ def detach_up(
     is_flag=True,
     help="Hand the tunnel to the background agent and return (see `tunnelman status`).",
 )
+@start_cluster_option
 @json_option("Once it is up, print the tunnel as one JSON line on stdout (messages go to stderr).")
 @click.pass_context
 def up_cmd(
@@ -105,12 +106,14 @@ def up_cmd(
     port: int | None,
     accept_new_host_key: bool,
     detach: bool,
+    start_cluster: bool,
     as_json: bool,
 ) -> None:
     """Open NAME's tunnel on 127.0.0.1 and hold it until Ctrl-C.
 
     Prints the local address and a ready psql command; point QGIS, pgAdmin or ArcGIS at the same
-    address. The tunnel reconnects by itself if the bastion drops, keeping the port.
+    address. The tunnel reconnects by itself if the bastion drops, keeping the port. A stopped
+    cluster: asked whether to start it (--start-cluster: started without asking), then waited for.
 
     \b
     JSON (--json): {name, state, local_port, since, reconnects, error, connections,
@@ -119,9 +122,10 @@ def up_cmd(
     when the tunnel is up (with --detach: then it exits; without: it holds until Ctrl-C).
     """
     if detach:
+        prepare(ctx, load_profile(ctx, name), start_cluster=start_cluster, announce=False)
         detach_up(ctx, name, port, accept_new_host_key, as_json=as_json)
         return
-    profile = load_profile(ctx, name)
+    profile = prepare(ctx, load_profile(ctx, name), start_cluster=start_cluster)
     from tunnelman.core.tunnel import TunnelState, open_tunnel
     from tunnelman.core.tunnel.events import EventRecorder, events_path
 
@@ -142,7 +146,6 @@ def up_cmd(
     )
     tunnel.on_client = recorder.client
     target = str(profile.endpoint) if profile.endpoint else "?"
-    announce_resume(profile)
     progress(f"Connecting to bastion {profile.bastion} … (database {target})")
     # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
     with routed(interrupt):

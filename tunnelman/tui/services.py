@@ -7,12 +7,13 @@ raises `TunnelmanError`; the caller runs the blocking ones (AWS) in thread worke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tunnelman.core.aws import Database, Discovery
+    from tunnelman.core.aws import Database, Discovery, Need
     from tunnelman.core.profiles import Profile
 
 CONN_TABS: tuple[tuple[str, str], ...] = (
@@ -38,6 +39,22 @@ class AwsApi(Protocol):
     def start_cluster(self, profile: Profile) -> Database: ...
 
     def stop_cluster(self, profile: Profile) -> Database: ...
+
+    def wake_needed(self, profile: Profile) -> tuple[Database, Need] | None:
+        """The cluster when it is stopped ("start") or starting ("wait") before a connect."""
+        ...
+
+    def wake(
+        self,
+        profile: Profile,
+        db: Database,
+        need: Need,
+        *,
+        on_status: Callable[[str, float], None] | None = ...,
+        cancel: threading.Event | None = ...,
+    ) -> Database:
+        """Start it (for "start") and wait until its writer instance is available."""
+        ...
 
     def discover(self, regions: Sequence[str] = ..., *, aws_profile: str | None = ...) -> Discovery:
         """Databases and bastion candidates in `regions` (default: the session's region)."""

@@ -7,6 +7,7 @@ re-exports:
 - `session`      sessions on the standard chain, clients with retries/timeouts, error mapping
 - `model`        `Database`, `Member`, `CustomEndpoint`, `BastionCandidate` (pure, JSON shapes)
 - `rds`          one cluster/instance: look-up, status, start/stop/wait, resume checks
+- `wake`         start on connect: a stopped/starting cluster found before a tunnel opens
 - `discovery`    clusters, instances, proxies and bastion candidates across regions
 - `auth`         `iam_token`, `secret_login`, `instance_connect_key`
 - `params`       `ssm:/NAME` references (SSM Parameter Store) for `secret` and `cluster`
@@ -53,12 +54,23 @@ from tunnelman.core.aws.rds import (
     wait_for,
 )
 from tunnelman.core.aws.session import NO_REGION, map_error, region_from_host, session_for
+from tunnelman.core.aws.wake import (
+    POLL_INTERVAL_ENV,
+    WAKE_TIMEOUT,
+    Need,
+    after_wake,
+    poll_interval,
+    wake,
+    wake_needed,
+)
 
 __all__ = [
     "NO_REGION",
+    "POLL_INTERVAL_ENV",
     "RESUME_CONNECT_TIMEOUT",
     "RESUME_NOTE",
     "TARGET_STATUS",
+    "WAKE_TIMEOUT",
     "Action",
     "BastionCandidate",
     "CustomEndpoint",
@@ -66,8 +78,10 @@ __all__ = [
     "Discovery",
     "Login",
     "Member",
+    "Need",
     "QueryError",
     "Result",
+    "after_wake",
     "assess",
     "change_state",
     "check_action",
@@ -86,6 +100,7 @@ __all__ = [
     "is_reference",
     "map_error",
     "needs_resume_timeout",
+    "poll_interval",
     "region_from_host",
     "resolve_cluster",
     "resolve_secret",
@@ -96,4 +111,6 @@ __all__ = [
     "start_cluster",
     "stop_cluster",
     "wait_for",
+    "wake",
+    "wake_needed",
 ]

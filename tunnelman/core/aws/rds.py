@@ -344,6 +344,21 @@ StatusCallback = Callable[[str, float], None]
 """Called with (new status, seconds since waiting began) on every status change."""
 
 
+def writer_status(ctx: RDSContext, db: Database) -> tuple[str, str | None]:
+    """(id, status) of an Aurora cluster's writer instance (DBClusterMembers' IsClusterWriter).
+
+    AWSError when the cluster has no writer: nothing could accept a connection.
+    """
+    writer = next((m for m in db.members if m.role == "writer"), None)
+    if writer is None:
+        raise AWSError(
+            f"cluster '{db.id}' has no writer instance: nothing can accept connections",
+            hint="add an instance to it in the RDS console",
+        )
+    found = _describe_instance(ctx, writer.id)
+    return writer.id, (str(found["DBInstanceStatus"]) if found else None)
+
+
 def wait_for(
     profile: Profile,
     action: Action,
@@ -352,9 +367,13 @@ def wait_for(
     cancel: threading.Event | None = None,
     timeout: float = 1800.0,
     interval: float = 5.0,
+    writer: bool = False,
 ) -> Database:
     """Poll until the cluster reaches the action's target status; return its last state.
 
+    `writer` (for a start before connecting): an Aurora cluster counts as available only once its
+    writer instance is available too, since the cluster says "available" first; meanwhile the
+    status reported is "writer ID STATUS".
     Returns early (status not yet the target) when `cancel` is set: AWS carries on regardless.
     Raises AWSError on a failed state or when `timeout` passes.
     """
@@ -365,20 +384,29 @@ def wait_for(
     last: str | None = None
     while True:
         db = lookup(ctx, ident)
+        shown = db.status or "unknown"
+        what = f"{db.kind} '{db.id}'"
+        if writer and db.kind == "cluster" and db.status == target:
+            writer_id, writer_state = writer_status(ctx, db)
+            if writer_state != target:
+                shown = f"writer {writer_id} {writer_state or 'unknown'}"
+                what = f"writer instance '{writer_id}' of cluster '{db.id}'"
+            if writer_state in _FAILED_STATES:
+                raise AWSError(f"{what} is {writer_state}; see the RDS console for why")
         elapsed = time.monotonic() - started
-        if db.status != last:
-            last = db.status
+        if shown != last:
+            last = shown
             if on_status is not None:
-                on_status(db.status or "unknown", elapsed)
-        if db.status == target:
+                on_status(shown, elapsed)
+        if shown == target:
             _forget(profile)
             return db
         if db.status in _FAILED_STATES:
-            raise AWSError(f"{db.kind} '{db.id}' is {db.status}; see the RDS console for why")
+            raise AWSError(f"{what} is {db.status}; see the RDS console for why")
         if elapsed >= timeout:
+            now = shown.rsplit(" ", 1)[-1]
             raise AWSError(
-                f"{db.kind} '{db.id}' is still {db.status} after {elapsed:.0f} s; "
-                f"the {action} continues in AWS",
+                f"{what} is still {now} after {elapsed:.0f} s; the {action} continues in AWS",
                 hint=f"check with `tunnelman cluster status {profile.name}`",
             )
         pause = min(interval, max(timeout - elapsed, 0.1))

@@ -1,4 +1,5 @@
-"""Tunnel actions: open (asking about host keys and passphrases), cancel, close, follow, poll.
+"""Tunnel actions: open (asking about host keys and passphrases, and whether to start a stopped
+cluster first), cancel, close, follow, poll.
 
 The host (`tui/hosts.py`) does the work in `@work` thread workers; every piece of news comes back
 as `TunnelChanged` / `ConnectFinished` and `ProfileState.changed` decides what it means.
@@ -7,6 +8,7 @@ as `TunnelChanged` / `ConnectFinished` and `ProfileState.changed` decides what i
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from textual import on, work
 
@@ -15,7 +17,7 @@ from tunnelman.core.errors import TunnelmanError
 from tunnelman.core.ssh.known_hosts import HostKeyInfo
 from tunnelman.core.tunnel import TunnelStatus
 from tunnelman.tui.actions.base import AppBase
-from tunnelman.tui.messages import ConnectFinished, TunnelChanged
+from tunnelman.tui.messages import ClusterLoaded, ConnectFinished, Notice, TunnelChanged
 
 
 class TunnelActions(AppBase):
@@ -51,6 +53,10 @@ class TunnelActions(AppBase):
 
         with self.reported("tunnel", name):
             try:
+                woken = self._wake_cluster(profile, cancel) if profile.cluster else profile
+                if woken is None:
+                    return  # declined or cancelled: nothing to open
+                profile = woken
                 status = self.host.open(
                     profile,
                     config_path=self.config_path,
@@ -71,6 +77,62 @@ class TunnelActions(AppBase):
                 self.host.close(name)  # cancelled too late to stop it: do not leave it open
                 return
             self.post_message(TunnelChanged(name, status))
+
+    def _wake_cluster(self, profile: prof.Profile, cancel: threading.Event) -> prof.Profile | None:
+        """In the open worker: a stopped cluster is started once the person agrees (a modal), a
+        starting one is waited for (progress as notifications); the profile to connect with, or
+        None when declined or cancelled. The UI never waits: only this worker blocks."""
+        from tunnelman.core.aws import after_wake
+        from tunnelman.core.errors import AWSError
+        from tunnelman.tui.screens.modals import ConfirmScreen
+
+        try:
+            found = self.aws.wake_needed(profile)
+        except AWSError:
+            return profile  # AWS cannot be asked: try anyway, the tunnel's error will say
+        if found is None:
+            return profile
+        db, need = found
+        what = f"{db.kind} '{db.id}'"
+        title = f"{what[0].upper()}{what[1:]}"
+        if need == "start":
+            yes = self.ask_from_thread(
+                ConfirmScreen(
+                    f"Start {db.kind}",
+                    f"{title} is stopped. Start it now? It takes several minutes and is billed "
+                    "while running; the tunnel opens once its writer instance is available.",
+                    yes="Start and connect",
+                ),
+                cancel,
+            )
+            if not yes:
+                if not cancel.is_set():
+                    self.post_message(Notice(f"{title} is stopped; not started."))
+                return None
+        self.post_message(
+            Notice(
+                f"{'Starting' if need == 'start' else 'Waiting for'} {what}: the tunnel opens "
+                "once its writer instance is available (enter cancels the wait)."
+            )
+        )
+
+        known = self.state.get(profile.name)  # read only: workers never change the state
+        shown = (known.cluster if known is not None else None) or db  # the cluster box's base
+
+        def on_status(status: str, elapsed: float) -> None:
+            if cancel.is_set():
+                return
+            if " " not in status:  # the cluster's own status ("writer ID STATUS" is not)
+                self.post_message(ClusterLoaded(profile.name, replace(shown, status=status)))
+            if status != "available":
+                self.post_message(Notice(f"{title}: {status}… ({elapsed:.0f} s)"))
+
+        self.aws.wake(profile, db, need, on_status=on_status, cancel=cancel)
+        if cancel.is_set():
+            self.post_message(Notice(f"Stopped waiting: {what} keeps starting in AWS."))
+            return None
+        self.post_message(ClusterLoaded(profile.name, self.aws.cluster_status(profile)))
+        return after_wake(profile)
 
     def _ask_host_key(
         self, info: HostKeyInfo, profile: prof.Profile, cancel: threading.Event
