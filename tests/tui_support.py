@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from tunnelman.core.aws import Database, Discovery, Member, Need
+from tunnelman.core.aws import Action, Database, Discovery, Member, Need
 from tunnelman.core.tunnel import TunnelState, TunnelStatus
 from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnRemoved, OnStatus
 
@@ -200,6 +200,23 @@ class FakeAws:
     def stop_cluster(self, profile: Profile) -> Database:
         self.calls.append(f"stop {profile.name}")
         self.cluster = replace(self.cluster, status="stopping")
+        return self.cluster
+
+    def wait_for(
+        self,
+        profile: Profile,
+        action: Action,
+        *,
+        on_status: Callable[[str, float], None] | None = None,
+        cancel: threading.Event | None = None,
+        interval: float = 5.0,
+        writer: bool = False,
+    ) -> Database:
+        self.calls.append(f"wait {profile.name} {action}{' writer' if writer else ''}")
+        target = "available" if action == "start" else "stopped"
+        self.cluster = replace(self.cluster, status=target)
+        if on_status is not None:
+            on_status(target, 0.0)
         return self.cluster
 
     def wake_needed(self, profile: Profile) -> tuple[Database, Need] | None:

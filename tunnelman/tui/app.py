@@ -19,6 +19,7 @@ from textual.screen import Screen
 from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.cluster import ClusterActions
 from tunnelman.tui.actions.db import DbActions
+from tunnelman.tui.actions.next import NextActions
 from tunnelman.tui.actions.profiles import ProfileActions
 from tunnelman.tui.actions.settings import SettingsActions
 from tunnelman.tui.actions.tunnels import TunnelActions
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 CSS_FILE = Path(__file__).with_name("tunnelman.tcss")
 
 
-class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsActions, DbActions):
+class TunnelmanApp(
+    TunnelActions, ClusterActions, ProfileActions, SettingsActions, DbActions, NextActions
+):
     """tunnelman's terminal UI."""
 
     CSS_PATH = CSS_FILE
@@ -46,6 +49,7 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
         return MainScreen()
 
     def on_mount(self) -> None:
+        self.follow_theme()
         self.set_interval(self.poll_interval, self._tick)
         self._watch_host()
 
@@ -150,6 +154,16 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
                 "Check profile",
                 "Run the doctor's steps for the highlighted profile, as `tunnelman check` (k)",
                 main.action_check,
+            ),
+            (
+                "psql",
+                "Run `tunnelman psql` for the highlighted profile in this terminal (o)",
+                main.action_psql,
+            ),
+            (
+                "Last error",
+                "Show the highlighted profile's last error and its hint (h)",
+                main.action_last_error,
             ),
             (
                 "Set password",

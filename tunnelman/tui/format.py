@@ -1,12 +1,16 @@
 """Pure text for the TUI: state badges, durations, the detail pane's lines, cluster status.
 
 No Textual here beyond Rich `Text`, so it is quick to test and the snapshots stay stable: every
-time-dependent value takes `now` from the app's clock.
+time-dependent value takes `now` from the app's clock. The colours are the Textual theme's
+(`use_theme`, called by the app on start and on every theme switch): Rich `Text` cannot read
+`$error`, so the theme's values are copied in. Under NO_COLOR Textual's own filter greys
+everything out, these styles included; the badges' glyphs (● ↻ ✗ ○) still tell states apart.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -22,21 +26,73 @@ if TYPE_CHECKING:
     from tunnelman.core.tunnel import TunnelStatus
     from tunnelman.tui.state import Shown
 
-BADGES: dict[str, tuple[str, str]] = {
-    "stopped": ("○ closed", "dim"),
-    "connecting": ("◌ connecting…", "bold yellow"),
-    "starting": ("◌ connecting…", "bold yellow"),
-    "up": ("● up", "bold green"),
-    "reconnecting": ("↻ reconnecting", "bold yellow"),
-    "failed": ("✗ failed", "bold red"),
-    "closing": ("◌ closing…", "yellow"),
+LABELS: dict[str, str] = {
+    "stopped": "○ closed",
+    "connecting": "◌ connecting…",
+    "starting": "◌ connecting…",
+    "up": "● up",
+    "reconnecting": "↻ reconnecting",
+    "failed": "✗ failed",
+    "closing": "◌ closing…",
 }
+# Which theme colour each state wears (Textual's theme variable names).
+_STATE_COLOURS = {
+    "stopped": "",
+    "connecting": "warning",
+    "starting": "warning",
+    "up": "success",
+    "reconnecting": "warning",
+    "failed": "error",
+    "closing": "warning",
+}
+# Before any app has said its theme (tests of these functions): Rich's named colours.
+_DEFAULT_COLOURS = {"success": "green", "warning": "yellow", "error": "red"}
+COLOURS: dict[str, str] = dict(_DEFAULT_COLOURS)
+"""The theme's success / warning / error colours, as Rich styles (`use_theme` sets them)."""
+
+
+def use_theme(variables: Mapping[str, str]) -> None:
+    """Take the colours from a Textual theme's variables (`App.theme_variables`)."""
+    for key, fallback in _DEFAULT_COLOURS.items():
+        COLOURS[key] = variables.get(key) or fallback
+
+
+def colour(name: str) -> str:
+    """The theme colour `name` (success, warning, error) as a Rich style."""
+    return COLOURS.get(name, "")
+
+
+def state_style(state: Shown | str) -> str:
+    """The Rich style of a state word: bold in the theme's colour, `dim` for closed."""
+    name = _STATE_COLOURS.get(state, "")
+    if not name:
+        return "dim"
+    return ("" if state == "closing" else "bold ") + colour(name)
 
 
 def badge(state: Shown) -> Text:
     """The coloured state word of the profile list."""
-    label, style = BADGES.get(state, (state, ""))
-    return Text(label, style=style)
+    return Text(LABELS.get(state, state), style=state_style(state))
+
+
+SUMMARY_ORDER = ("up", "connecting", "reconnecting", "failed")
+
+
+def summary_text(states: Iterable[Shown]) -> Text:
+    """The header line: `2 up · 1 failed` (each count in its state's colour), or `no tunnel open`."""
+    counts: dict[str, int] = {}
+    for state in states:
+        key = "connecting" if state == "starting" else str(state)
+        counts[key] = counts.get(key, 0) + 1
+    text = Text()
+    for key in SUMMARY_ORDER:
+        if counts.get(key):
+            if text:
+                text.append(" · ", style="dim")
+            text.append(f"{counts[key]} {key}", style=state_style(key))
+    if not text:
+        text.append("no tunnel open", style="dim")
+    return text
 
 
 def duration(seconds: float) -> str:
@@ -117,7 +173,7 @@ def tunnel_text(
             _row(text, "reconnects", str(view.reconnects))
     error = (view.error if view is not None else None) or last_error
     if error:
-        _row(text, "last error", error, "red")
+        _row(text, "last error", error, colour("error"))
     return text
 
 
@@ -128,7 +184,7 @@ def cluster_text(status: Database) -> Text:
     """Status, engine and mode, capacity or paused, endpoints and members of a cluster."""
     text = Text()
     state = status.status or "unknown"
-    style = {"available": "bold green", "stopped": "bold red"}.get(state, "bold yellow")
+    style = "bold " + colour({"available": "success", "stopped": "error"}.get(state, "warning"))
     _row(text, "cluster", status.id or "?")
     _row(text, "status", state, style)
     engine, version, mode = status.engine, status.engine_version, status.engine_mode

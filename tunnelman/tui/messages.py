@@ -69,3 +69,13 @@ class TaskFailed(Message):
         self.kind = kind
         self.name = name
         self.error = error
+
+
+class ClusterProgress(Message):
+    """A cluster start / stop being waited for: its status now (`done`: the wait is over)."""
+
+    def __init__(self, name: str, status: str, *, done: bool = False) -> None:
+        super().__init__()
+        self.name = name
+        self.status = status
+        self.done = done

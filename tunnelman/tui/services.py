@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from tunnelman.core.aws import Database, Discovery, Need
+    from tunnelman.core.aws import Action, Database, Discovery, Need
     from tunnelman.core.profiles import Profile
 
 CONN_TABS: tuple[tuple[str, str], ...] = (
@@ -39,6 +39,19 @@ class AwsApi(Protocol):
     def start_cluster(self, profile: Profile) -> Database: ...
 
     def stop_cluster(self, profile: Profile) -> Database: ...
+
+    def wait_for(
+        self,
+        profile: Profile,
+        action: Action,
+        *,
+        on_status: Callable[[str, float], None] | None = ...,
+        cancel: threading.Event | None = ...,
+        interval: float = ...,
+        writer: bool = ...,
+    ) -> Database:
+        """Poll until a start / stop is done (`writer`: the writer instance is available too)."""
+        ...
 
     def wake_needed(self, profile: Profile) -> tuple[Database, Need] | None:
         """The cluster when it is stopped ("start") or starting ("wait") before a connect."""

@@ -1,24 +1,39 @@
 """Cluster actions: status on first look (debounced), `r` refresh, `s` start/stop after asking.
 
 Every AWS call runs in a `@work` thread worker (boto3 loads there on first use, never on the
-way to the first screen) and comes back as `ClusterLoaded`.
+way to the first screen) and comes back as `ClusterLoaded`. A start / stop is then waited for
+(`aws.wait_for`; a start until the writer instance is available, i.e. accepts connections) behind
+a progress screen (`screens/progress.py`) fed by `ClusterProgress`; escape stops the wait only.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from textual import on, work
 
 from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.base import AppBase
-from tunnelman.tui.messages import ClusterLoaded, Notice
+from tunnelman.tui.messages import ClusterLoaded, ClusterProgress, Notice
+
+if TYPE_CHECKING:
+    from tunnelman.core.aws import Action, Database
+    from tunnelman.tui.screens.progress import ClusterWaitScreen
 
 
 class ClusterActions(AppBase):
     """The cluster box of the detail pane."""
 
     CLUSTER_FETCH_DELAY = 0.4
+    CLUSTER_POLL_INTERVAL = 5.0
+
+    def _cluster_waits(self) -> dict[str, ClusterWaitScreen]:
+        """The wait screen shown for each profile whose cluster is starting / stopping."""
+        waits: dict[str, ClusterWaitScreen] = self.__dict__.setdefault("_cluster_wait_screens", {})
+        return waits
 
     def profile_highlighted(self, name: str) -> None:
         """First look at a profile with a cluster: fetch its status (lazily, in a worker).
@@ -94,17 +109,80 @@ class ClusterActions(AppBase):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._start_stop(profile, stop=running)
+                self._wait_screen(profile, stop=running)
 
         self.push_screen(
             ConfirmScreen(f"{verb.capitalize()} cluster", body, yes=f"{verb.capitalize()} it"),
             answered,
         )
 
+    def _wait_screen(self, profile: prof.Profile, *, stop: bool) -> None:
+        from tunnelman.tui.screens.progress import ClusterWaitScreen
+
+        cancel = threading.Event()
+        verb, goal = ("Stopping", "stopped") if stop else ("Starting", "accepting connections")
+        screen = ClusterWaitScreen(
+            f"{verb} cluster '{profile.cluster}'",
+            f"Waiting until it is {goal}; the UI stays usable behind this box.",
+            cancel,
+        )
+        waits = self._cluster_waits()
+        waits[profile.name] = screen
+
+        def closed(reached: bool | None) -> None:
+            if waits.get(profile.name) is screen:
+                del waits[profile.name]
+            if not reached:
+                self.notify(
+                    f"Stopped waiting: cluster '{profile.cluster}' keeps "
+                    f"{'stopping' if stop else 'starting'} in AWS (r refreshes its status).",
+                    title=f"Cluster of '{profile.name}'",
+                )
+
+        self.push_screen(screen, closed)
+        self._start_stop(profile, stop=stop, cancel=cancel)
+
     @work(thread=True, group="cluster", exit_on_error=False)
-    def _start_stop(self, profile: prof.Profile, *, stop: bool) -> None:
-        verb = "stop" if stop else "start"
-        with self.reported("cluster", profile.name):
-            (self.aws.stop_cluster if stop else self.aws.start_cluster)(profile)
-            self.post_message(Notice(f"Asked AWS to {verb} cluster '{profile.cluster}'."))
-            self.post_message(ClusterLoaded(profile.name, self.aws.cluster_status(profile)))
+    def _start_stop(self, profile: prof.Profile, *, stop: bool, cancel: threading.Event) -> None:
+        action: Action = "stop" if stop else "start"
+        name = profile.name
+        last = "asked"
+        base: Database | None = None
+
+        def on_status(status: str, elapsed: float) -> None:
+            nonlocal last
+            last = status
+            if cancel.is_set():
+                return
+            self.post_message(ClusterProgress(name, status))
+            if base is not None and " " not in status:  # not "writer ID STATUS": the cluster's
+                self.post_message(ClusterLoaded(name, replace(base, status=status)))
+
+        try:
+            with self.reported("cluster", name):
+                base = (self.aws.stop_cluster if stop else self.aws.start_cluster)(profile)
+                self.post_message(ClusterProgress(name, f"asked AWS to {action} it"))
+                db = self.aws.wait_for(
+                    profile,
+                    action,
+                    on_status=on_status,
+                    cancel=cancel,
+                    interval=self.CLUSTER_POLL_INTERVAL,
+                    writer=not stop,  # started = its writer accepts connections
+                )
+                self.post_message(ClusterLoaded(name, db))
+                if not cancel.is_set():
+                    done = "is stopped" if stop else "accepts connections"
+                    self.post_message(Notice(f"Cluster '{profile.cluster}' {done}."))
+        finally:
+            self.post_message(ClusterProgress(name, last, done=True))
+
+    @on(ClusterProgress)
+    def _cluster_progress(self, message: ClusterProgress) -> None:
+        screen = self._cluster_waits().get(message.name)
+        if screen is None:
+            return
+        if message.done:
+            screen.finish()
+        else:
+            screen.set_status(message.status)

@@ -25,6 +25,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("x", "delete the highlighted profile (asks first)"),
     ("d", "discover clusters in AWS and import one as a profile"),
     ("p", "set the profile's database password in the OS keyring"),
+    ("o", "run `tunnelman psql` for the profile in this terminal; back here when psql exits"),
+    ("h", "show a failed tunnel's last error and its hint"),
     ("k", "check the profile step by step, as `tunnelman check` (the doctor)"),
     ("ctrl+p", "command palette: every action by name"),
     ("?", "this help"),

@@ -17,7 +17,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Static
 
-from tunnelman.tui.format import cluster_text, profile_text, tunnel_text
+from tunnelman.tui.format import cluster_text, colour, profile_text, summary_text, tunnel_text
 from tunnelman.tui.state import ProfileState
 from tunnelman.tui.widgets.detail import DetailPane
 from tunnelman.tui.widgets.profile_table import ProfileTable
@@ -77,6 +77,8 @@ class MainScreen(Screen[None]):
         Binding("d", "discover", "Discover"),
         Binding("p", "password", "Password"),
         Binding("k", "check", "Check", show=False),  # the footer is full: in ? and the palette
+        Binding("o", "psql", "psql", show=False),
+        Binding("h", "last_error", "Last error", show=False),
         Binding("question_mark", "app.help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -87,6 +89,7 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield Static(id="summary")
         with Horizontal(id="main"):
             yield ProfileTable(id="profiles")
             yield DetailPane(id="detail")
@@ -117,6 +120,7 @@ class MainScreen(Screen[None]):
         keep = select or self.current
         states = {name: app.state_of(name) for name in app.profile_names()}
         self.table.fill(app.profile_list(), states)
+        self.refresh_summary()
         if keep:
             self.table.select_name(keep)
         if self.focused is not self.table:  # each focus change recomposes the footer (~40 ms)
@@ -129,8 +133,16 @@ class MainScreen(Screen[None]):
         if profile is not None:
             state, port = self.tm.state_of(name)
             self.table.update_state(profile, state, port)
+            self.refresh_summary()
         if name == self.current:
             self.refresh_detail()
+
+    def refresh_summary(self) -> None:
+        """The header line: how many tunnels are up, reconnecting, failed."""
+        app = self.tm
+        self.query_one("#summary", Static).update(
+            summary_text(app.state_of(name)[0] for name in app.profile_names())
+        )
 
     def refresh_detail(self) -> None:
         app = self.tm
@@ -138,8 +150,8 @@ class MainScreen(Screen[None]):
         profile = app.profile(name) if name else None
         if profile is None:
             if app.load_error:
-                message = Text("Cannot read the profile file\n\n", style="bold red")
-                message.append(app.load_error, style="red")
+                message = Text("Cannot read the profile file\n\n", style="bold " + colour("error"))
+                message.append(app.load_error, style=colour("error"))
                 message.append("\n\nFix it and press ctrl+r to reload, or n to add a profile.")
             else:
                 message = Text.from_markup(
@@ -176,9 +188,9 @@ class MainScreen(Screen[None]):
     def _cluster_text(state: ProfileState) -> Text:
         text = cluster_text(state.cluster) if state.cluster is not None else Text()
         if state.cluster_loading:
-            text.append("asking AWS…", style="italic yellow")
+            text.append("asking AWS…", style="italic " + colour("warning"))
         elif state.cluster_error is not None:
-            text.append(state.cluster_error, style="red")
+            text.append(state.cluster_error, style=colour("error"))
         elif state.cluster is None:
             text.append("cluster status not loaded — press r", style="dim")
         return text
@@ -279,6 +291,14 @@ class MainScreen(Screen[None]):
     def action_check(self) -> None:
         if name := self._need_current():
             self.tm.check_profile(name)
+
+    def action_psql(self) -> None:
+        if name := self._need_current():
+            self.tm.run_psql(name)
+
+    def action_last_error(self) -> None:
+        if name := self._need_current():
+            self.tm.show_last_error(name)
 
     def action_password(self) -> None:
         if name := self._need_current():

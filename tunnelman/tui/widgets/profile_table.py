@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 
 from tunnelman.core.profiles import Profile, printable
 from tunnelman.core.tunnel import TunnelState
-from tunnelman.tui.format import badge
+from tunnelman.tui.format import badge, colour
 from tunnelman.tui.state import Shown
 
 COLUMNS = (
@@ -61,7 +61,9 @@ class ProfileTable(DataTable[str | Text]):
         description = printable(profile.description)
         if len(description) > 32:
             description = description[:31] + "…"
-        return (profile.name, badge(state), port_text, Text(description, end=""))
+        # a failed row wears the error colour whole: it stands out in a long list
+        name = Text(profile.name, style=colour("error") if state == TunnelState.FAILED else "")
+        return (name, badge(state), port_text, Text(description, end=""))
 
     def update_state(self, profile: Profile, state: Shown, port: int | None) -> None:
         """Redraw one row's badge and port."""
@@ -69,6 +71,7 @@ class ProfileTable(DataTable[str | Text]):
             return
         cells = self._cells(profile, state, port)
         # update_width: "◌ connecting…" and a 5-digit port are wider than "○ closed" and "—"
+        self.update_cell(profile.name, "name", cells[0])
         self.update_cell(profile.name, "state", cells[1], update_width=True)
         self.update_cell(profile.name, "port", cells[2], update_width=True)
 
