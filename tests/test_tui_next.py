@@ -24,8 +24,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from tests.conftest import LabProfile
+from tests.lab.moto_server import MotoServer
 from tests.test_tui_tmux import Tmux
-from tests.test_tui_tmux import tmux as tmux  # the fixture (a private tmux server)
+from tests.test_tui_tmux import tmux as tmux_fixture  # noqa: F401 (registers `tmux`)
 from tests.tui_support import FIXED_NOW, FakeAws, FakeHost, sync, wait_for
 from tunnelman.core.aws import Action, Database
 from tunnelman.core.profiles import Profile
@@ -157,9 +158,12 @@ async def test_the_header_counts_tunnels_up_reconnecting_failed(fixed_world: Pat
         await pilot.press("enter")
         await wait_for(pilot, lambda: summary(app) == "1 up", 5, "1 up")
         await one_of_each(app, pilot)
-        assert summary(app) == "1 up · 1 reconnecting · 1 failed"
+        hint = "   h on a failed row: its error and hint"
+        assert summary(app) == "1 up · 1 reconnecting · 1 failed" + hint
         await pilot.press("enter")  # closes staging
-        await wait_for(pilot, lambda: summary(app) == "1 reconnecting · 1 failed", 5, "closed")
+        await wait_for(
+            pilot, lambda: summary(app) == "1 reconnecting · 1 failed" + hint, 5, "closed"
+        )
 
 
 @sync
@@ -304,9 +308,11 @@ async def test_o_without_psql_installed_says_how_to_install_it(
 
 
 def test_o_runs_psql_in_a_real_terminal_and_the_tui_comes_back(
-    lab_profile: LabProfile, tmux: Tmux, keyring_backend: Any
+    lab_profile: LabProfile, keyring_backend: Any, request: pytest.FixtureRequest
 ) -> None:
     import keyring
+
+    tmux: Tmux = request.getfixturevalue("tmux_fixture")  # tests/test_tui_tmux.py's fixture
 
     keyring.set_password("tunnelman", "lab", lab_profile.password)
     try:
@@ -317,7 +323,7 @@ def test_o_runs_psql_in_a_real_terminal_and_the_tui_comes_back(
         tmux.keys("o")
         # psql's prompt: the database name, then `=#` / `=>`
         prompt = re.compile(rf"^{re.escape(lab_profile.postgres.database)}=[#>]", re.M)
-        tmux.wait(lambda s: prompt.search(s), 30, "psql's prompt")
+        tmux.wait(prompt.search, 30, "psql's prompt")
         # `\\g`, not `;`: tmux reads an argument ending in `;` as its own command separator
         tmux.keys("select 6 * 7 as a, postgis_version() > '' as g \\g", "Enter")
         screen = tmux.wait(lambda s: re.search(r"^\s*42 \| t\s*$", s, re.M), 15, "the answer")
@@ -332,7 +338,7 @@ def test_o_runs_psql_in_a_real_terminal_and_the_tui_comes_back(
         tmux.keys("o")
         # the terminal's normal screen still shows the first session above the second one
         screen = tmux.wait(lambda s: len(prompt.findall(s)) >= 3, 30, "psql's prompt again")
-        assert screen.count("Type \"help\" for help.") == 2, screen
+        assert screen.count('Type "help" for help.') == 2, screen
         assert screen.count("opening a tunnel") == 1, screen  # the first session's only
         tmux.keys("\\q", "Enter")
         tmux.wait(lambda s: "1 up" in s and "Close tunnel" in s, 15, "the TUI back again")
@@ -371,7 +377,8 @@ class SlowAws(FakeAws):
         writer: bool = False,
     ) -> Database:
         self.calls.append(f"wait {profile.name} {action}{' writer' if writer else ''}")
-        assert on_status is not None and cancel is not None
+        assert on_status is not None
+        assert cancel is not None
         on_status("starting", 0.0)
         started = time.monotonic()
         while not self.go.is_set() and not cancel.is_set():
@@ -447,3 +454,39 @@ async def test_escape_stops_waiting_and_says_the_cluster_keeps_starting(fixed_wo
         await pilot.pause(0.2)
         assert not any("accepts connections" in str(n.message) for n in app._notifications)
         assert app.is_running
+
+
+@sync
+async def test_stop_then_start_against_moto_waits_until_done(
+    aws_env: MotoServer, tmp_home: Path
+) -> None:
+    """boto3 over HTTP (moto): `s` stops and the wait ends at "stopped"; `s` starts and the wait
+    ends once the cluster and its writer instance are available."""
+    from tests.test_aws_lab import client, seed
+    from tests.test_tui_aws import geo_profile
+    from tunnelman.tui.screens.modals import ConfirmScreen
+
+    seed(aws_env)
+    config = tmp_home / ".config" / "tunnelman" / "profiles.toml"
+    geo_profile(config)
+    rds = client(aws_env, "rds")
+    app = make_app(config, initial_profile="geo")
+    app.CLUSTER_POLL_INTERVAL = 0.2
+
+    def said(text: str) -> bool:
+        return any(text in str(n.message) for n in app._notifications)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "geo" in app.clusters, 30, "cluster status")
+        for goal, done in (("stopped", "is stopped"), ("available", "accepts connections")):
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), 2, "the question")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: said(done), 30, f"the {goal} notice")  # noqa: B023
+            assert not isinstance(app.screen, ClusterWaitScreen)
+            assert app.clusters["geo"].status == goal
+            found = rds.describe_db_clusters(DBClusterIdentifier="geo-prod")["DBClusters"][0]
+            assert found["Status"] == goal
+        assert not any(n.severity == "error" for n in app._notifications), [
+            str(n.message) for n in app._notifications
+        ]

@@ -92,6 +92,8 @@ def summary_text(states: Iterable[Shown]) -> Text:
             text.append(f"{counts[key]} {key}", style=state_style(key))
     if not text:
         text.append("no tunnel open", style="dim")
+    elif counts.get("failed"):
+        text.append("   h on a failed row: its error and hint", style="dim")
     return text
 
 
