@@ -189,6 +189,14 @@ async def test_a_failed_row_wears_the_error_colour_and_h_shows_error_and_hint(
             shown
         )
         assert any("k runs the checks" in m for m in shown)
+        assert any(str(n.title) == "Tunnel 'reports' failed" for n in app._notifications)
+        main.table.select_name("prod")  # reconnecting: its last error, not "failed"
+        await pilot.pause()
+        await pilot.press("h")
+        await pilot.pause()
+        last = list(app._notifications)[-1]
+        assert str(last.title) == "Tunnel 'prod' — last error"
+        assert "keepalive missed" in str(last.message)
         main.table.select_name("staging")
         await pilot.pause()
         await pilot.press("h")

@@ -18,6 +18,7 @@ from textual.app import SuspendNotSupported
 from textual.theme import Theme
 
 from tunnelman.core.errors import TunnelmanError
+from tunnelman.core.tunnel import TunnelState
 from tunnelman.tui import format as fmt
 from tunnelman.tui.actions.base import AppBase
 
@@ -87,17 +88,27 @@ class NextActions(AppBase):
         if not error:
             self.notify(f"'{name}' has no error to show.", title="Last error")
             return
+        failed = self.state_of(name)[0] == TunnelState.FAILED
         self.notify(
-            f"{error}\n\nenter tries again, k runs the checks step by step.",
-            title=f"Tunnel '{name}' failed",
-            severity="error",
+            f"{error}\n\n"
+            + ("enter tries again, " if failed else "")
+            + "k runs the checks step by step.",
+            title=f"Tunnel '{name}' " + ("failed" if failed else "— last error"),
+            severity="error" if failed else "warning",
             timeout=20,
         )
 
     # ------------------------------------------------------------------ theme
 
+    def get_css_variables(self) -> dict[str, str]:
+        """Textual's theme variables; also copied into tui/format.py (Rich text's colours), so
+        they are the theme's from the first drawing on, and after every switch."""
+        variables = super().get_css_variables()
+        fmt.use_theme(variables)
+        return variables
+
     def follow_theme(self) -> None:
-        """Copy the theme's colours into tui/format.py now and after every theme switch."""
+        """Redraw our Rich text after every theme switch (the CSS redraws itself)."""
         fmt.use_theme(self.theme_variables)
         self.theme_changed_signal.subscribe(self, self._theme_changed)
 

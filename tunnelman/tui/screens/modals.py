@@ -136,7 +136,7 @@ class HostKeyChangedScreen(ModalScreen[None]):
                     f"The bastion [b]{where}[/b] presented a {q.display_type} key, but "
                     "known_hosts holds only keys of another type for it. A new key type is not a new host: "
                     "someone may be intercepting the connection.\n\n"
-                    f"  received  [b red]{q.display_type} {q.fingerprint}[/b red]\n{recorded}\n\n"
+                    f"  received  [b $error]{q.display_type} {q.fingerprint}[/]\n{recorded}\n\n"
                     "Ask the bastion's administrator. If its keys really changed, remove the old "
                     f"entries (`ssh-keygen -R {where} -f {self.known_hosts}`) and connect again.",
                     classes="dialog-body",
@@ -151,7 +151,7 @@ class HostKeyChangedScreen(ModalScreen[None]):
                 "the one recorded for it. Someone may be intercepting the connection, or the bastion was "
                 "rebuilt.\n\n"
                 f"  expected  [b]{self.expected}[/b]\n"
-                f"  received  [b red]{q.fingerprint}[/b red]\n"
+                f"  received  [b $error]{q.fingerprint}[/]\n"
                 f"  recorded  {location}\n\n"
                 "If the change is expected, remove that line "
                 f"(`ssh-keygen -R {where} -f {self.known_hosts}`) and connect again.",
