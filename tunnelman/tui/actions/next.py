@@ -71,7 +71,7 @@ class NextActions(AppBase):
             code = 1
         if code:
             sys.stdout.write(
-                f"\n[psql ended with exit status {code}; press enter to return to tunnelman]\n"
+                f"\n[`tunnelman psql` ended with exit status {code}; press enter to return to tunnelman]\n"
             )
             sys.stdout.flush()
             with contextlib.suppress(OSError, ValueError):  # no usable stdin: return at once
