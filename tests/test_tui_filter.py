@@ -66,6 +66,18 @@ def table_of(app: TunnelmanApp) -> ProfileTable:
     return app.main.table
 
 
+def displayed(widget: Input) -> bool:
+    return bool(widget.display)  # a call: mypy does not carry narrowing across the key presses
+
+
+def sort_of(table: ProfileTable) -> str:
+    return table.sort_mode
+
+
+def title_of(table: ProfileTable) -> str | None:
+    return str(table.border_title) if table.border_title is not None else None
+
+
 def names(table: ProfileTable) -> list[str]:
     return [str(key.value) for key in table.rows]
 
@@ -180,7 +192,7 @@ async def test_slash_filters_200_profiles_as_you_type_and_escape_restores(tmp_pa
         shown = [n for n in names(table) if not n.startswith(HEADING)]
         # names db-190…db-199, and db-019 whose endpoint is db-19.cluster-…
         assert sorted(shown) == ["db-019", *(f"db-{i}" for i in range(190, 200))]
-        assert table.border_title == "filter 'db-19': 11 of 201"
+        assert title_of(table) == "filter 'db-19': 11 of 201"
         await pilot.press(*"7")  # narrower as you type
         await pilot.pause()
         assert [n for n in names(table) if not n.startswith(HEADING)] == ["db-197"]
@@ -193,15 +205,15 @@ async def test_slash_filters_200_profiles_as_you_type_and_escape_restores(tmp_pa
         await pilot.press("enter")  # to the list, the filter stays
         await pilot.pause()
         assert table.has_focus
-        assert box.display
+        assert displayed(box)
         assert app.main.current == "lab-geo"
         await pilot.press("slash", "escape")  # back in the box, esc clears it
         await pilot.pause()
         assert names(table) == everything
-        assert not box.display
+        assert not displayed(box)
         assert box.value == ""
         assert table.has_focus
-        assert table.border_title is None
+        assert title_of(table) is None
 
 
 @sync
@@ -249,19 +261,19 @@ async def test_s_cycles_the_sort_and_the_border_says_which(tmp_path: Path) -> No
     async with app.run_test(size=(160, 45)) as pilot:
         await pilot.pause()
         table = table_of(app)
-        assert table.sort_mode == "group"
-        assert table.border_title is None
+        assert sort_of(table) == "group"
+        assert title_of(table) is None
         assert any(n.startswith(HEADING) for n in names(table))
         await pilot.press("S")
         await pilot.pause()
-        assert table.sort_mode == "name"
-        assert table.border_title == "sorted by name"
+        assert sort_of(table) == "name"
+        assert title_of(table) == "sorted by name"
         assert names(table)[:3] == ["db-000", "db-001", "db-002"]
         assert not any(n.startswith(HEADING) for n in names(table))
         await pilot.press("S")
         await pilot.pause()
-        assert table.sort_mode == "state"
-        assert table.border_title == "sorted by state"
+        assert sort_of(table) == "state"
+        assert title_of(table) == "sorted by state"
         # a tunnel that opens moves to the top
         app.toggle_tunnel("db-007")
         await wait_for(pilot, lambda: app.state_of("db-007")[0] == "up", 5, "the tunnel")
@@ -269,8 +281,8 @@ async def test_s_cycles_the_sort_and_the_border_says_which(tmp_path: Path) -> No
         assert names(table)[0] == "db-007"
         await pilot.press("S")
         await pilot.pause()
-        assert table.sort_mode == "group"
-        assert table.border_title is None
+        assert sort_of(table) == "group"
+        assert title_of(table) is None
 
 
 @sync
@@ -352,3 +364,26 @@ def test_snapshot_grouped_filtered_list(fixed_world: Path, snap_compare: SnapCom
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=arrange_)
+
+
+@sync
+async def test_the_edit_form_sets_the_group(tmp_path: Path) -> None:
+    from tunnelman.tui.screens.profile_form import ProfileFormScreen
+
+    app = app_on(tmp_path, many_profiles(6))
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        table.move_cursor(row=table.get_row_index("db-001"))
+        await pilot.pause()
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen), 5)
+        field = app.screen.query_one("#f-group", Input)
+        assert field.value == "staging"
+        field.value = "archive"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ProfileFormScreen), 5)
+        await pilot.pause()
+        assert prof.load(tmp_path / "profiles.toml").get("db-001").group == "archive"
+        assert HEADING + "archive" in table.rows
+        assert table.current == "db-001"

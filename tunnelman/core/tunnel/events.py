@@ -4,7 +4,7 @@
 (`Tunnel.on_client`) into `TunnelEvent`s and appends each, as one JSON line, to the events file
 (`events_path()`: `events.jsonl` beside tunnelman's log, so it outlives the agent and the TUI;
 `tunnelman log` and the TUI read it). The agent records the tunnels it holds, `tunnelman up` the
-one it holds in the foreground. One line is one `write` on a file opened for appending, so writers
+one it holds in the foreground, the TUI the cluster states it sees change (`cluster`). One line is one `write` on a file opened for appending, so writers
 in several processes do not interleave; the file is rotated at `MAX_BYTES` (one old file kept).
 """
 

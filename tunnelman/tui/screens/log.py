@@ -56,7 +56,7 @@ class LogScreen(Screen[None]):
     """Timestamped events of every tunnel (or of one profile)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close"),
+        Binding("escape", "close", "Close", key_display="esc"),
         Binding("a", "toggle_all", "All / this profile"),
         Binding("l", "close", "Close", show=False),
         Binding("q", "close", "Close", show=False),
