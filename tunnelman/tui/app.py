@@ -159,7 +159,9 @@ class TunnelmanApp(TunnelActions, ClusterActions, ProfileActions, SettingsAction
             ("Reload profiles", "Read the profile file again (ctrl+r)", self.action_reload),
             ("Keys", "Every key (?)", self.action_help),
         )
-        commands += self.list_commands(main)  # the log, filter, sort, groups (actions/events.py)
+        commands += self.list_commands(
+            main, screen
+        )  # the log, filter, sort, groups (actions/events.py)
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
 

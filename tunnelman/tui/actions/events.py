@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from tunnelman.tui.actions.base import AppBase
 
 if TYPE_CHECKING:
+    from textual.screen import Screen
+
     from tunnelman.tui.screens.main import MainScreen
 
 
@@ -26,7 +28,12 @@ class EventActions(AppBase):
         if not isinstance(self.screen, LogScreen):
             self.push_screen(LogScreen(name, path=events_path()))
 
-    def list_commands(self, main: MainScreen) -> tuple[tuple[str, str, Callable[[], Any]], ...]:
+    def list_commands(
+        self, main: MainScreen, screen: Screen[Any]
+    ) -> tuple[tuple[str, str, Callable[[], Any]], ...]:
+        """Palette entries, offered over the main screen only (they act on its list)."""
+        if screen is not main:
+            return ()
         return (
             (
                 "Event log",

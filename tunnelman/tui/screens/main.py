@@ -127,8 +127,8 @@ class MainScreen(Screen[None]):
         keep = select or self.current
         states = {name: app.state_of(name) for name in app.profile_names()}
         self.table.fill(app.profile_list(), states)
-        if keep:
-            self.table.select_name(keep)
+        if not keep or not self.table.select_name(keep):
+            self.table.select_first_profile()
         if self.focused is not self.table:  # each focus change recomposes the footer (~40 ms)
             self.table.focus()
         self.refresh_detail()

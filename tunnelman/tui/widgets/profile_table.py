@@ -157,9 +157,7 @@ class ProfileTable(DataTable[str | Text]):
         elif group in self.collapsed and HEADING + group in self.rows:
             self.move_cursor(row=self.get_row_index(HEADING + group))
         else:  # filtered out: the first profile that is left
-            first = next((k for k in self.rows if not str(k.value).startswith(HEADING)), None)
-            if first is not None:
-                self.move_cursor(row=self.get_row_index(first))
+            self.select_first_profile()
 
     def set_query(self, text: str) -> None:
         if text != self.filter_text:
@@ -217,11 +215,19 @@ class ProfileTable(DataTable[str | Text]):
     def heading(self, group: str) -> Heading | None:
         return self._headings.get(group)
 
-    def select_name(self, name: str) -> None:
-        """Highlight `name`, or its group's heading when the group is folded."""
+    def select_name(self, name: str) -> bool:
+        """Highlight `name`, or its group's heading when the group is folded; False: not listed."""
         if name in self.rows:
             self.move_cursor(row=self.get_row_index(name))
-            return
+            return True
         profile = self._profiles.get(name)
         if profile is not None and profile.group and HEADING + profile.group in self.rows:
             self.move_cursor(row=self.get_row_index(HEADING + profile.group))
+            return True
+        return False
+
+    def select_first_profile(self) -> None:
+        """Highlight the first profile row (the list may open on a heading)."""
+        first = next((k for k in self.rows if not str(k.value).startswith(HEADING)), None)
+        if first is not None:
+            self.move_cursor(row=self.get_row_index(first))
