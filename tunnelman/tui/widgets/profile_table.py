@@ -185,7 +185,9 @@ class ProfileTable(DataTable[str | Text]):
         return True
 
     def action_fold(self) -> None:
-        self.fold()
+        """space: on a heading only (g on the screen folds from any of the group's rows)."""
+        if self.current_group is not None:
+            self.fold()
 
     # ------------------------------------------------------------------ reading
 
