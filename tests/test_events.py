@@ -161,6 +161,30 @@ def test_following_sees_new_lines_and_a_rotation(tmp_path: Path) -> None:
     assert [e.kind for e in seen] == ["client-disconnected", "opened"]
 
 
+def test_backlog_then_tail_from_its_offset_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """What the TUI's log does: read the file, then follow from where that read ended."""
+    path = tmp_path / "events.jsonl"
+    recorder = ev.EventRecorder(path)
+    recorder.status(status(TunnelState.UP))
+    with path.open("ab") as fh:
+        fh.write(b'{"time": "2026-01-01T00:00:00+00:00", "name": "prod", "event": "cl')  # torn
+    events, offset = ev.read_backlog(path)
+    assert [e.kind for e in events] == ["opened"]
+    assert offset < path.stat().st_size  # the line being written is left to the tail
+    with path.open("ab") as fh:
+        fh.write(b'osed", "message": "closed"}\n')  # the rest of it, after the backlog was read
+    recorder.cluster("prod", "stopped", "cluster db is stopped (was available)")
+    stop = threading.Event()
+    seen: list[ev.TunnelEvent] = []
+    for event in ev.tail_events(path, None, stop, interval=0.01, offset=offset):
+        seen.append(event)
+        if len(seen) == 2:
+            stop.set()
+    assert [e.kind for e in seen] == ["closed", "cluster"]
+    assert seen[1].extra == {"status": "stopped"}
+    assert ev.read_events(path) == [*events, *seen]
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 

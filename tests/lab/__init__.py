@@ -23,6 +23,12 @@ def in_ci() -> bool:
     return value not in ("", "0", "false", "no", "off")
 
 
+def long_run() -> bool:
+    """True under ``TUNNELMAN_LONG=1``: the documented longer run (acceptance-length waits, such
+    as 30 s link cuts) instead of the CI budget."""
+    return os.environ.get("TUNNELMAN_LONG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def need(reason: str) -> NoReturn:
     """Skip the current test (locally) or fail it (in CI) because ``reason`` is missing."""
     import pytest

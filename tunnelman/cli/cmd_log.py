@@ -40,15 +40,16 @@ def _line(event: TunnelEvent) -> str:
 @json_option("JSON: a list of events; with --follow, one JSON object per line.")
 def log_cmd(name: str | None, follow: bool, count: int, as_json: bool) -> None:
     """Show what happened to the tunnels (all, or NAME's): opened, clients, reconnecting, back up,
-    failed, closed, with the time and the reason.
+    failed, closed, cluster state changes seen by the TUI, with the time and the reason.
 
     Kept by the agent for the tunnels it holds, and by `tunnelman up` in the foreground, in
     events.jsonl beside tunnelman's log file; it outlives the agent and the TUI.
 
     \b
     JSON: [{time, name, event, message, ...}], event one of opened, client-connected,
-    client-disconnected, reconnecting, retrying, back-up, failed, closed; time in ISO 8601;
-    opened has port, back-up after (seconds) and reconnects, client-* connections.
+    client-disconnected, reconnecting, retrying, back-up, failed, closed, cluster; time in
+    ISO 8601; opened has port, back-up after (seconds) and reconnects, client-* connections,
+    cluster status (the RDS status word).
     """
     from tunnelman.core.tunnel.events import events_path, read_events, tail_events
 

@@ -109,6 +109,9 @@ def _endpoint_option(value: str | None) -> str | None:
     help="A jump host the bastion is reached through (repeat for several, in order).",
 )
 @click.option("--description", metavar="TEXT", help="A line shown in lists.")
+@click.option(
+    "--group", metavar="NAME", help="A heading the TUI lists the profile under (prod, staging…)."
+)
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
 @click.pass_context
 def profile_add(
@@ -131,6 +134,7 @@ def profile_add(
     engine: str | None,
     jump: tuple[str, ...],
     description: str | None,
+    group: str | None,
     force: bool,
 ) -> None:
     """Add a profile NAME, from an AWS cluster (--cluster) or a known endpoint (--endpoint).
@@ -151,6 +155,7 @@ def profile_add(
     path = prof.config_path(get_ctx(ctx).config)
     values: dict[str, object] = {
         "description": description,
+        "group": group,
         "bastion": bastion,
         "identity_file": identity_file,
         "known_hosts": known_hosts,

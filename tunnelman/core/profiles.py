@@ -265,6 +265,7 @@ class Profile:
 
     name: str
     description: str = ""
+    group: str | None = None  # the TUI lists profiles under a heading per group
     bastion: Bastion | None = None
     identity_file: Path | None = None
     known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
@@ -354,6 +355,12 @@ def _description(value: Any, key: str) -> str:
     if problem:
         raise _bad(key, problem)
     return value
+
+
+def _group(value: Any, key: str) -> str | None:
+    """A heading of the TUI's list: text as a description is (escaped where shown); "" is none."""
+    text = _description(value, key).strip()
+    return text or None
 
 
 def _nonempty_str(value: Any, key: str) -> str:
@@ -564,6 +571,7 @@ def _endpoint(value: Any, key: str) -> Endpoint:
 
 SCHEMA: dict[str, _Converter] = {
     "description": _description,
+    "group": _group,
     "bastion": _bastion,
     "identity_file": _path,
     "known_hosts": _path,

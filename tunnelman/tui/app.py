@@ -19,6 +19,7 @@ from textual.screen import Screen
 from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.cluster import ClusterActions
 from tunnelman.tui.actions.db import DbActions
+from tunnelman.tui.actions.events import EventActions
 from tunnelman.tui.actions.next import NextActions
 from tunnelman.tui.actions.profiles import ProfileActions
 from tunnelman.tui.actions.settings import SettingsActions
@@ -34,7 +35,13 @@ CSS_FILE = Path(__file__).with_name("tunnelman.tcss")
 
 
 class TunnelmanApp(
-    TunnelActions, ClusterActions, ProfileActions, SettingsActions, DbActions, NextActions
+    TunnelActions,
+    ClusterActions,
+    ProfileActions,
+    SettingsActions,
+    DbActions,
+    EventActions,
+    NextActions,
 ):
     """tunnelman's terminal UI."""
 
@@ -174,6 +181,9 @@ class TunnelmanApp(
             ("Reload profiles", "Read the profile file again (ctrl+r)", self.action_reload),
             ("Keys", "Every key (?)", self.action_help),
         )
+        commands += self.list_commands(
+            main, screen
+        )  # the log, filter, sort, groups (actions/events.py)
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
 

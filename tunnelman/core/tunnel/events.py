@@ -4,7 +4,7 @@
 (`Tunnel.on_client`) into `TunnelEvent`s and appends each, as one JSON line, to the events file
 (`events_path()`: `events.jsonl` beside tunnelman's log, so it outlives the agent and the TUI;
 `tunnelman log` and the TUI read it). The agent records the tunnels it holds, `tunnelman up` the
-one it holds in the foreground. One line is one `write` on a file opened for appending, so writers
+one it holds in the foreground, the TUI the cluster states it sees change (`cluster`). One line is one `write` on a file opened for appending, so writers
 in several processes do not interleave; the file is rotated at `MAX_BYTES` (one old file kept).
 """
 
@@ -26,7 +26,15 @@ from tunnelman.core.tunnel.base import TunnelState
 if TYPE_CHECKING:
     from tunnelman.core.tunnel.base import TunnelStatus
 
-__all__ = ["KINDS", "EventRecorder", "TunnelEvent", "events_path", "read_events", "tail_events"]
+__all__ = [
+    "KINDS",
+    "EventRecorder",
+    "TunnelEvent",
+    "events_path",
+    "read_backlog",
+    "read_events",
+    "tail_events",
+]
 
 MAX_BYTES = 1 << 20
 KINDS = (
@@ -38,6 +46,7 @@ KINDS = (
     "back-up",
     "failed",
     "closed",
+    "cluster",
 )
 
 
@@ -166,6 +175,13 @@ class EventRecorder:
         self._record(event)
         return event
 
+    def cluster(self, name: str, status_text: str, message: str) -> TunnelEvent:
+        """The cluster of profile `name` is now `status_text` (an RDS status word), as seen by
+        whoever asked AWS (the TUI); `message` says it for people."""
+        event = TunnelEvent(self._clock(), name, "cluster", message, {"status": status_text})
+        self._record(event)
+        return event
+
     def _record(self, event: TunnelEvent) -> None:
         with self._lock:
             self.recent.append(event)
@@ -203,14 +219,24 @@ def _parse(lines: list[bytes]) -> Iterator[TunnelEvent]:
 
 def read_events(path: Path, name: str | None = None) -> list[TunnelEvent]:
     """Every event in the file (and the rotated one before it), oldest first; of `name` only."""
+    return read_backlog(path, name)[0]
+
+
+def read_backlog(path: Path, name: str | None = None) -> tuple[list[TunnelEvent], int]:
+    """`read_events`, and the offset in `path` they end at: `tail_events(…, offset=)` follows on
+    from there, so nothing appended between the two calls is lost or listed twice."""
     events: list[TunnelEvent] = []
+    end = 0
     for part in (path.with_name(path.name + ".1"), path):
         try:
             data = part.read_bytes()
         except OSError:
             continue
+        if part == path:
+            end = data.rfind(b"\n") + 1  # a line being written is left to the tail
+            data = data[:end]
         events.extend(e for e in _parse(data.splitlines()) if name is None or e.name == name)
-    return events
+    return events, end
 
 
 def tail_events(
@@ -219,9 +245,11 @@ def tail_events(
     stop: threading.Event,
     *,
     interval: float = 0.25,
+    offset: int | None = None,
 ) -> Iterator[TunnelEvent]:
-    """Events appended to the file from now on, until `stop` (follows a rotation)."""
-    offset = _size(path)
+    """Events appended to the file from now on (or from byte `offset`), until `stop` (follows a
+    rotation)."""
+    offset = _size(path) if offset is None else offset
     inode = _inode(path)
     pending = b""
     while not stop.wait(interval):

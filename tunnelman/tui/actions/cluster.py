@@ -1,9 +1,11 @@
 """Cluster actions: status on first look (debounced), `r` refresh, `s` start/stop after asking.
 
 Every AWS call runs in a `@work` thread worker (boto3 loads there on first use, never on the
-way to the first screen) and comes back as `ClusterLoaded`. A start / stop is then waited for
-(`aws.wait_for`; a start until the writer instance is available, i.e. accepts connections) behind
-a progress screen (`screens/progress.py`) fed by `ClusterProgress`; escape stops the wait only.
+way to the first screen) and comes back as `ClusterLoaded`. A status whose state differs from
+the one shown before is a "cluster" event in the events file (`tunnelman log`, the `l` screen).
+A start / stop is then waited for (`aws.wait_for`; a start until the writer instance is
+available, i.e. accepts connections) behind a progress screen (`screens/progress.py`) fed by
+`ClusterProgress`; escape stops the wait only.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ if TYPE_CHECKING:
     from tunnelman.core.aws import Action, Database
     from tunnelman.tui.screens.progress import ClusterWaitScreen
 
+if TYPE_CHECKING:
+    from tunnelman.core.aws import Database
+    from tunnelman.core.tunnel.events import EventRecorder
+
+
+def cluster_state(database: Database) -> str:
+    """The state an event is recorded on: the RDS status word, and "paused" (Serverless v1 at 0
+    ACU) since a paused cluster is one a client waits for."""
+    word = database.status or "unknown"
+    return f"{word}, paused" if database.capacity == 0 else word
+
 
 class ClusterActions(AppBase):
     """The cluster box of the detail pane."""
 
     CLUSTER_FETCH_DELAY = 0.4
+    _event_recorder: EventRecorder | None = None
     CLUSTER_POLL_INTERVAL = 5.0
 
     def _cluster_waits(self) -> dict[str, ClusterWaitScreen]:
@@ -79,8 +93,21 @@ class ClusterActions(AppBase):
 
     @on(ClusterLoaded)
     def _cluster_loaded(self, message: ClusterLoaded) -> None:
-        self.state[message.name].cluster_loaded(message.status)
+        state = self.state[message.name]
+        before = state.cluster
+        state.cluster_loaded(message.status)
+        if before is not None and cluster_state(before) != cluster_state(message.status):
+            self.record_cluster_change(message.name, before, message.status)
         self._refresh(message.name)
+
+    def record_cluster_change(self, name: str, before: Database, now: Database) -> None:
+        """One "cluster" event (a line appended: quick enough for the UI thread)."""
+        from tunnelman.core.tunnel.events import EventRecorder, events_path
+
+        if self._event_recorder is None:
+            self._event_recorder = EventRecorder(events_path())
+        was, state = cluster_state(before), cluster_state(now)
+        self._event_recorder.cluster(name, state, f"cluster {now.id} is {state} (was {was})")
 
     def cluster_running(self, name: str) -> bool | None:
         state = self.state.get(name)

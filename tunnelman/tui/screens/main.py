@@ -2,6 +2,8 @@
 
 Keys and buttons call the app's actions with the highlighted profile's name; the app does the work
 (in workers where it may block) and calls `refresh_profile` / `refresh_all` when state changes.
+The list's own keys (`/` filter, `S` sort, `g` / enter / space on a heading fold a group) change
+only what the list shows; the filter's input is mounted on first use (startup stays lean).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Static
 
+from tunnelman.core.profiles import printable
 from tunnelman.tui.format import cluster_text, colour, profile_text, summary_text, tunnel_text
-from tunnelman.tui.state import ProfileState
+from tunnelman.tui.listing import SORT_LABELS
+from tunnelman.tui.state import OPEN_STATES, ProfileState
 from tunnelman.tui.widgets.detail import DetailPane
 from tunnelman.tui.widgets.profile_table import ProfileTable
 
 if TYPE_CHECKING:
+    from textual.widgets import Input
+
     from tunnelman.tui.app import TunnelmanApp
 
 WELCOME = Text.from_markup(
@@ -79,6 +85,10 @@ class MainScreen(Screen[None]):
         Binding("k", "check", "Check", show=False),  # the footer is full: in ? and the palette
         Binding("o", "psql", "psql", show=False),
         Binding("h", "last_error", "Last error", show=False),
+        Binding("l", "log", "Log", show=False),
+        Binding("slash", "filter", "Filter", key_display="/", show=False),
+        Binding("S", "sort", "Sort", show=False),
+        Binding("g", "fold", "Fold group", show=False),
         Binding("question_mark", "app.help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -121,8 +131,8 @@ class MainScreen(Screen[None]):
         states = {name: app.state_of(name) for name in app.profile_names()}
         self.table.fill(app.profile_list(), states)
         self.refresh_summary()
-        if keep:
-            self.table.select_name(keep)
+        if not keep or not self.table.select_name(keep):
+            self.table.select_first_profile()
         if self.focused is not self.table:  # each focus change recomposes the footer (~40 ms)
             self.table.focus()
         self.refresh_detail()
@@ -146,6 +156,10 @@ class MainScreen(Screen[None]):
 
     def refresh_detail(self) -> None:
         app = self.tm
+        group = self.table.current_group
+        if group is not None:
+            self.detail.show_empty(self._group_text(group))
+            return
         name = self.current
         profile = app.profile(name) if name else None
         if profile is None:
@@ -184,6 +198,23 @@ class MainScreen(Screen[None]):
         if self.detail.conn_shown:
             self.detail.set_conn(app.conn_texts(profile.name))
 
+    def _group_text(self, group: str) -> Text:
+        heading = self.table.heading(group)
+        names = heading.profiles if heading is not None else []
+        open_ = [n for n in names if self.tm.state.shown(n)[0] in OPEN_STATES]
+        text = Text(f"Group {printable(group)}\n\n", style="bold")
+        text.append(f"{len(names)} profile{'s' if len(names) != 1 else ''}")
+        if self.table.filter_text.strip():
+            text.append(" matching the filter")
+        text.append(f", {len(open_)} open" + (f": {', '.join(open_)}" if open_ else "") + "\n\n")
+        folded = heading is not None and heading.collapsed
+        text.append(
+            f"enter or space {'unfolds' if folded else 'folds'} it (g too, on any of its rows); "
+            "S sorts the list by name or state instead of by group.",
+            style="dim",
+        )
+        return text
+
     @staticmethod
     def _cluster_text(state: ProfileState) -> Text:
         text = cluster_text(state.cluster) if state.cluster is not None else Text()
@@ -205,7 +236,79 @@ class MainScreen(Screen[None]):
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
+        if self.table.current_group is not None:
+            self.table.fold()
+            return
         self.action_toggle_tunnel()
+
+    @on(ProfileTable.Folded)
+    def _folded(self) -> None:
+        self.refresh_detail()
+
+    # ------------------------------------------------------------------ the list's own keys
+
+    @property
+    def filter_box(self) -> Input | None:
+        found = self.query("#filter")
+        return cast("Input", found.first()) if found else None
+
+    async def action_filter(self) -> None:
+        """/: a line under the list; the list narrows as you type (esc clears it)."""
+        box = self.filter_box
+        if box is None:
+            from textual.widgets import Input
+
+            box = Input(
+                placeholder="filter: name, description, endpoint or group — enter: to the list, "
+                "esc: clear",
+                id="filter",
+            )
+            await self.mount(box, before=self.query_one(KeyBar))
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            self.table.set_query(event.value)
+            self.refresh_detail()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            self.table.focus()
+
+    def clear_filter(self) -> bool:
+        """Empty and hide the filter, back to the list; False when no filter was shown."""
+        box = self.filter_box
+        if box is None or not box.display:
+            return False
+        box.value = ""
+        box.display = False
+        self.table.set_query("")
+        self.table.focus()
+        self.refresh_detail()
+        return True
+
+    def action_sort(self) -> None:
+        """S: by group (file order), by name, by state (open first)."""
+        sort = self.table.cycle_sort()
+        self.notify(f"Profiles sorted {SORT_LABELS[sort]}", timeout=3)
+        self.refresh_detail()
+
+    def action_fold(self) -> None:
+        """g: fold or unfold the group of the highlighted heading or profile."""
+        if not self.table.fold():
+            message = (
+                'No group here: profiles get one with group = "NAME" in the profile file.'
+                if self.table.sort_mode == "group"
+                else "Groups fold when the list is sorted by group: press S."
+            )
+            self.notify(message, severity="warning", timeout=4)
+
+    def action_log(self) -> None:
+        """l: the events of every tunnel (or the highlighted profile's)."""
+        self.tm.show_log(self.current)
 
     @on(Button.Pressed)
     async def _button(self, event: Button.Pressed) -> None:
@@ -231,7 +334,9 @@ class MainScreen(Screen[None]):
 
     def _need_current(self) -> str | None:
         name = self.current
-        if name is None:
+        if name is None and self.table.current_group is not None:
+            self.notify("A group heading: highlight one of its profiles.", severity="warning")
+        elif name is None:
             self.notify("No profile: press n to add one.", severity="warning")
         return name
 
@@ -240,12 +345,18 @@ class MainScreen(Screen[None]):
             self.tm.toggle_tunnel(name)
 
     async def action_cancel(self) -> None:
+        box = self.filter_box
+        if box is not None and box.has_focus:
+            self.clear_filter()
+            return
         name = self.current
         if name and self.tm.state.is_connecting(name):
             self.tm.cancel_connect(name)
         elif self.detail.conn_shown:
             await self.detail.show_conn(False)
             self.table.focus()
+        else:
+            self.clear_filter()
 
     async def action_conn(self) -> None:
         if not self._need_current():

@@ -24,6 +24,7 @@ from tunnelman.core.errors import ConfigError
 FIELDS: tuple[tuple[str, str, str], ...] = (
     ("name", "name", "letters, digits, - _ ."),
     ("description", "description", "what this database is"),
+    ("group", "group", "a heading of the list: prod, staging, a client… (empty: none)"),
     ("bastion", "bastion", "[user@]host[:port]"),
     ("identity_file", "identity file", "~/.ssh/key.pem (empty: ssh-agent)"),
     ("known_hosts", "known_hosts", "~/.ssh/known_hosts"),
