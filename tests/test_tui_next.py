@@ -91,7 +91,11 @@ def fixed_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def app_with(
-    *, host: FakeHost | None = None, aws: FakeAws | None = None, profile: str = "staging"
+    *,
+    host: FakeHost | None = None,
+    aws: FakeAws | None = None,
+    profile: str = "staging",
+    clock: Callable[[], float] = lambda: FIXED_NOW,
 ) -> TunnelmanApp:
     path = Path("profiles.toml")
     path.write_text(PROFILES)
@@ -100,7 +104,7 @@ def app_with(
         initial_profile=profile,
         host=host or FakeHost(fail={"reports": FAILURE}),
         aws=aws or FakeAws(),
-        clock=lambda: FIXED_NOW,
+        clock=clock,
         poll_interval=3600,
     )
     app.animation_level = "none"
@@ -416,15 +420,17 @@ async def start_the_cluster(app: TunnelmanApp, pilot: Pilot[Any]) -> ClusterWait
 @sync
 async def test_a_cluster_start_waits_with_progress_and_the_ui_stays_live(fixed_world: Path) -> None:
     aws = SlowAws()
-    app = app_with(aws=aws, profile="prod")
+    now = [FIXED_NOW]
+    app = app_with(aws=aws, profile="prod", clock=lambda: now[0])
     async with app.run_test(size=SIZE) as pilot:
         screen = await start_the_cluster(app, pilot)
         await wait_for(pilot, lambda: screen.status == "starting", 5, "the status")
         assert "starting" in str(screen.query_one("#wait-status").render())
         assert screen.query_one("#wait-bar")  # the indeterminate bar
         # the UI thread is free: the elapsed seconds tick while AWS is being waited for
+        now[0] += 3
         await wait_for(
-            pilot, lambda: "(1 s)" in str(screen.query_one("#wait-status").render()), 5, "a tick"
+            pilot, lambda: "(3 s)" in str(screen.query_one("#wait-status").render()), 5, "a tick"
         )
         assert app.clusters["prod"].status == "starting"  # the cluster box follows
         aws.go.set()
@@ -440,6 +446,21 @@ async def test_a_cluster_start_waits_with_progress_and_the_ui_stays_live(fixed_w
             "the notice",
         )
         assert not any("Stopped waiting" in str(n.message) for n in app._notifications)
+
+
+def test_snapshot_the_cluster_start_wait(fixed_world: Path, snap_compare: SnapCompare) -> None:
+    aws = SlowAws()
+    app = app_with(aws=aws, profile="prod")
+
+    async def waiting(pilot: Pilot[Any]) -> None:
+        screen = await start_the_cluster(app, pilot)
+        await wait_for(pilot, lambda: screen.status == "starting", 5, "the status")
+        await pilot.pause()
+
+    try:
+        assert snap_compare(app, terminal_size=SIZE, run_before=waiting)
+    finally:
+        aws.go.set()
 
 
 @sync
@@ -498,3 +519,14 @@ async def test_stop_then_start_against_moto_waits_until_done(
         assert not any(n.severity == "error" for n in app._notifications), [
             str(n.message) for n in app._notifications
         ]
+
+
+@sync
+async def test_quitting_while_waiting_ends_the_wait(fixed_world: Path) -> None:
+    aws = SlowAws()
+    app = app_with(aws=aws, profile="prod")
+    async with app.run_test(size=SIZE) as pilot:
+        await start_the_cluster(app, pilot)
+        await wait_for(pilot, lambda: "wait prod start writer" in aws.calls, 5, "the wait")
+    assert aws.returned.wait(5)  # the worker stopped polling: the app's exit does not hang
+    assert not aws.go.is_set()

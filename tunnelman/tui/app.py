@@ -103,6 +103,7 @@ class TunnelmanApp(
     def on_unmount(self) -> None:
         self._stop.set()
         self.state.cancel_all()
+        self.stop_cluster_waits()
         if self.host.survives_quit:
             self.host.close_local()
         else:

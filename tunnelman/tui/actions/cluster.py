@@ -49,6 +49,11 @@ class ClusterActions(AppBase):
         waits: dict[str, ClusterWaitScreen] = self.__dict__.setdefault("_cluster_wait_screens", {})
         return waits
 
+    def stop_cluster_waits(self) -> None:
+        """The app is going away: every start / stop wait ends (AWS carries on)."""
+        for screen in list(self._cluster_waits().values()):
+            screen.cancel.set()
+
     def profile_highlighted(self, name: str) -> None:
         """First look at a profile with a cluster: fetch its status (lazily, in a worker).
 
@@ -152,6 +157,7 @@ class ClusterActions(AppBase):
             f"{verb} cluster '{profile.cluster}'",
             f"Waiting until it is {goal}; the UI stays usable behind this box.",
             cancel,
+            clock=self.clock,
         )
         waits = self._cluster_waits()
         waits[profile.name] = screen
@@ -161,8 +167,9 @@ class ClusterActions(AppBase):
                 del waits[profile.name]
             if not reached:
                 self.notify(
-                    f"Stopped waiting: cluster '{profile.cluster}' keeps "
-                    f"{'stopping' if stop else 'starting'} in AWS (r refreshes its status).",
+                    f"Stopped waiting: cluster '{profile.cluster}' "
+                    f"{'carries on stopping' if stop else 'keeps starting'} in AWS "
+                    "(r refreshes its status).",
                     title=f"Cluster of '{profile.name}'",
                 )
 
