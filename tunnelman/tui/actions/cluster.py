@@ -182,6 +182,8 @@ class ClusterActions(AppBase):
         name = profile.name
         last = "asked"
         base: Database | None = None
+        goal = "stopped" if stop else "available"
+        finished = False
 
         def on_status(status: str, elapsed: float) -> None:
             nonlocal last
@@ -189,7 +191,9 @@ class ClusterActions(AppBase):
             if cancel.is_set():
                 return
             self.post_message(ClusterProgress(name, status))
-            if base is not None and " " not in status:  # not "writer ID STATUS": the cluster's
+            # The cluster box follows (not "writer ID STATUS"); the target status comes with the
+            # final ClusterLoaded, after the wait screen is gone.
+            if base is not None and " " not in status and status != goal:
                 self.post_message(ClusterLoaded(name, replace(base, status=status)))
 
         try:
@@ -204,12 +208,15 @@ class ClusterActions(AppBase):
                     interval=self.CLUSTER_POLL_INTERVAL,
                     writer=not stop,  # started = its writer accepts connections
                 )
+                finished = True  # the screen goes before the box says "stopped": `s` is ready
+                self.post_message(ClusterProgress(name, last, done=True))
                 self.post_message(ClusterLoaded(name, db))
                 if not cancel.is_set():
                     done = "is stopped" if stop else "accepts connections"
                     self.post_message(Notice(f"Cluster '{profile.cluster}' {done}."))
         finally:
-            self.post_message(ClusterProgress(name, last, done=True))
+            if not finished:
+                self.post_message(ClusterProgress(name, last, done=True))
 
     @on(ClusterProgress)
     def _cluster_progress(self, message: ClusterProgress) -> None:
