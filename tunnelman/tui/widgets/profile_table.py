@@ -1,4 +1,4 @@
-"""The profile list: name, description, state badge and local port, one row per profile.
+"""The profile list: name, state badge, local port, current rate, description, one row per profile.
 
 A DataTable: fast with hundreds of rows, keyboard and mouse (click a row to highlight it, click it
 again or press enter to open / close its tunnel).
@@ -22,6 +22,7 @@ COLUMNS = (
     ("name", "Profile"),
     ("state", "State"),
     ("port", "Port"),
+    ("rate", "Rate"),
     ("description", "Description"),
 )
 
@@ -61,7 +62,7 @@ class ProfileTable(DataTable[str | Text]):
         description = printable(profile.description)
         if len(description) > 32:
             description = description[:31] + "…"
-        return (profile.name, badge(state), port_text, Text(description, end=""))
+        return (profile.name, badge(state), port_text, "", Text(description, end=""))
 
     def update_state(self, profile: Profile, state: Shown, port: int | None) -> None:
         """Redraw one row's badge and port."""
@@ -71,6 +72,11 @@ class ProfileTable(DataTable[str | Text]):
         # update_width: "◌ connecting…" and a 5-digit port are wider than "○ closed" and "—"
         self.update_cell(profile.name, "state", cells[1], update_width=True)
         self.update_cell(profile.name, "port", cells[2], update_width=True)
+
+    def update_rate(self, name: str, rate: str) -> None:
+        """Redraw one row's rate ("2.1 MB/s", or blank when idle)."""
+        if name in self.rows:
+            self.update_cell(name, "rate", Text(rate, style="cyan", end=""), update_width=True)
 
     @property
     def current(self) -> str | None:
