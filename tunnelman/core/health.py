@@ -125,6 +125,8 @@ def reach(port: int, timeout: float = TIMEOUT) -> float:
             answer = sock.recv(1)
         except TimeoutError:
             raise TunnelmanError(f"no answer within {timeout:.0f} s") from None
+        except (ConnectionResetError, BrokenPipeError):
+            answer = b""  # closed before reading our request: the same as closed after it
         except OSError as exc:
             raise TunnelmanError(f"the tunnel dropped the connection ({exc})") from None
         elapsed = (time.perf_counter() - started) * 1000

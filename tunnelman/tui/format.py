@@ -153,7 +153,7 @@ def tunnel_text(
         if view.since:
             _row(text, "up since", f"{clock_time(view.since)}  ({duration(now - view.since)} ago)")
         if view.state is TunnelState.UP and (health is not None or health_checking):
-            _row(text, "database", health_line(health, checking=health_checking))
+            _row(text, "health", health_line(health, checking=health_checking))
         _row(text, "connections", str(view.connections))
         if view.bytes_sent is not None and view.bytes_received is not None:
             _row(

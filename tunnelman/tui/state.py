@@ -193,17 +193,23 @@ class ProfileState:
         self.rates.append(self.rate() or 0.0)
 
     def wants_health(self, now: float, interval: float = HEALTH_INTERVAL) -> bool:
-        """Up, no check running, and none yet since it came up or the last is `interval` old."""
+        """Up, no check running, and none yet since it came up or the last is `interval` old
+        (not for a paused cluster; only the first for an idle one that may auto-pause)."""
         tunnel = self.tunnel
         if self.health_checking or self.connecting is not None or tunnel is None:
             return False
         if tunnel.state is not TunnelState.UP or not tunnel.local_port:
             return False
-        if self.cluster is not None and self.cluster.paused:
+        cluster = self.cluster
+        if cluster is not None and cluster.paused:
             return False  # a check would resume a paused Serverless cluster
         if self.health_since != tunnel.since or self.health_at is None:
             return True
-        return now - self.health_at >= interval
+        if now - self.health_at < interval:
+            return False
+        # A check every 30 s would keep a cluster that may auto-pause from ever pausing: while
+        # nobody uses the tunnel, its first check is the only one.
+        return not (cluster is not None and cluster.may_auto_pause and tunnel.connections == 0)
 
     def begin_health(self, now: float) -> float | None:
         """A check starts; returns the `since` of the tunnel it checks."""

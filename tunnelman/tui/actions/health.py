@@ -20,6 +20,7 @@ from textual import on, work
 from tunnelman.core.logs import get_logger
 from tunnelman.tui.actions.base import AppBase
 from tunnelman.tui.messages import HealthChecked, TunnelChanged
+from tunnelman.tui.state import HEALTH_INTERVAL
 
 if TYPE_CHECKING:
     from tunnelman.core.health import Health
@@ -43,6 +44,7 @@ class HealthActions(AppBase):
     def __init__(self, *args: Any, health: HealthProbe | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.health_probe: HealthProbe = health or _default_probe
+        self.health_interval = HEALTH_INTERVAL
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_interval, self._live_tick)
@@ -53,14 +55,14 @@ class HealthActions(AppBase):
         now = self.clock()
         for state in self.state:
             state.sample_rate()
-            if state.wants_health(now):
+            if state.wants_health(now, self.health_interval):
                 self._start_health(state.name)
 
     @on(TunnelChanged)
     def _check_when_up(self, message: TunnelChanged) -> None:
         """A tunnel that just came up (or back up) is checked at once, not in 30 s."""
         state = self.state.get(message.name)
-        if state is not None and state.wants_health(self.clock()):
+        if state is not None and state.wants_health(self.clock(), self.health_interval):
             self._start_health(message.name)
 
     def _start_health(self, name: str) -> None:
