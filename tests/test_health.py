@@ -141,8 +141,7 @@ def test_probe_through_a_tunnel_that_hangs_up(hangs_up: int) -> None:
     health = probe(Profile(name="geo"), hangs_up, None)
     assert health.outcome == "unreachable"
     assert health.summary() == (
-        "database unreachable from the bastion: "
-        "the tunnel closed the connection before the database answered"
+        "database unreachable from the bastion: the tunnel closed the connection unanswered"
     )
 
 

@@ -173,7 +173,7 @@ async def test_health_says_unreachable_once_the_database_stops(
             x for x in main_text(app, "#tunnel-info").splitlines() if x.startswith("health")
         )
         assert "database unreachable from the bastion: " in line, line
-        assert "closed the connection before the database answered" in line, line
+        assert "the tunnel closed the connection unanswered" in line, line
 
 
 @sync

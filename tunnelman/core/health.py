@@ -131,7 +131,7 @@ def reach(port: int, timeout: float = TIMEOUT) -> float:
             raise TunnelmanError(f"the tunnel dropped the connection ({exc})") from None
         elapsed = (time.perf_counter() - started) * 1000
         if not answer:
-            raise TunnelmanError("the tunnel closed the connection before the database answered")
+            raise TunnelmanError("the tunnel closed the connection unanswered")
         if answer == b"S":
             # Finish the handshake so the server sees a client that merely went away (no log
             # line), not a broken TLS negotiation. Nothing is verified: nothing is sent either.

@@ -162,8 +162,9 @@ def tunnel_text(
                 f"↑ {human_bytes(view.bytes_sent)} sent  ↓ {human_bytes(view.bytes_received)} received",
             )
             rate = f"↑ {human_bytes(view.rate_sent or 0)}/s  ↓ {human_bytes(view.rate_received or 0)}/s"
-            if history:
-                rate += f"  (peak {human_bytes(max(history))}/s)"
+            if history:  # the history is sampled apart from this status: it may lag it
+                now_rate = (view.rate_sent or 0) + (view.rate_received or 0)
+                rate += f"  (peak {human_bytes(max(*history, now_rate))}/s)"
             _row(text, "rate", rate)
             if history:
                 spark = Text(sparkline(history), style="cyan")
