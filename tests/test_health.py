@@ -145,6 +145,16 @@ def test_probe_through_a_tunnel_that_hangs_up(hangs_up: int) -> None:
     )
 
 
+def test_a_login_through_a_tunnel_that_hangs_up_is_unreachable(hangs_up: int) -> None:
+    login = Login(user="postgres", password="pw", source="keyring")
+    health = probe(Profile(name="geo", sslmode="disable"), hangs_up, login)
+    assert health.summary() == (
+        "database unreachable from the bastion: the tunnel closed the connection unanswered"
+    )
+    prefer = probe(Profile(name="geo"), hangs_up, login)  # sslmode prefer: SSL, then plain
+    assert prefer.outcome == "unreachable", prefer
+
+
 def test_probe_with_nothing_listening(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

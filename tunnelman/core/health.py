@@ -1,18 +1,20 @@
 """A cheap health check of the database behind an open tunnel: is it there, and does it answer?
 
-`probe(profile, port, login)` goes through the tunnel's local port twice at most:
-1. TCP plus PostgreSQL's SSLRequest (8 bytes, answered with one byte before any login): proves
+`probe(profile, port, login)` goes through the tunnel's local port once, one of two ways:
+1. Without a login: TCP plus PostgreSQL's SSLRequest (8 bytes, answered with one byte before any login): proves
    the bastion reached the database, with no password. A connection the tunnel closes before that
    byte means the bastion could not reach the endpoint. PostgreSQL logs nothing for a client that
    hangs up after that answer (or after a TLS handshake with no startup packet), so a check every
    30 s does not fill the server's log.
 2. With a `Login` (a password found without asking anybody, or none needed): a psycopg login,
    `select 1` timed, the server version and, when the extension is installed, PostGIS's version.
+   A connection libpq saw refused, timed out or closed unanswered is "unreachable"; anything the
+   server said (a refused login, no TLS) is a failed login.
 
 `check(profile, port)` finds the login itself (`usable_login`: keyring, pgpass through libpq,
 IAM, Secrets Manager; never a prompt) and probes. Callers: the TUI's health worker (a thread).
 Everything is caught into the `Health` it returns; the password is handed to psycopg as an
-argument, never logged. psycopg is imported only for step 2.
+argument, never logged. psycopg is imported only for way 2.
 """
 
 from __future__ import annotations
@@ -149,35 +151,43 @@ def probe(
     """Check the database behind the tunnel on 127.0.0.1:`port`; never raises for what it finds.
 
     `login` None: only whether it is reachable (`no_login` says why, shown as the reason).
+    With a login, the login alone is the check: one connection through the tunnel, not two (each
+    is a client in the tunnel's event log and a connection on the server).
     """
+    if login is not None:
+        return _log_in(profile, port, login)
     try:
         reach_ms = reach(port)
     except TunnelmanError as exc:
         return Health("unreachable", reason=str(exc))
-    if login is None:
-        return Health("no-login", reach_ms=reach_ms, reason=no_login or "no usable password")
-    return _log_in(profile, port, login, reach_ms)
+    return Health("no-login", reach_ms=reach_ms, reason=no_login or "no usable password")
 
 
-def _log_in(profile: Profile, port: int, login: Login, reach_ms: float) -> Health:
+def _log_in(profile: Profile, port: int, login: Login) -> Health:
     import psycopg
 
     from tunnelman.core.clients import conn_settings
 
     settings = conn_settings(profile, port, user=login.user)
     params: dict[str, Any] = dict(settings.keywords())
-    params["connect_timeout"] = str(min(settings.connect_timeout, int(TIMEOUT) * 2))
+    timeout = min(settings.connect_timeout, int(TIMEOUT) * 2)
+    params["connect_timeout"] = str(timeout)
     params["application_name"] = "tunnelman health"
     if login.password is not None:
         params["password"] = login.password
+    started = time.perf_counter()
     try:
         conn = psycopg.connect(autocommit=True, **params)
     except psycopg.Error as exc:
-        return Health("login-failed", reach_ms=reach_ms, reason=_pg_reason(exc))
+        unreachable = _unreachable_reason(exc, port, timeout)
+        if unreachable is not None:
+            return Health("unreachable", reason=unreachable)
+        return Health("login-failed", reach_ms=_since(started), reason=_pg_reason(exc))
+    reach_ms = _since(started)
     try:
         started = time.perf_counter()
         conn.execute("select 1").fetchone()
-        round_trip = (time.perf_counter() - started) * 1000
+        round_trip = _since(started)
         version = conn.info.parameter_status("server_version") or ""
         row = conn.execute(
             "select extversion from pg_extension where extname = 'postgis'"
@@ -198,6 +208,27 @@ def _log_in(profile: Profile, port: int, login: Login, reach_ms: float) -> Healt
         server_version=version.split()[0] if version else None,
         postgis=postgis,
     )
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _unreachable_reason(exc: Exception, port: int, timeout: int) -> str | None:
+    """Why no server answered, or None when one did (a refused login, a TLS mismatch…).
+
+    libpq's connection errors carry no SQLSTATE: what it says is all there is to go by.
+    """
+    lower = _pg_reason(exc).lower()
+    if "fatal:" in lower or "error:" in lower:
+        return None  # the server's own words
+    if "connection refused" in lower:
+        return f"nothing listens on 127.0.0.1:{port} (connection refused)"
+    if "timeout" in lower or "timed out" in lower:
+        return f"no answer within {timeout} s"
+    if any(w in lower for w in ("closed the connection", "eof", "reset", "could not receive")):
+        return "the tunnel closed the connection unanswered"
+    return None
 
 
 def _pg_reason(exc: Exception) -> str:
