@@ -17,7 +17,7 @@ import pytest
 
 from tests.lab.postgres import Postgres
 from tunnelman.core.credentials import Login
-from tunnelman.core.health import Health, probe, usable_login
+from tunnelman.core.health import Health, check, probe, usable_login
 from tunnelman.core.profiles import Endpoint, Profile
 
 
@@ -163,3 +163,9 @@ def test_probe_with_nothing_listening(tmp_path: Path) -> None:
     assert health.outcome == "unreachable"
     assert health.reason is not None
     assert health.reason.startswith(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_check_finds_no_login_for_prompt_and_still_reaches(postgres: Postgres) -> None:
+    health = check(profile_for(postgres, password="prompt"), postgres.port)
+    assert health.outcome == "no-login", health
+    assert health.reason == 'password = "prompt" (asked only when a client connects)'

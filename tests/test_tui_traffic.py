@@ -10,6 +10,7 @@ the way a person's setup would without being asked: a pgpass file (`password = "
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -199,3 +200,35 @@ async def test_health_never_asks_for_a_password(lab_profile: LabProfile) -> None
         )
         assert "database ✓ reachable (" in line, line
         assert 'not logged in: password = "prompt"' in line, line
+
+
+@sync
+async def test_health_logs_in_with_the_keyring_password_once_it_is_stored(
+    lab_profile: LabProfile, keyring_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`password = "keyring"` with nothing stored: reachable, not logged in, the fix named; once
+    the password is stored, a later check logs in with it (never a prompt in between)."""
+    import keyring
+
+    from tunnelman.tui.actions import health
+
+    monkeypatch.setattr(health, "NO_LOGIN_TTL", 0.0)
+    lab_profile.write(password="keyring")
+    app = make_app(lab_profile.config, initial_profile="lab", host=InProcessHost())
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await opened(app, pilot)
+            await wait_for(pilot, lambda: health_of(app) is not None, 20, "the first check")
+            await pilot.pause()
+            line = next(
+                x for x in main_text(app, "#tunnel-info").splitlines() if x.startswith("health")
+            )
+            assert health_of(app) == "no-login", line
+            assert "no password for 'lab' in the keyring" in line, line
+            keyring.set_password("tunnelman", "lab", lab_profile.password)
+            app.health_interval = 1.0
+            await wait_for(pilot, lambda: health_of(app) == "ok", 20, "a check with the password")
+            assert not any(isinstance(s, SecretScreen) for s in app.screen_stack)
+    finally:
+        with contextlib.suppress(Exception):
+            keyring.delete_password("tunnelman", "lab")

@@ -5,13 +5,16 @@ for the agent's tunnels, whose `watch` reports state changes only); `_live_tick`
 into each `ProfileState`'s five-minute history, which the detail pane draws as a sparkline.
 
 Health: right after a tunnel comes up (the `TunnelChanged` that says so) and then every
-`HEALTH_INTERVAL` seconds, a thread worker runs `core.health.check` through its local port
+`HEALTH_INTERVAL` seconds, a thread worker runs `core.health.probe` through its local port
 (or the probe a test gave `make_app`); the `HealthChecked` it posts goes into the state model.
-One check per profile at a time; a check never asks for a password.
+One check per profile at a time; a check never asks for a password, and the login it finds
+(keyring, AWS) is reused for `LOGIN_TTL` seconds (its absence for `NO_LOGIN_TTL`) rather than
+looked up every 30 s.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +26,7 @@ from tunnelman.tui.messages import HealthChecked, TunnelChanged
 from tunnelman.tui.state import HEALTH_INTERVAL
 
 if TYPE_CHECKING:
+    from tunnelman.core.credentials import Login
     from tunnelman.core.health import Health
     from tunnelman.core.profiles import Profile
 
@@ -32,10 +36,11 @@ HealthProbe = Callable[["Profile", int], "Health"]
 """Checks the database behind a tunnel on 127.0.0.1:PORT (`core.health.check`, or a test's)."""
 
 
-def _default_probe(profile: Profile, port: int) -> Health:
-    from tunnelman.core.health import check  # psycopg loads with the first check
-
-    return check(profile, port)
+LOGIN_TTL = 600.0
+"""Seconds a login found for the checks is reused (IAM tokens last 15 minutes)."""
+NO_LOGIN_TTL = 60.0
+"""Seconds "no usable password" is believed: a password stored meanwhile is used within a minute,
+and a locked keyring asks its owner (the desktop's own unlock dialog) at most once a minute."""
 
 
 class HealthActions(AppBase):
@@ -43,8 +48,33 @@ class HealthActions(AppBase):
 
     def __init__(self, *args: Any, health: HealthProbe | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.health_probe: HealthProbe = health or _default_probe
+        self.health_probe: HealthProbe = health or self._probe
         self.health_interval = HEALTH_INTERVAL
+        # name -> (the profile it was found for, login, why none, when): one check per profile
+        # at a time, so only that check's worker reads or writes its entry.
+        self._logins: dict[str, tuple[Profile, Login | None, str | None, float]] = {}
+
+    def _probe(self, profile: Profile, port: int) -> Health:
+        """`core.health.probe` with the login found for `profile` in the last `LOGIN_TTL` s."""
+        from tunnelman.core import health  # psycopg loads with the first check
+
+        cached = self._logins.get(profile.name)
+        if cached is not None:
+            ttl = LOGIN_TTL if cached[1] is not None else NO_LOGIN_TTL
+            if cached[0] != profile or time.monotonic() - cached[3] > ttl:
+                cached = None
+        if cached is None:
+            try:
+                login, why = health.usable_login(profile)
+            except Exception as exc:  # keyring backends and boto3 raise assorted errors
+                login, why = None, f"{type(exc).__name__}: {exc}"
+            cached = (profile, login, why, time.monotonic())
+            self._logins[profile.name] = cached
+        _, login, why, _ = cached
+        found = health.probe(profile, port, login, no_login=why)
+        if found.outcome == "login-failed":
+            self._logins.pop(profile.name, None)  # a password set since is read at the next check
+        return found
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_interval, self._live_tick)
