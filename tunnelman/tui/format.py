@@ -93,7 +93,7 @@ def rate_cell(rate: float | None) -> str:
 
 
 def health_line(health: Health | None, *, checking: bool) -> Text:
-    """The detail pane's "database" row: the last check, or that one is under way."""
+    """The detail pane's "health" row: the last check, or that one is under way."""
     if health is None:
         return Text("checking…" if checking else "not checked yet", style="dim italic")
     return Text(health.summary(), style=HEALTH_STYLES[health.level])

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = get_logger("tui")
 
 HealthProbe = Callable[["Profile", int], "Health"]
-"""Checks the database behind a tunnel on 127.0.0.1:PORT (`core.health.check`, or a test's)."""
+"""Checks the database behind a tunnel on 127.0.0.1:PORT (`HealthActions._probe`, or a test's)."""
 
 
 LOGIN_TTL = 600.0
