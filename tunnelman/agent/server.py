@@ -107,6 +107,9 @@ class Held:
     cancel: threading.Event
     ready: threading.Event = field(default_factory=threading.Event)  # start() returned or raised
     failure: BaseException | None = None
+    # A one-shot's tunnel: closed `linger` seconds after its last client connection closed.
+    linger: float | None = None
+    linger_until: float | None = None  # epoch; pushed forward while a client is connected
 
     @property
     def is_open(self) -> bool:
@@ -119,7 +122,20 @@ class Held:
             import dataclasses
 
             status = dataclasses.replace(status, state=TunnelState.STARTING)
+        if self.linger_until is not None:
+            import dataclasses
+
+            status = dataclasses.replace(status, linger_until=self.linger_until)
         return status
+
+    def hold(self, linger: float | None, now: float) -> None:
+        """What an `up` asks: `linger` seconds (a one-shot's), or None: held until `down`.
+        A tunnel already held until `down` stays so: a one-shot only borrows it."""
+        if linger is None:
+            self.linger = self.linger_until = None
+        elif self.linger is not None or self.linger_until is None:
+            self.linger = linger
+            self.linger_until = max(self.linger_until or 0.0, now + linger)
 
 
 class _Subscriber:
@@ -286,6 +302,7 @@ class Agent:
                     _log.info("no tunnels for %g s: exiting", self.idle_timeout)
                     break
                 self._check_address()
+                self._expire_lingering()
                 self._turn()
         finally:
             for conn in list(self._open.values()):
@@ -571,6 +588,33 @@ class Agent:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def _expire_lingering(self) -> None:
+        """Close the one-shot tunnels whose linger ran out with no client connected."""
+        now = time.time()
+        expired: list[Held] = []
+        with self._lock:
+            for held in list(self._held.values()):
+                if held.linger is None or held.linger_until is None or not held.ready.is_set():
+                    continue
+                if held.tunnel.status.connections > 0:
+                    held.linger_until = max(held.linger_until, now + held.linger)
+                elif now >= held.linger_until:
+                    del self._held[held.name]
+                    expired.append(held)
+        if not expired:
+            return
+        for held in expired:
+            _log.info("%s: linger of %g s over with no client: closing", held.name, held.linger)
+
+        def close() -> None:
+            self._stop_all(expired)
+            self._write_state()
+            for held in expired:
+                self._publish({"event": "removed", "name": held.name})
+
+        # Off the loop: closing waits a little for the tunnel's threads.
+        threading.Thread(target=close, name="agent-linger-close", daemon=True).start()
+
     def _idle_expired(self) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -764,6 +808,7 @@ class Agent:
             "pid": os.getpid(),
             "version": __version__,
             "protocol": protocol.VERSION,
+            "features": list(protocol.FEATURES),
             "started": self.started,
             "tunnels": count,
             "idle_timeout": self.idle_timeout,
@@ -830,6 +875,13 @@ class Agent:
         port = message.get("port")
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise AgentError(f"bad port {port!r}")
+        linger = message.get("linger")
+        if linger is not None and (
+            isinstance(linger, bool)
+            or not isinstance(linger, int | float)
+            or not 0 < linger <= protocol.MAX_LINGER
+        ):
+            raise AgentError(f"bad linger {linger!r}: seconds from 1 to {protocol.MAX_LINGER}")
         self._adopt_ssh_auth_sock(message.get("ssh_auth_sock"))
         profile = profiles.load(config, missing_ok=False).get(name)
 
@@ -867,8 +919,14 @@ class Agent:
                 tunnel.on_client = self._events.client
                 held = Held(name=name, profile=profile, cancel=cancel, tunnel=tunnel)
                 self._held[name] = held
+            hold = None if linger is None else float(linger)
+            if existing is None:
+                held.hold(hold, time.time())
         if existing is not None:
-            return self._join_existing(existing, profile, port)
+            reply = self._join_existing(existing, profile, port)
+            existing.hold(hold, time.time())
+            reply["tunnel"] = protocol.status_to_wire(existing.status())
+            return reply
         if replaced is not None:
             self._stop_all([replaced])
         _log.info("up %s (port %s)", name, port if port is not None else "from the profile")
@@ -1006,10 +1064,10 @@ def _closed_status(held: Held, cut: int) -> TunnelStatus:
 
 
 def _settings(profile: Profile) -> Profile:
-    """The profile minus what does not change the tunnel (its description)."""
+    """The profile minus what does not change the tunnel (its description, its linger)."""
     import dataclasses
 
-    return dataclasses.replace(profile, description="")
+    return dataclasses.replace(profile, description="", linger=0)
 
 
 def _text(message: dict[str, Any], key: str) -> str:
