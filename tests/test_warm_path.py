@@ -71,7 +71,8 @@ def importtime(
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        # os.environ, not the C environ: something in the test process puts COLUMNS/LINES there.
+        env=dict(os.environ) if env is None else env,
         check=False,
     )
     imported = {

@@ -128,6 +128,12 @@ class Held:
             status = dataclasses.replace(status, linger_until=self.linger_until)
         return status
 
+    def touch(self, now: float) -> None:
+        """A client is using a lingering tunnel: its linger starts again from now."""
+        linger, until = self.linger, self.linger_until
+        if linger is not None and until is not None:
+            self.linger_until = max(until, now + linger)
+
     def hold(self, linger: float | None, now: float) -> None:
         """What an `up` asks: `linger` seconds (a one-shot's), or None: held until `down`.
         A tunnel already held until `down` stays so: a one-shot only borrows it."""
@@ -591,14 +597,20 @@ class Agent:
     def _expire_lingering(self) -> None:
         """Close the one-shot tunnels whose linger ran out with no client connected."""
         now = time.time()
+        with self._lock:
+            lingering = [h for h in self._held.values() if h.linger is not None]
+        due: list[Held] = []
+        for held in lingering:
+            if held.linger is None or held.linger_until is None or not held.ready.is_set():
+                continue
+            if held.tunnel.status.connections > 0:
+                held.touch(now)
+            elif now >= held.linger_until:
+                due.append(held)
         expired: list[Held] = []
         with self._lock:
-            for held in list(self._held.values()):
-                if held.linger is None or held.linger_until is None or not held.ready.is_set():
-                    continue
-                if held.tunnel.status.connections > 0:
-                    held.linger_until = max(held.linger_until, now + held.linger)
-                elif now >= held.linger_until:
+            for held in due:
+                if self._held.get(held.name) is held and held.linger is not None:
                     del self._held[held.name]
                     expired.append(held)
         if not expired:
@@ -916,7 +928,7 @@ class Agent:
                     cancel=cancel,
                     supervise=True,
                 )
-                tunnel.on_client = self._events.client
+                tunnel.on_client = self._on_client(name)
                 held = Held(name=name, profile=profile, cancel=cancel, tunnel=tunnel)
                 self._held[name] = held
             hold = None if linger is None else float(linger)
@@ -1012,6 +1024,18 @@ class Agent:
         )
         self._events.status(status)
         self._publish({"event": "status", "tunnel": protocol.status_to_wire(status)})
+
+    def _on_client(self, name: str) -> Callable[[TunnelStatus, bool], None]:
+        """A tunnel's client callback: the event log, and a lingering tunnel's clock (no lock:
+        the tunnel's thread calls it, and `_held.get` and one float store are atomic)."""
+
+        def on_client(status: TunnelStatus, arrived: bool) -> None:
+            self._events.client(status, arrived)
+            held = self._held.get(name)
+            if held is not None:
+                held.touch(time.time())
+
+        return on_client
 
     def _publish(self, event: dict[str, Any]) -> None:
         with self._lock:

@@ -47,12 +47,13 @@ def _traffic(status: TunnelStatus) -> str:
 
 
 def _state(status: TunnelStatus) -> str:
-    """ "up", or "up (closes in 9 min)" for a one-shot's tunnel lingering with the agent."""
+    """ "up", or "up (9 min left)" for a one-shot's tunnel lingering with the agent (short: the
+    table fits 100 columns)."""
     if status.linger_until is None:
         return str(status.state)
     left = max(0, round(status.linger_until - time.time()))
     shown = f"{left} s" if left < 60 else f"{(left + 59) // 60} min"
-    return f"{status.state} (closes in {shown})"
+    return f"{status.state} ({shown} left)"
 
 
 def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
@@ -83,7 +84,7 @@ def status_cmd(as_json: bool) -> None:
     connections are open through it; bytes_* what it carried to (sent) and from (received)
     the database, rate_* in bytes per second over the last seconds (null where not counted);
     linger_until: when the agent closes a one-shot's lingering tunnel unless a client connects
-    first (ISO 8601; null: held until `down`). Such a tunnel shows "(closes in …)" in the table.
+    first (ISO 8601; null: held until `down`). Such a tunnel shows "(9 min left)" in the table.
     """
     client = AgentClient()
     statuses = client.status()
