@@ -271,6 +271,24 @@ class AgentClient:
             return None
         return next((t for t in tunnels if t.name == name), None)
 
+    def up_port(self, name: str) -> int | None:
+        """The local port of NAME's tunnel when the agent holds it up; None otherwise (no agent
+        too). As `find`, but reads the reply itself: the warm path (`cli.lean`) skips importing
+        `core.tunnel` (and through it the SSH modules) this way."""
+        try:
+            _check_name(name)
+            reply = self._ask("status", {"name": name})
+        except (AgentError, OSError):
+            return None
+        tunnels = reply.get("tunnels") if reply is not None else None
+        for tunnel in tunnels if isinstance(tunnels, list) else []:
+            if not isinstance(tunnel, dict) or tunnel.get("name") != name:
+                continue
+            port = tunnel.get("local_port")
+            if tunnel.get("state") == "up" and isinstance(port, int) and 0 < port <= 65535:
+                return port
+        return None
+
     def crashed(self) -> Crash | None:
         """Traces of an agent that died without cleaning up (none when one is alive)."""
         from tunnelman.agent.locks import is_locked, read_pid

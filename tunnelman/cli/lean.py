@@ -76,16 +76,11 @@ def _conn_format(rest: list[str]) -> str:
 def _held_port(name: str) -> int:
     """The port of NAME's tunnel when the agent holds it up; _Fallback otherwise."""
     from tunnelman.agent.client import AgentClient
-    from tunnelman.core.errors import TunnelmanError
-    from tunnelman.core.tunnel.base import TunnelState
 
-    try:
-        status = AgentClient().find(name)
-    except (TunnelmanError, OSError):
-        raise _Fallback from None
-    if status is None or status.state != TunnelState.UP or not status.local_port:
+    port = AgentClient().up_port(name)
+    if port is None:
         raise _Fallback
-    return status.local_port
+    return port
 
 
 def _load(config: str | None, name: str) -> Profile:
