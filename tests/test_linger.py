@@ -181,3 +181,18 @@ def test_the_protocol_addition(lab_profile: LabProfile) -> None:
     status = client.up("lab", lab_profile.config, 0)
     assert status.linger_until is None
     assert protocol.status_to_wire(status)["linger_until"] is None
+
+
+def test_older_peers_both_ways() -> None:
+    from tunnelman.agent.client import AgentInfo
+
+    # An older agent: no "features" in ping (the client then never sends "linger"), no
+    # "linger_until" in its tunnels.
+    assert AgentInfo.from_wire({"pid": 1, "protocol": 1}).features == ()
+    old = protocol.status_from_wire(
+        {"name": "lab", "state": "up", "local_port": 5433, "since": None, "reconnects": 0}
+    )
+    assert old.linger_until is None
+    assert old.to_json()["linger_until"] is None
+    with pytest.raises(protocol.ProtocolError, match="linger_until"):
+        protocol.status_from_wire({"name": "lab", "state": "up", "linger_until": "soon"})

@@ -610,7 +610,13 @@ class Agent:
         expired: list[Held] = []
         with self._lock:
             for held in due:
-                if self._held.get(held.name) is held and held.linger is not None:
+                # Still ours, still lingering, and not touched since we looked.
+                until = held.linger_until
+                if (
+                    self._held.get(held.name) is held
+                    and held.linger is not None
+                    and (until is not None and time.time() >= until)
+                ):
                     del self._held[held.name]
                     expired.append(held)
         if not expired:
