@@ -121,7 +121,10 @@ def test_clients_are_events_with_the_count_unless_brief() -> None:
     assert gone.kind == "client-disconnected"
 
 
-def test_a_long_connection_is_listed_by_the_timer(tmp_path: Path) -> None:
+def test_a_long_connection_is_listed_by_the_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ev, "BRIEF", 0.2)
     recorder = ev.EventRecorder(tmp_path / "events.jsonl")
     recorder.client(status(TunnelState.UP), arrived=True)
     wait_for(lambda: len(recorder.recent) == 1, ev.BRIEF + 5, "the connected event")
