@@ -53,8 +53,8 @@ from tunnelman.core.ssh.known_hosts import (
 )
 
 # Registered, but raised where no agent reply carries them: the agent's own start (`agent run`),
-# a client-side "no answer", and the one-shot commands, `tunnelman db` and the TUI's clipboard,
-# which run in the CLI's or the TUI's process.
+# a client-side "no answer", and the one-shot commands, `tunnelman db`, `tunnelman query` (the Data
+# API, no tunnel) and the TUI's clipboard, which run in the CLI's or the TUI's process.
 NEVER_SENT = {
     "AlreadyRunning",
     "AgentGone",
@@ -62,6 +62,7 @@ NEVER_SENT = {
     "Terminated",
     "ClipboardError",
     "DbOpsError",
+    "QueryError",
 }
 
 

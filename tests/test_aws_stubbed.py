@@ -9,6 +9,7 @@ in for AWS here only because nothing real can produce these answers on this mach
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -36,6 +37,13 @@ DENIED = (
 )
 
 
+@functools.cache
+def _botocore_session() -> Any:
+    """One botocore session for every stubbed client: it loads each service's model once
+    (a new session per client read the JSON again, half a second a test)."""
+    return botocore.session.get_session()
+
+
 class Stubs:
     """Stubbed botocore clients handed out instead of real ones (`aws_session.make_client`)."""
 
@@ -44,7 +52,7 @@ class Stubs:
 
     def __call__(self, service: str, region: str = REGION) -> Stubber:
         if (service, region) not in self.clients:
-            made = botocore.session.get_session().create_client(
+            made = _botocore_session().create_client(
                 service,
                 region_name=region,
                 aws_access_key_id="testing",

@@ -2,7 +2,8 @@
 
 In-process: the rules that turn a tunnel's successive statuses into events, the file's rotation,
 torn lines, and following it. Against the lab (OpenSSH sshd, PostgreSQL, the real agent through
-the real CLI): a tunnel the agent holds is opened, serves a client, loses its bastion's sessions
+the real CLI): a tunnel the agent holds is opened, serves a brief client (not listed) and one that
+stays, loses its bastion's sessions
 and comes back; `tunnelman log` lists opened → client-connected → client-disconnected →
 reconnecting → back-up, and still does after the agent has stopped; `--follow` prints an event as
 it happens.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.cli import TUNNELMAN, RunCli
@@ -96,14 +98,37 @@ def test_a_start_that_fails_is_one_failed_event() -> None:
     ]
 
 
-def test_clients_are_events_with_the_count() -> None:
-    recorder = ev.EventRecorder(None)
-    event = recorder.client(status(TunnelState.UP), arrived=True)
+def test_clients_are_events_with_the_count_unless_brief() -> None:
+    clock = Clock()
+    recorder = ev.EventRecorder(None, clock=clock)
+    assert recorder.client(status(TunnelState.UP), arrived=True) is None  # not listed yet
+    clock.now += 0.5
+    assert recorder.client(status(TunnelState.UP), arrived=False) is None  # brief: dropped
+    recorder.flush()
+    assert recorder.recent == []
+    recorder.client(status(TunnelState.UP), arrived=True)
+    clock.now += ev.BRIEF
+    recorder.flush()
+    (event,) = recorder.recent
     assert (event.kind, event.message, event.extra) == (
         "client-connected",
         "a client connected (0 open)",
         {"connections": 0},
     )
+    assert event.time == clock.now - ev.BRIEF  # when it connected, not when it was listed
+    gone = recorder.client(status(TunnelState.UP), arrived=False)
+    assert gone is not None
+    assert gone.kind == "client-disconnected"
+
+
+def test_a_long_connection_is_listed_by_the_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ev, "BRIEF", 0.2)
+    recorder = ev.EventRecorder(tmp_path / "events.jsonl")
+    recorder.client(status(TunnelState.UP), arrived=True)
+    wait_for(lambda: len(recorder.recent) == 1, ev.BRIEF + 5, "the connected event")
+    assert [e.kind for e in ev.read_events(tmp_path / "events.jsonl")] == ["client-connected"]
 
 
 def test_the_file_rotates_and_both_parts_are_read(
@@ -113,7 +138,7 @@ def test_the_file_rotates_and_both_parts_are_read(
     path = tmp_path / "events.jsonl"
     recorder = ev.EventRecorder(path)
     for n in range(40):
-        recorder.client(status(TunnelState.UP, port=n + 1), arrived=bool(n % 2))
+        recorder.status(status(TunnelState.UP if n % 2 else TunnelState.STOPPED, port=n + 1))
     assert path.with_name("events.jsonl.1").exists()
     assert path.stat().st_size <= 2000
     read = ev.read_events(path)
@@ -140,7 +165,7 @@ def test_torn_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
 def test_following_sees_new_lines_and_a_rotation(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     recorder = ev.EventRecorder(path)
-    recorder.client(status(TunnelState.UP), arrived=True)  # before: not followed
+    recorder.status(status(TunnelState.UP))  # before: not followed
     stop = threading.Event()
     seen: list[ev.TunnelEvent] = []
 
@@ -151,14 +176,14 @@ def test_following_sees_new_lines_and_a_rotation(tmp_path: Path) -> None:
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
     time.sleep(0.2)
-    recorder.client(status(TunnelState.UP), arrived=False)
+    recorder.status(status(TunnelState.STOPPED))
     wait_for(lambda: len(seen) == 1, 5, "the appended event")
     os.replace(path, path.with_name("events.jsonl.1"))
     recorder.status(status(TunnelState.UP))
     wait_for(lambda: len(seen) == 2, 5, "the event after the rotation")
     stop.set()
     thread.join(5)
-    assert [e.kind for e in seen] == ["client-disconnected", "opened"]
+    assert [e.kind for e in seen] == ["closed", "opened"]
 
 
 def test_backlog_then_tail_from_its_offset_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -213,7 +238,10 @@ def test_the_agent_s_events_outlive_it(
     try:
         time.sleep(1.0)  # the follower is reading the file's end
         port = up_detached("lab")
-        assert query(port, postgres) == 1
+        assert query(port, postgres) == 1  # brief: not listed
+        with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as held:
+            assert held.execute("select 1").fetchone() == (1,)
+            time.sleep(ev.BRIEF + 0.5)  # a client that stays: listed
         killed_at = time.monotonic()
         assert bastion.kill_sessions() >= 1
 

@@ -376,6 +376,7 @@ async def test_tui_accept_starts_the_cluster_and_opens_the_tunnel(
     assert _status(aws_env) == "available"
 
 
+@pytest.mark.lab  # the whole app under Pilot
 @sync
 async def test_tui_wait_keeps_the_ui_responsive_and_enter_cancels_it(
     stubs: Stubs, tmp_home: Path, monkeypatch: pytest.MonkeyPatch

@@ -71,7 +71,12 @@ def test_rates_come_from_the_last_samples_and_fade_when_sampling_stops() -> None
     assert stale.rates().received == 0  # nobody sampled lately: not "up"
 
 
-def test_the_sampler_runs_while_a_tunnel_is_up_and_ends_after() -> None:
+def test_the_sampler_runs_while_a_tunnel_is_up_and_ends_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tunnelman.core.tunnel import traffic as traffic_module
+
+    monkeypatch.setattr(traffic_module, "SAMPLE_INTERVAL", 0.1)
     traffic = Traffic()
     flow = traffic.flow()
     traffic.running(True)

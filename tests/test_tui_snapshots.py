@@ -9,6 +9,7 @@ Update after an intended change: `pytest tests/test_tui_snapshots.py --snapshot-
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +19,10 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from tests.tui_support import FIXED_NOW, FakeAws, FakeHost, wait_for
+from tests.tui_support import FIXED_NOW, FakeAws, FakeHost, fixed_health, wait_for
 from tunnelman.core.ssh.known_hosts import HostKeyInfo
 from tunnelman.tui.app import TunnelmanApp, make_app
+from tunnelman.tui.messages import TunnelChanged
 from tunnelman.tui.screens.modals import HostKeyChangedScreen, HostKeyScreen
 
 SIZE = (140, 40)
@@ -93,9 +95,18 @@ def app_with(
         aws=aws or FakeAws(),
         clock=lambda: FIXED_NOW,
         poll_interval=3600,
+        health=fixed_health,
     )
     app.animation_level = "none"  # the tab underline slides: a snapshot must not catch it mid-way
     return app
+
+
+async def opened(app: TunnelmanApp, pilot: Pilot[Any], name: str) -> None:
+    """enter, then wait for the tunnel to be up and its (fixed) health check to be shown."""
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.state_of(name)[0] == "up", 5)
+    await wait_for(pilot, lambda: app.state[name].health_shown() is not None, 5, "health")
+    await pilot.pause()
 
 
 async def settle(app: TunnelmanApp, pilot: Pilot[Any]) -> None:
@@ -116,19 +127,46 @@ def test_snapshot_list_with_an_open_tunnel(fixed_world: Path, snap_compare: Snap
     app = app_with(PROFILES, profile="staging")
 
     async def open_tunnel(pilot: Pilot[Any]) -> None:
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: app.state_of("staging")[0] == "up", 5)
-        await pilot.pause()
+        await opened(app, pilot, "staging")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=open_tunnel)
+
+
+def test_snapshot_live_traffic_and_health(fixed_world: Path, snap_compare: SnapCompare) -> None:
+    """Bytes, rates, the sparkline of a COPY a minute ago and one now, the list's rate column."""
+    app = app_with(PROFILES, profile="staging")
+
+    async def busy(pilot: Pilot[Any]) -> None:
+        await opened(app, pilot, "staging")
+        status = app.state["staging"].tunnel
+        assert status is not None
+        mb = 1024 * 1024
+        app.post_message(
+            TunnelChanged(
+                "staging",
+                dataclasses.replace(
+                    status,
+                    bytes_sent=183_500,
+                    bytes_received=52 * mb,
+                    rate_sent=12_300.0,
+                    rate_received=2.1 * mb,
+                ),
+            )
+        )
+        ramp = [0.0] * 60 + [i * 0.4 * mb for i in range(10)] + [3.5 * mb] * 20 + [0.0] * 120
+        app.state["staging"].rates.extend([*ramp, *[2.1 * mb] * 30])
+        await wait_for(pilot, lambda: app.state["staging"].rate() is not None, 5, "the rate")
+        app.main.refresh_profile("staging")  # type: ignore[union-attr]
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=busy)
 
 
 def test_snapshot_connection_settings(fixed_world: Path, snap_compare: SnapCompare) -> None:
     app = app_with(PROFILES, profile="staging")
 
     async def show(pilot: Pilot[Any]) -> None:
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: app.state_of("staging")[0] == "up", 5)
+        await opened(app, pilot, "staging")
         await pilot.press("c")
         await pilot.pause()
 

@@ -304,7 +304,6 @@ def test_the_event_log_of_the_agent_s_tunnel(smoke: dict[str, Any]) -> None:
     """events.jsonl on Windows: written by the agent, read by `tunnelman log`, after `down`."""
     events = [e["event"] for e in json.loads(_ok(_step(smoke, "log_json")))]
     assert events[:1] == ["opened"], events
-    assert "client-connected" in events, events
     assert events[-1] == "closed", events
 
 

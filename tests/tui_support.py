@@ -1,8 +1,9 @@
 """Helpers for the TUI tests: waiting in a Pilot, reading widgets, a hanging bastion, stand-ins.
 
-`FakeHost` and `FakeAws` exist only for the SVG snapshots, which must not depend on random ports,
+`FakeHost`, `FakeAws` and `fixed_health` exist only for the SVG snapshots, which must not depend on random ports,
 real clocks or moto's random endpoint names; every behaviour they stand in for is also tested
-against the real lab (sshd, PostgreSQL, moto) in tests/test_tui_lab.py.
+against the real lab (sshd, PostgreSQL, moto) in tests/test_tui_lab.py (the health check and the
+traffic figures in tests/test_tui_traffic.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from tunnelman.core.aws import Action, Database, Discovery, Member, Need
+from tunnelman.core.health import Health
 from tunnelman.core.tunnel import TunnelState, TunnelStatus
 from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnRemoved, OnStatus
 
@@ -240,3 +242,11 @@ class FakeAws:
     def discover(self, regions: Sequence[str] = (), *, aws_profile: str | None = None) -> Discovery:
         self.calls.append(f"discover {' '.join(regions)}".rstrip())
         return Discovery(regions=list(regions), databases=[self.cluster])
+
+
+FIXED_HEALTH = Health("ok", reach_ms=4.1, round_trip_ms=3.2, server_version="15.5", postgis="3.3.2")
+
+
+def fixed_health(profile: Profile, port: int) -> Health:
+    """The snapshots' health check: always `FIXED_HEALTH` (a `HealthProbe`)."""
+    return FIXED_HEALTH

@@ -50,6 +50,10 @@ class AgentGone(AgentError):
     """No agent answered: none runs, or it exited (idle, crashed) during the request."""
 
 
+class FeatureMissing(AgentError):
+    """The running agent is older than this client and lacks a feature the request needs."""
+
+
 @dataclass(frozen=True)
 class AgentInfo:
     """What a running agent says about itself (`ping`)."""
@@ -63,6 +67,7 @@ class AgentInfo:
     transport: str
     address: str
     log: str
+    features: tuple[str, ...] = ()
 
     @classmethod
     def from_wire(cls, reply: dict[str, Any]) -> AgentInfo:
@@ -89,6 +94,7 @@ class AgentInfo:
             transport=text("transport", "?"),
             address=text("address", ""),
             log=text("log", ""),
+            features=_features(reply.get("features")),
         )
 
 
@@ -265,6 +271,24 @@ class AgentClient:
             return None
         return next((t for t in tunnels if t.name == name), None)
 
+    def up_port(self, name: str) -> int | None:
+        """The local port of NAME's tunnel when the agent holds it up; None otherwise (no agent
+        too). As `find`, but reads the reply itself: the warm path (`cli.lean`) skips importing
+        `core.tunnel` (and through it the SSH modules) this way."""
+        try:
+            _check_name(name)
+            reply = self._ask("status", {"name": name})
+        except (AgentError, OSError):
+            return None
+        tunnels = reply.get("tunnels") if reply is not None else None
+        for tunnel in tunnels if isinstance(tunnels, list) else []:
+            if not isinstance(tunnel, dict) or tunnel.get("name") != name:
+                continue
+            port = tunnel.get("local_port")
+            if tunnel.get("state") == "up" and isinstance(port, int) and 0 < port <= 65535:
+                return port
+        return None
+
     def crashed(self) -> Crash | None:
         """Traces of an agent that died without cleaning up (none when one is alive)."""
         from tunnelman.agent.locks import is_locked, read_pid
@@ -292,12 +316,15 @@ class AgentClient:
         *,
         host_keys: HostKeyPolicy | None = None,
         timeout: float = UP_TIMEOUT,
+        linger: float | None = None,
     ) -> TunnelStatus:
         """Have the agent open NAME's tunnel (starting the agent if needed); return once it is up.
 
         `config` is the profile file the agent reads NAME from. `host_keys`: `accept_new` is passed
         on; `ask` is asked here about an unknown key (see the module docstring). Raises the error
         the agent met (HostKeyUnknown, AuthenticationFailed, PortBusyError, …).
+        `linger`: seconds the agent keeps the tunnel once no client uses it (a one-shot's); None:
+        held until `down`. FeatureMissing when the running agent is too old to linger.
         """
         from tunnelman.core.ssh.known_hosts import HostKeyUnknown
 
@@ -311,6 +338,15 @@ class AgentClient:
             "accept_new": accept_new,
             "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK"),
         }
+        if linger is not None:
+            info = self.ensure_running()
+            if "linger" not in info.features:
+                raise FeatureMissing(
+                    f"the running agent (pid {info.pid}, tunnelman {info.version}) cannot linger",
+                    hint="`tunnelman agent stop` (its tunnels close); the next command starts a "
+                    "newer one",
+                )
+            fields["linger"] = linger
         try:
             reply = self._up(timeout, fields)
         except HostKeyUnknown as exc:
@@ -514,6 +550,13 @@ class AgentClient:
                     hint=f"see its log {log_path()}",
                 )
             time.sleep(0.05)
+
+
+def _features(value: object) -> tuple[str, ...]:
+    """`ping`'s feature names (an older agent sends none)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def _check_name(name: str) -> None:

@@ -6,7 +6,7 @@ may carry several requests in turn::
     {"v": 1, "op": "ping"}                         -> {"v": 1, "ok": true, "pid": 123, "version": "0.1.0", ...}
     {"v": 1, "op": "status", "name": "prod"?}      -> {"ok": true, "tunnels": [TUNNEL, ...]}
     {"v": 1, "op": "up", "name": "prod", "config": "/abs/profiles.toml", "port": 5433 | null,
-     "accept_new": false, "accept_fingerprint": "SHA256:..." | null}
+     "accept_new": false, "accept_fingerprint": "SHA256:..." | null, "linger": seconds?}
                                                    -> {"ok": true, "tunnel": TUNNEL}   (once the port is ready)
     {"v": 1, "op": "down", "name": "prod"}         -> {"ok": true, "tunnel": TUNNEL}
     {"v": 1, "op": "down_all"}                     -> {"ok": true, "tunnels": [TUNNEL, ...]}
@@ -17,7 +17,8 @@ may carry several requests in turn::
     {"v": 1, "op": "shutdown"}                     -> {"ok": true}; the agent closes its tunnels and exits
 
     TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections",
-              "bytes_sent", "bytes_received" (n | null), "rate_sent", "rate_received" (bytes/s | null)}
+              "bytes_sent", "bytes_received" (n | null), "rate_sent", "rate_received" (bytes/s | null),
+              "linger_until" (epoch s | null)}
     failure = {"ok": false, "error": "one line", "kind": "HostKeyUnknown",
                "ancestry": ["HostKeyError", "TunnelmanError"], "message", "hint", "exit_code": n,
                ...the class's own fields (`wire_fields()`):
@@ -29,6 +30,14 @@ may carry several requests in turn::
     `core.errors`), else as the first of "ancestry" it knows, else as an AgentError; "exit_code"
     keeps the CLI's exit status when it is not the same class. "port"/"pid" are a PortBusyError's
     port and holder, "problems" the first 20 of a ConfigProblems' list and "total" their number.)
+
+Additions stay within version 1 and are optional both ways: an older client sends no "linger"
+and ignores "linger_until"; a newer client reads their absence as "none". `ping` lists what the
+agent understands in `"features"` (["linger"]): a client sends `"linger"` only to an agent that
+names it, since an older one would ignore it and hold the tunnel until `down`.
+`"linger": seconds` (1 to a day) on `up` makes the tunnel a one-shot's: the agent closes it once
+no client connection has been open through it for that long (each connection restarts the
+count); `up` without it on a lingering tunnel makes it held until `down`, as `up --detach` says.
 
 Over TCP (no AF_UNIX) every request also carries `"token"`, read from the agent's 0600 state file.
 
@@ -77,6 +86,8 @@ MAX_WORKERS = 64
 EVICT_GRACE = 0.25
 # Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
 _MAX_EPOCH = 253402300799.0
+FEATURES = ("linger",)
+MAX_LINGER = 86400  # as profiles.LINGER_MAX: a day
 OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown"})
 
 
@@ -162,6 +173,7 @@ def status_to_wire(status: TunnelStatus) -> dict[str, Any]:
         "bytes_received": status.bytes_received,
         "rate_sent": status.rate_sent,
         "rate_received": status.rate_received,
+        "linger_until": status.linger_until,
     }
 
 
@@ -198,6 +210,7 @@ def status_from_wire(data: Any) -> TunnelStatus:
         bytes_received=reply_int(data, "bytes_received", what=what + "bytes_received", null=True),
         rate_sent=reply_number(data, "rate_sent", what=what + "rate_sent", null=True),
         rate_received=reply_number(data, "rate_received", what=what + "rate_received", null=True),
+        linger_until=reply_number(data, "linger_until", what=what + "linger_until", null=True),
     )
 
 

@@ -107,6 +107,9 @@ class Held:
     cancel: threading.Event
     ready: threading.Event = field(default_factory=threading.Event)  # start() returned or raised
     failure: BaseException | None = None
+    # A one-shot's tunnel: closed `linger` seconds after its last client connection closed.
+    linger: float | None = None
+    linger_until: float | None = None  # epoch; pushed forward while a client is connected
 
     @property
     def is_open(self) -> bool:
@@ -119,7 +122,26 @@ class Held:
             import dataclasses
 
             status = dataclasses.replace(status, state=TunnelState.STARTING)
+        if self.linger_until is not None:
+            import dataclasses
+
+            status = dataclasses.replace(status, linger_until=self.linger_until)
         return status
+
+    def touch(self, now: float) -> None:
+        """A client is using a lingering tunnel: its linger starts again from now."""
+        linger, until = self.linger, self.linger_until
+        if linger is not None and until is not None:
+            self.linger_until = max(until, now + linger)
+
+    def hold(self, linger: float | None, now: float) -> None:
+        """What an `up` asks: `linger` seconds (a one-shot's), or None: held until `down`.
+        A tunnel already held until `down` stays so: a one-shot only borrows it."""
+        if linger is None:
+            self.linger = self.linger_until = None
+        elif self.linger is not None or self.linger_until is None:
+            self.linger = linger
+            self.linger_until = max(self.linger_until or 0.0, now + linger)
 
 
 class _Subscriber:
@@ -286,6 +308,7 @@ class Agent:
                     _log.info("no tunnels for %g s: exiting", self.idle_timeout)
                     break
                 self._check_address()
+                self._expire_lingering()
                 self._turn()
         finally:
             for conn in list(self._open.values()):
@@ -571,6 +594,45 @@ class Agent:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def _expire_lingering(self) -> None:
+        """Close the one-shot tunnels whose linger ran out with no client connected."""
+        now = time.time()
+        with self._lock:
+            lingering = [h for h in self._held.values() if h.linger is not None]
+        due: list[Held] = []
+        for held in lingering:
+            if held.linger is None or held.linger_until is None or not held.ready.is_set():
+                continue
+            if held.tunnel.status.connections > 0:
+                held.touch(now)
+            elif now >= held.linger_until:
+                due.append(held)
+        expired: list[Held] = []
+        with self._lock:
+            for held in due:
+                # Still ours, still lingering, and not touched since we looked.
+                until = held.linger_until
+                if (
+                    self._held.get(held.name) is held
+                    and held.linger is not None
+                    and (until is not None and time.time() >= until)
+                ):
+                    del self._held[held.name]
+                    expired.append(held)
+        if not expired:
+            return
+        for held in expired:
+            _log.info("%s: linger of %g s over with no client: closing", held.name, held.linger)
+
+        def close() -> None:
+            self._stop_all(expired)
+            self._write_state()
+            for held in expired:
+                self._publish({"event": "removed", "name": held.name})
+
+        # Off the loop: closing waits a little for the tunnel's threads.
+        threading.Thread(target=close, name="agent-linger-close", daemon=True).start()
+
     def _idle_expired(self) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -764,6 +826,7 @@ class Agent:
             "pid": os.getpid(),
             "version": __version__,
             "protocol": protocol.VERSION,
+            "features": list(protocol.FEATURES),
             "started": self.started,
             "tunnels": count,
             "idle_timeout": self.idle_timeout,
@@ -830,6 +893,13 @@ class Agent:
         port = message.get("port")
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise AgentError(f"bad port {port!r}")
+        linger = message.get("linger")
+        if linger is not None and (
+            isinstance(linger, bool)
+            or not isinstance(linger, int | float)
+            or not 0 < linger <= protocol.MAX_LINGER
+        ):
+            raise AgentError(f"bad linger {linger!r}: seconds from 1 to {protocol.MAX_LINGER}")
         self._adopt_ssh_auth_sock(message.get("ssh_auth_sock"))
         profile = profiles.load(config, missing_ok=False).get(name)
 
@@ -864,11 +934,17 @@ class Agent:
                     cancel=cancel,
                     supervise=True,
                 )
-                tunnel.on_client = self._events.client
+                tunnel.on_client = self._on_client(name)
                 held = Held(name=name, profile=profile, cancel=cancel, tunnel=tunnel)
                 self._held[name] = held
+            hold = None if linger is None else float(linger)
+            if existing is None:
+                held.hold(hold, time.time())
         if existing is not None:
-            return self._join_existing(existing, profile, port)
+            reply = self._join_existing(existing, profile, port)
+            existing.hold(hold, time.time())
+            reply["tunnel"] = protocol.status_to_wire(existing.status())
+            return reply
         if replaced is not None:
             self._stop_all([replaced])
         _log.info("up %s (port %s)", name, port if port is not None else "from the profile")
@@ -955,6 +1031,18 @@ class Agent:
         self._events.status(status)
         self._publish({"event": "status", "tunnel": protocol.status_to_wire(status)})
 
+    def _on_client(self, name: str) -> Callable[[TunnelStatus, bool], None]:
+        """A tunnel's client callback: the event log, and a lingering tunnel's clock (no lock:
+        the tunnel's thread calls it, and `_held.get` and one float store are atomic)."""
+
+        def on_client(status: TunnelStatus, arrived: bool) -> None:
+            self._events.client(status, arrived)
+            held = self._held.get(name)
+            if held is not None:
+                held.touch(time.time())
+
+        return on_client
+
     def _publish(self, event: dict[str, Any]) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
@@ -1006,10 +1094,10 @@ def _closed_status(held: Held, cut: int) -> TunnelStatus:
 
 
 def _settings(profile: Profile) -> Profile:
-    """The profile minus what does not change the tunnel (its description)."""
+    """The profile minus what does not change the tunnel (its description, its linger)."""
     import dataclasses
 
-    return dataclasses.replace(profile, description="")
+    return dataclasses.replace(profile, description="", linger=0)
 
 
 def _text(message: dict[str, Any], key: str) -> str:

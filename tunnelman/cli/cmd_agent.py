@@ -46,11 +46,21 @@ def _traffic(status: TunnelStatus) -> str:
     return f"{human_bytes(status.bytes_sent)} / {human_bytes(status.bytes_received)}"
 
 
+def _state(status: TunnelStatus) -> str:
+    """ "up", or "up (9 min left)" for a one-shot's tunnel lingering with the agent (short: the
+    table fits 100 columns)."""
+    if status.linger_until is None:
+        return str(status.state)
+    left = max(0, round(status.linger_until - time.time()))
+    shown = f"{left} s" if left < 60 else f"{(left + 59) // 60} min"
+    return f"{status.state} ({shown} left)"
+
+
 def _rows(statuses: list[TunnelStatus]) -> list[list[object]]:
     return [
         [
             s.name,
-            str(s.state),
+            _state(s),
             f"127.0.0.1:{s.local_port}" if s.local_port else "",
             _ago(s.since),
             s.reconnects,
@@ -69,10 +79,12 @@ def status_cmd(as_json: bool) -> None:
 
     \b
     JSON: [{name, state, local_port, since, reconnects, error, connections, bytes_sent,
-    bytes_received, rate_sent, rate_received}], state one of starting, up, reconnecting,
+    bytes_received, rate_sent, rate_received, linger_until}], state one of starting, up, reconnecting,
     failed, stopped; since is when it last came up (ISO 8601); connections is how many client
     connections are open through it; bytes_* what it carried to (sent) and from (received)
-    the database, rate_* in bytes per second over the last seconds (null where not counted).
+    the database, rate_* in bytes per second over the last seconds (null where not counted);
+    linger_until: when the agent closes a one-shot's lingering tunnel unless a client connects
+    first (ISO 8601; null: held until `down`). Such a tunnel shows "(9 min left)" in the table.
     """
     client = AgentClient()
     statuses = client.status()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +24,7 @@ from tunnelman.core.errors import ClientError, CredentialError, TunnelmanError
 from tunnelman.core.platform import paths, shells
 from tunnelman.core.profiles import Profile
 
+F = TypeVar("F", bound=Callable[..., Any])
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
@@ -67,12 +70,68 @@ def _leading_flag(args: tuple[str, ...]) -> tuple[bool, list[str]]:
     return found, rest
 
 
+def linger_option(fn: F) -> F:
+    """`--linger DURATION` (parameter `linger`: seconds, or None when not given)."""
+    return click.option(
+        "--linger",
+        metavar="DURATION",
+        default=None,
+        callback=_linger_value,
+        help='Leave the tunnel with the agent this long after the command ends ("10m", "90s"; '
+        "0: close at once), so the next one-shot is warm (default: the profile's linger, off).",
+    )(fn)
+
+
+def _linger_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from tunnelman.core.profiles import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _linger_up(
+    ctx: click.Context, profile: Profile, linger: int, accept_new_host_key: bool
+) -> int | None:
+    """Have the agent hold the tunnel for `linger` seconds past its last use; its port, or None
+    when the agent cannot (too old; a key only a prompt here can open): then an in-process one."""
+    from tunnelman.agent.client import AgentClient, FeatureMissing
+    from tunnelman.cli.main import get_ctx
+    from tunnelman.core import profiles
+    from tunnelman.core.errors import PassphraseRequired
+
+    config = profiles.config_path(get_ctx(ctx).config).expanduser().absolute()
+    if sys.stderr.isatty():
+        progress(
+            f"tunnelman: opening a tunnel to '{profile.name}' via {profile.bastion} "
+            f"(the agent keeps it {_duration(linger)} after) …"
+        )
+    try:
+        status = AgentClient(notify=err).up(
+            profile.name, config, 0, host_keys=host_key_policy(accept_new_host_key), linger=linger
+        )
+    except (FeatureMissing, PassphraseRequired) as exc:
+        err(f"tunnelman: note: no linger this time: {exc.message}")
+        return None
+    return status.local_port
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
 def _run_oneshot(
     ctx: click.Context,
     name: str,
     argv: list[str],
     accept_new_host_key: bool,
     start_cluster: bool = False,
+    linger: int | None = None,
 ) -> None:
     from tunnelman.core import oneshot
 
@@ -83,6 +142,9 @@ def _run_oneshot(
     if port is None or start_cluster:
         # The agent's tunnel is reused without asking AWS unless the flag says to check.
         profile = prepare(ctx, profile, start_cluster=start_cluster, announce=port is None)
+    lingering = profile.linger if linger is None else linger
+    if port is None and lingering > 0:
+        port = _linger_up(ctx, profile, lingering, accept_new_host_key)
     if port is None and sys.stderr.isatty():
         progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
     code = oneshot.run(
@@ -99,6 +161,7 @@ def _run_oneshot(
 @click.command("psql", context_settings=_PASSTHROUGH)
 @accept_new_host_key_option
 @start_cluster_option
+@linger_option
 @click.argument("name")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -108,6 +171,7 @@ def psql_cmd(
     psql_args: tuple[str, ...],
     accept_new_host_key: bool,
     start_cluster: bool,
+    linger: int | None,
 ) -> None:
     """Run psql against NAME through the tunnel, then close it; returns psql's exit code.
 
@@ -116,14 +180,17 @@ def psql_cmd(
     The password reaches psql only through a temporary PGPASSFILE (0600), removed afterwards.
     A tunnel the agent already holds for NAME is reused. A stopped cluster: asked whether to
     start it (--start-cluster, before NAME or right after it: started without asking).
+    --linger 10m (or the profile's `linger`) leaves the tunnel with the agent for that long
+    after psql ends, so the next one-shot is warm (`tunnelman status` shows it, `down` ends it).
     """
     flag, rest = _leading_flag(psql_args)
-    _run_oneshot(ctx, name, ["psql", *rest], accept_new_host_key, start_cluster or flag)
+    _run_oneshot(ctx, name, ["psql", *rest], accept_new_host_key, start_cluster or flag, linger)
 
 
 @click.command("exec", context_settings=_PASSTHROUGH)
 @accept_new_host_key_option
 @start_cluster_option
+@linger_option
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -133,12 +200,14 @@ def exec_cmd(
     command: tuple[str, ...],
     accept_new_host_key: bool,
     start_cluster: bool,
+    linger: int | None,
 ) -> None:
     """Run any libpq program against NAME through the tunnel: `tunnelman exec NAME -- CMD [ARGS…]`.
 
     CMD gets PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE and a temporary PGPASSFILE, e.g.
     `tunnelman exec prod -- pg_dump --schema-only -t public.pts`, or ogr2ogr, pgcli, qgis.
-    Returns CMD's exit code; the tunnel closes when CMD ends.
+    Returns CMD's exit code; the tunnel closes when CMD ends (with --linger, or the profile's
+    `linger`: that long after, with the agent; see `tunnelman psql --help`).
     """
     flag, argv = _leading_flag(command)
     start_cluster = start_cluster or flag
@@ -146,7 +215,7 @@ def exec_cmd(
         argv = argv[1:]
     if not argv:
         raise click.UsageError("no command given: tunnelman exec NAME -- CMD [ARGS…]")
-    _run_oneshot(ctx, name, argv, accept_new_host_key, start_cluster)
+    _run_oneshot(ctx, name, argv, accept_new_host_key, start_cluster, linger)
 
 
 @click.command("env")

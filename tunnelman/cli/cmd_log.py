@@ -43,7 +43,8 @@ def log_cmd(name: str | None, follow: bool, count: int, as_json: bool) -> None:
     failed, closed, cluster state changes seen by the TUI, with the time and the reason.
 
     Kept by the agent for the tunnels it holds, and by `tunnelman up` in the foreground, in
-    events.jsonl beside tunnelman's log file; it outlives the agent and the TUI.
+    events.jsonl beside tunnelman's log file; it outlives the agent and the TUI. A client
+    connection shorter than 2 s (a health check, a quick `psql -c`) is not listed.
 
     \b
     JSON: [{time, name, event, message, ...}], event one of opened, client-connected,

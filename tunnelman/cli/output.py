@@ -6,7 +6,6 @@ Commands call these instead of `print` so that output stays testable and a ruff 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -14,28 +13,9 @@ from typing import Any
 
 import click
 
-# Characters our output uses that a legacy code page may lack (cp1252 has "…" but not "→").
-_GLYPHS = "→✓✗…"
+from tunnelman.cli.lean import ensure_encodable_streams
 
-
-def ensure_encodable_streams() -> None:
-    """Switch stdout/stderr to UTF-8 when their encoding cannot print our output.
-
-    Windows writes a redirected stream (a file, a pipe) in the ANSI code page, cp1252 in the West,
-    where "→" or "✓" raise UnicodeEncodeError in the middle of a command. UTF-8 is what
-    PYTHONUTF8=1 (Python's default from 3.15) gives, and it keeps non-ASCII data in --json
-    intact. A console, or any stream that can encode them (Linux, macOS), is left as it is.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        encoding = getattr(stream, "encoding", None)
-        reconfigure = getattr(stream, "reconfigure", None)
-        if not encoding or reconfigure is None:
-            continue
-        try:
-            _GLYPHS.encode(encoding)
-        except (UnicodeEncodeError, LookupError):
-            with contextlib.suppress(Exception):
-                reconfigure(encoding="utf-8", errors="replace")
+__all__ = ["ensure_encodable_streams"]  # re-exported: the lean entry point owns it (no click)
 
 
 def out(text: str = "") -> None:

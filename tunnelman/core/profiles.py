@@ -43,6 +43,8 @@ NAME_HINT = "use letters, digits, '-', '_' or '.', starting with a letter or dig
 
 CONNECT_TIMEOUT_RANGE = (1, 3600)
 """Seconds; past an hour the socket timeout is a hang in all but name (and 10**12 overflows)."""
+LINGER_MAX = 86400
+"""Seconds a one-shot's tunnel may linger with the agent: a day; longer is `up --detach`'s job."""
 KEEPALIVE_RANGE = (1, 3600)
 """Seconds between keepalives; the dead-link probe and TCP_USER_TIMEOUT are derived from it."""
 MAX_TEXT = 4096
@@ -287,6 +289,7 @@ class Profile:
     keepalive: int = 15
     ssh_config: bool | Path = True
     jump: tuple[Bastion, ...] = ()
+    linger: int = 0  # seconds a one-shot's tunnel stays with the agent after it; 0: off
     # The keys the file (the profile or [defaults]) set: those win over ~/.ssh/config.
     stated: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -426,6 +429,45 @@ def _seconds(bounds: tuple[int, int]) -> _Converter:
         return value
 
     return convert
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+DURATION_HINT = 'a duration such as "90s", "10m", "1h30m" (or 0 / "off")'
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in "90s", "10m", "1h30m", a bare number of seconds, or "off"/"0" (0).
+
+    ValueError (a reason a person can act on) for anything else or more than LINGER_MAX."""
+    raw = text.strip().lower()
+    if raw in ("off", "0", "no", "false"):
+        return 0
+    if raw.isdigit():
+        seconds = int(raw)
+    else:
+        match = _DURATION_RE.fullmatch(raw)
+        if not raw or match is None:
+            raise ValueError(f"{text!r} is not {DURATION_HINT}")
+        hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds > LINGER_MAX:
+        raise ValueError(f"{text!r} is more than a day ({LINGER_MAX} s)")
+    return seconds
+
+
+def _duration(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise _bad(key, f"must be {DURATION_HINT}, not {_show(value)}")
+    if isinstance(value, int):
+        if not 0 <= value <= LINGER_MAX:
+            raise _bad(key, f"must be 0-{LINGER_MAX} seconds, not {_show(value)}")
+        return value
+    if not isinstance(value, str):
+        raise _bad(key, f"must be {DURATION_HINT}, not {_tname(value)}")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _bad(key, str(exc)) from None
 
 
 def _bool(value: Any, key: str) -> bool:
@@ -593,6 +635,7 @@ SCHEMA: dict[str, _Converter] = {
     "keepalive": _seconds(KEEPALIVE_RANGE),
     "ssh_config": _ssh_config,
     "jump": _jump,
+    "linger": _duration,
 }
 """Every key a profile (or `[defaults]`) may hold, with its converter."""
 

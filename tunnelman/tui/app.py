@@ -20,6 +20,7 @@ from tunnelman.core import profiles as prof
 from tunnelman.tui.actions.cluster import ClusterActions
 from tunnelman.tui.actions.db import DbActions
 from tunnelman.tui.actions.events import EventActions
+from tunnelman.tui.actions.health import HealthActions, HealthProbe
 from tunnelman.tui.actions.next import NextActions
 from tunnelman.tui.actions.profiles import ProfileActions
 from tunnelman.tui.actions.settings import SettingsActions
@@ -41,6 +42,7 @@ class TunnelmanApp(
     SettingsActions,
     DbActions,
     EventActions,
+    HealthActions,
     NextActions,
 ):
     """tunnelman's terminal UI."""
@@ -197,8 +199,9 @@ def make_app(
     aws: AwsApi | None = None,
     clock: Callable[[], float] = time.time,
     poll_interval: float = 1.0,
+    health: HealthProbe | None = None,
 ) -> TunnelmanApp:
-    """The one factory for the CLI and the tests. `host`/`aws`/`clock` are for tests."""
+    """The one factory for the CLI and the tests. `host`/`aws`/`clock`/`health` are for tests."""
     return TunnelmanApp(
         prof.config_path(config_path),
         initial_profile=initial_profile,
@@ -206,6 +209,7 @@ def make_app(
         aws=aws,
         clock=clock,
         poll_interval=poll_interval,
+        health=health,
     )
 
 

@@ -10,7 +10,7 @@ everything out, these styles included; the badges' glyphs (● ↻ ✗ ○) stil
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -22,6 +22,7 @@ from tunnelman.tui.state import CONNECTING, is_open
 
 if TYPE_CHECKING:
     from tunnelman.core.aws import Database, Member
+    from tunnelman.core.health import Health
     from tunnelman.core.profiles import Profile
     from tunnelman.core.tunnel import TunnelStatus
     from tunnelman.tui.state import Shown
@@ -46,9 +47,9 @@ _STATE_COLOURS = {
     "closing": "warning",
 }
 # Before any app has said its theme (tests of these functions): Rich's named colours.
-_DEFAULT_COLOURS = {"success": "green", "warning": "yellow", "error": "red"}
+_DEFAULT_COLOURS = {"success": "green", "warning": "yellow", "error": "red", "accent": "cyan"}
 COLOURS: dict[str, str] = dict(_DEFAULT_COLOURS)
-"""The theme's success / warning / error colours, as Rich styles (`use_theme` sets them)."""
+"""The theme's success / warning / error / accent colours, as Rich styles (`use_theme` sets them)."""
 
 
 def use_theme(variables: Mapping[str, str]) -> None:
@@ -58,7 +59,7 @@ def use_theme(variables: Mapping[str, str]) -> None:
 
 
 def colour(name: str) -> str:
-    """The theme colour `name` (success, warning, error) as a Rich style."""
+    """The theme colour `name` (success, warning, error, accent) as a Rich style."""
     return COLOURS.get(name, "")
 
 
@@ -114,6 +115,51 @@ def clock_time(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+SPARK_COLUMNS = 50
+"""The sparkline's width: five minutes of one-a-second samples, six seconds a column."""
+SPARK_FLOOR = 16 * 1024.0
+"""Bytes/s the top of the sparkline stands for at least: an idle tunnel's few bytes (the health
+check's) stay low bars instead of filling the scale."""
+IDLE_RATE = 1024.0
+"""Below this many bytes/s the list's rate column is blank."""
+HEALTH_COLOURS = {"ok": "success", "warning": "warning", "error": "error"}
+"""Health level -> theme colour (`colour`); an error is bold too."""
+
+
+def sparkline(
+    values: Sequence[float], columns: int = SPARK_COLUMNS, per: int = 6, floor: float = SPARK_FLOOR
+) -> str:
+    """The last `columns` × `per` values as bars, newest on the right; each bar the highest of
+    its `per` values, scaled to the highest of all (at least `floor`). "" for no values."""
+    if not values:
+        return ""
+    recent = list(values)[-columns * per :]
+    start = len(recent) % per
+    buckets = [max(recent[:start])] if start else []
+    buckets += [max(recent[i : i + per]) for i in range(start, len(recent), per)]
+    top = max(*buckets, floor)
+    steps = len(SPARKS) - 1
+    return "".join(SPARKS[min(steps, round(v / top * steps))] for v in buckets)
+
+
+def rate_cell(rate: float | None) -> str:
+    """The list's rate column: "2.1 MB/s", blank when idle or not counted."""
+    if rate is None or rate < IDLE_RATE:
+        return ""
+    return f"{human_bytes(rate)}/s"
+
+
+def health_line(health: Health | None, *, checking: bool) -> Text:
+    """The detail pane's "health" row: the last check, or that one is under way."""
+    if health is None:
+        return Text("checking…" if checking else "not checked yet", style="dim italic")
+    return Text(
+        health.summary(),
+        style=("bold " if health.level == "error" else "") + colour(HEALTH_COLOURS[health.level]),
+    )
+
+
 def _row(text: Text, label: str, value: str | Text, style: str = "") -> None:
     text.append(f"{label:<12}", style="bold")
     if isinstance(value, Text):
@@ -144,9 +190,17 @@ def profile_text(profile: Profile) -> Text:
 
 
 def tunnel_text(
-    view: TunnelStatus | None, *, connecting: bool, last_error: str | None, now: float
+    view: TunnelStatus | None,
+    *,
+    connecting: bool,
+    last_error: str | None,
+    now: float,
+    history: Sequence[float] = (),
+    health: Health | None = None,
+    health_checking: bool = False,
 ) -> Text:
-    """Tunnel state: up since, port, open connections, traffic, reconnects, last error."""
+    """Tunnel state: up since, port, the database's health, open connections, traffic with its
+    sparkline (`history`: bytes/s a second, oldest first), reconnects, last error."""
     text = Text()
     state: Shown = CONNECTING if connecting else (view.state if view else TunnelState.STOPPED)
     if state == TunnelState.STOPPED and last_error:
@@ -159,6 +213,8 @@ def tunnel_text(
             _row(text, "listening", f"127.0.0.1:{view.local_port}", "bold")
         if view.since:
             _row(text, "up since", f"{clock_time(view.since)}  ({duration(now - view.since)} ago)")
+        if view.state is TunnelState.UP and (health is not None or health_checking):
+            _row(text, "health", health_line(health, checking=health_checking))
         _row(text, "connections", str(view.connections))
         if view.bytes_sent is not None and view.bytes_received is not None:
             _row(
@@ -166,11 +222,15 @@ def tunnel_text(
                 "traffic",
                 f"↑ {human_bytes(view.bytes_sent)} sent  ↓ {human_bytes(view.bytes_received)} received",
             )
-            _row(
-                text,
-                "rate",
-                f"↑ {human_bytes(view.rate_sent or 0)}/s  ↓ {human_bytes(view.rate_received or 0)}/s",
-            )
+            rate = f"↑ {human_bytes(view.rate_sent or 0)}/s  ↓ {human_bytes(view.rate_received or 0)}/s"
+            if history:  # the history is sampled apart from this status: it may lag it
+                now_rate = (view.rate_sent or 0) + (view.rate_received or 0)
+                rate += f"  (peak {human_bytes(max(*history, now_rate))}/s)"
+            _row(text, "rate", rate)
+            if history:
+                spark = Text(sparkline(history), style=colour("accent"))
+                spark.append("  5 min", style="dim")
+                _row(text, "activity", spark)
         if view.reconnects:
             _row(text, "reconnects", str(view.reconnects))
     error = (view.error if view is not None else None) or last_error

@@ -1,4 +1,4 @@
-"""What the TUI's workers tell the app: tunnel news, cluster status, a notice, a failure.
+"""What the TUI's workers tell the app: tunnel news, cluster status, health, a notice, a failure.
 
 Workers run in threads and never touch the state model or widgets; they post one of these and the
 app's handlers (on the UI thread) update `UIState` and redraw.
@@ -13,6 +13,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from tunnelman.core.aws import Database, Discovery
+    from tunnelman.core.health import Health
     from tunnelman.core.tunnel import TunnelStatus
 
 
@@ -69,6 +70,16 @@ class TaskFailed(Message):
         self.kind = kind
         self.name = name
         self.error = error
+
+
+class HealthChecked(Message):
+    """A health check of the database behind `name`'s tunnel (up since `since`) is done."""
+
+    def __init__(self, name: str, since: float | None, health: Health) -> None:
+        super().__init__()
+        self.name = name
+        self.since = since
+        self.health = health
 
 
 class ClusterProgress(Message):

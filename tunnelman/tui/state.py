@@ -5,13 +5,17 @@ here and the screens only read it. No Textual: the rules (a cancelled attempt is
 worker opening a tunnel has the last word, …) are tested without a Pilot
 (tests/test_tui_state.py).
 Worker threads only read it (`tunnel_of`); every change happens on the UI thread.
+Live figures: `sample_rate()` (once a second) keeps the last five minutes of the tunnel's rate
+for the sparkline; `health` is the last check of the database behind an up tunnel
+(`core/health.py`), redone every `HEALTH_INTERVAL` and after each time it comes up.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from tunnelman.core.errors import Cancelled
@@ -19,6 +23,7 @@ from tunnelman.core.tunnel import TunnelState, TunnelStatus
 
 if TYPE_CHECKING:
     from tunnelman.core.aws import Database
+    from tunnelman.core.health import Health
 
 CONNECTING: Final = "connecting"
 """The list's word while the TUI's own attempt to open a tunnel is under way."""
@@ -29,6 +34,11 @@ Shown = TunnelState | Literal["connecting"]
 OPEN_STATES: Final = frozenset({TunnelState.STARTING, TunnelState.UP, TunnelState.RECONNECTING})
 CANCELLED: Final = str(Cancelled())
 """The `error` of a status whose start was cancelled (a status carries text, not the class)."""
+
+RATE_HISTORY: Final = 300
+"""Rate samples kept per profile: five minutes at one a second."""
+HEALTH_INTERVAL: Final = 30.0
+"""Seconds between two health checks of an up tunnel."""
 
 RUNNING: Final = frozenset({"available", "starting", "backing-up", "modifying"})
 NOT_RUNNING: Final = frozenset({"stopped", "stopping"})
@@ -63,6 +73,14 @@ class ProfileState:
     cluster: Database | None = None
     cluster_error: str | None = None
     cluster_loading: bool = False
+    rates: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=RATE_HISTORY)
+    )
+    """Bytes per second both ways, one sample a second, oldest first (while the tunnel is open)."""
+    health: Health | None = None
+    health_checking: bool = False
+    health_at: float | None = None  # clock time the last check started
+    health_since: float | None = None  # the tunnel's `since` that check was for
 
     # ------------------------------------------------------------------ reading
 
@@ -93,6 +111,22 @@ class ProfileState:
         if self.cluster.status in NOT_RUNNING:
             return False
         return None
+
+    def rate(self) -> float | None:
+        """The tunnel's current bytes per second both ways; None when not up or not counted."""
+        tunnel = self.tunnel
+        if tunnel is None or tunnel.state is not TunnelState.UP:
+            return None
+        if tunnel.rate_sent is None and tunnel.rate_received is None:
+            return None
+        return (tunnel.rate_sent or 0.0) + (tunnel.rate_received or 0.0)
+
+    def health_shown(self) -> Health | None:
+        """The last check, while the tunnel it was made through is still up."""
+        tunnel = self.tunnel
+        if tunnel is None or tunnel.state is not TunnelState.UP or self.connecting is not None:
+            return None
+        return self.health if self.health_since == tunnel.since else None
 
     def wants_cluster(self) -> bool:
         """Nothing known about the cluster yet, and nothing asked: fetch on first look."""
@@ -148,6 +182,46 @@ class ProfileState:
         if status.error and status.state is TunnelState.FAILED:
             self.last_error = status.error
         return True
+
+    # ------------------------------------------------------------------ live figures
+
+    def sample_rate(self) -> None:
+        """Once a second: the current rate into the history; closed, the history goes."""
+        if not self.is_open or self.connecting is not None:
+            self.rates.clear()
+            return
+        self.rates.append(self.rate() or 0.0)
+
+    def wants_health(self, now: float, interval: float = HEALTH_INTERVAL) -> bool:
+        """Up, no check running, and none yet since it came up or the last is `interval` old
+        (not for a paused cluster; only the first for an idle one that may auto-pause)."""
+        tunnel = self.tunnel
+        if self.health_checking or self.connecting is not None or tunnel is None:
+            return False
+        if tunnel.state is not TunnelState.UP or not tunnel.local_port:
+            return False
+        cluster = self.cluster
+        if cluster is not None and cluster.paused:
+            return False  # a check would resume a paused Serverless cluster
+        if self.health_since != tunnel.since or self.health_at is None:
+            return True
+        if now - self.health_at < interval:
+            return False
+        # A check every 30 s would keep a cluster that may auto-pause from ever pausing: while
+        # nobody uses the tunnel, its first check is the only one.
+        return not (cluster is not None and cluster.may_auto_pause and tunnel.connections == 0)
+
+    def begin_health(self, now: float) -> float | None:
+        """A check starts; returns the `since` of the tunnel it checks."""
+        self.health_checking = True
+        self.health_at = now
+        return self.tunnel.since if self.tunnel is not None else None
+
+    def health_checked(self, since: float | None, health: Health) -> None:
+        """A check made through the tunnel that came up at `since` is done."""
+        self.health_checking = False
+        self.health_since = since
+        self.health = health
 
     # ------------------------------------------------------------------ cluster
 

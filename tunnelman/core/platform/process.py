@@ -25,8 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunnelman.core.logs import get_logger
-
 __all__ = [
     "CREATE_NEW_PROCESS_GROUP",
     "CREATE_NO_WINDOW",
@@ -41,8 +39,6 @@ __all__ = [
     "try_lock",
     "unlock",
 ]
-
-_log = get_logger("platform")
 
 # winbase.h values, spelled out so the plans can be built (and tested) on any OS.
 DETACHED_PROCESS = 0x00000008
@@ -250,7 +246,12 @@ if sys.platform == "win32":
             if not _kernel32().AssignProcessToJobObject(job, handle):
                 raise ctypes.WinError(ctypes.get_last_error())
         except OSError as exc:
-            _log.warning("ssh (pid %d) will not end with tunnelman: %s", proc.pid, exc)
+            # Imported here: the warm one-shot path imports this module and needs no logging.
+            from tunnelman.core.logs import get_logger
+
+            get_logger("platform").warning(
+                "ssh (pid %d) will not end with tunnelman: %s", proc.pid, exc
+            )
             return False
         return True
 

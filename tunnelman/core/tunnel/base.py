@@ -94,6 +94,8 @@ class TunnelStatus:
     bytes_received: int | None = None  # database → client
     rate_sent: float | None = None  # bytes per second, over the last few seconds
     rate_received: float | None = None
+    # The agent closes a lingering one-shot tunnel at this epoch unless a client connects first.
+    linger_until: float | None = None
 
     def to_json(self) -> dict[str, object]:
         since = (
@@ -113,6 +115,11 @@ class TunnelStatus:
             "bytes_received": self.bytes_received,
             "rate_sent": None if self.rate_sent is None else round(self.rate_sent),
             "rate_received": None if self.rate_received is None else round(self.rate_received),
+            "linger_until": (
+                dt.datetime.fromtimestamp(self.linger_until, tz=dt.UTC).isoformat()
+                if self.linger_until is not None
+                else None
+            ),
         }
 
 

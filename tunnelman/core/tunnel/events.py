@@ -4,8 +4,11 @@
 (`Tunnel.on_client`) into `TunnelEvent`s and appends each, as one JSON line, to the events file
 (`events_path()`: `events.jsonl` beside tunnelman's log, so it outlives the agent and the TUI;
 `tunnelman log` and the TUI read it). The agent records the tunnels it holds, `tunnelman up` the
-one it holds in the foreground, the TUI the cluster states it sees change (`cluster`). One line is one `write` on a file opened for appending, so writers
-in several processes do not interleave; the file is rotated at `MAX_BYTES` (one old file kept).
+one it holds in the foreground, the TUI the cluster states it sees change (`cluster`). A client
+connection shorter than `BRIEF` (the TUI's health check every 30 s, a quick `psql -c`) is not
+listed, so the log keeps what matters for days. One line is one `write` on a file opened for
+appending, so writers in several processes do not interleave; the file is rotated at `MAX_BYTES`
+(one old file kept).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 MAX_BYTES = 1 << 20
+BRIEF = 2.0  # seconds: a client connection shorter than this is not listed
 KINDS = (
     "opened",
     "client-connected",
@@ -111,6 +115,8 @@ class EventRecorder:
         self._lost_at: dict[str, float] = {}
         self._errors: dict[str, str | None] = {}
         self.recent: list[TunnelEvent] = []  # this recorder's own, newest last (tests, the TUI)
+        self._pending: list[TunnelEvent] = []  # "connected" events not yet BRIEF seconds old
+        self._timer: threading.Timer | None = None
 
     def status(self, status: TunnelStatus) -> TunnelEvent | None:
         """Record what this status says happened, if anything (call on every state change)."""
@@ -161,19 +167,71 @@ class EventRecorder:
             return TunnelEvent(now, name, "closed", "closed")
         return None
 
-    def client(self, status: TunnelStatus, arrived: bool) -> TunnelEvent:
-        """A local client connected (`arrived`) or went; `status.connections` are open now."""
-        kind = "client-connected" if arrived else "client-disconnected"
-        verb = "connected" if arrived else "disconnected"
+    def client(self, status: TunnelStatus, arrived: bool) -> TunnelEvent | None:
+        """A local client connected (`arrived`) or went; `status.connections` are open now.
+
+        A connection shorter than `BRIEF` seconds (the TUI's health check, a quick `psql -c`) is
+        not listed: its "connected" waits that long, and is dropped with its "disconnected" when
+        it ends sooner. Returns the event recorded now, if any.
+        """
+        now = self._clock()
+        if arrived:
+            event = TunnelEvent(
+                now,
+                status.name,
+                "client-connected",
+                f"a client connected ({status.connections} open)",
+                {"connections": status.connections},
+            )
+            with self._lock:
+                self._pending.append(event)
+            self._schedule_flush()
+            return None
+        with self._lock:
+            brief = next(
+                (e for e in self._pending if e.name == status.name and now - e.time < BRIEF),
+                None,
+            )
+            if brief is not None:
+                self._pending.remove(brief)
+                return None
+        self.flush()
         event = TunnelEvent(
-            self._clock(),
+            now,
             status.name,
-            kind,
-            f"a client {verb} ({status.connections} open)",
+            "client-disconnected",
+            f"a client disconnected ({status.connections} open)",
             {"connections": status.connections},
         )
         self._record(event)
         return event
+
+    def flush(self) -> None:
+        """Record the "connected" events of connections open for `BRIEF` seconds by now."""
+        now = self._clock()
+        with self._lock:
+            # A timer may fire a hair early: what is nearly due is due.
+            due = [e for e in self._pending if now - e.time >= BRIEF - 0.05]
+            self._pending = [e for e in self._pending if e not in due]
+        for event in due:
+            self._record(event)
+
+    def _schedule_flush(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(BRIEF, self._timed_flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.flush()
+        with self._lock:
+            again = bool(self._pending)
+        if again:
+            self._schedule_flush()
 
     def cluster(self, name: str, status_text: str, message: str) -> TunnelEvent:
         """The cluster of profile `name` is now `status_text` (an RDS status word), as seen by

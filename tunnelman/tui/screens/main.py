@@ -20,7 +20,14 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Static
 
 from tunnelman.core.profiles import printable
-from tunnelman.tui.format import cluster_text, colour, profile_text, summary_text, tunnel_text
+from tunnelman.tui.format import (
+    cluster_text,
+    colour,
+    profile_text,
+    rate_cell,
+    summary_text,
+    tunnel_text,
+)
 from tunnelman.tui.listing import SORT_LABELS
 from tunnelman.tui.state import OPEN_STATES, ProfileState
 from tunnelman.tui.widgets.detail import DetailPane
@@ -143,6 +150,8 @@ class MainScreen(Screen[None]):
         if profile is not None:
             state, port = self.tm.state_of(name)
             self.table.update_state(profile, state, port)
+            live = self.tm.state.get(name)
+            self.table.update_rate(name, rate_cell(live.rate() if live is not None else None))
             self.refresh_summary()
         if name == self.current:
             self.refresh_detail()
@@ -190,6 +199,9 @@ class MainScreen(Screen[None]):
                 connecting=connecting,
                 last_error=state.last_error,
                 now=app.clock(),
+                history=state.rates,
+                health=state.health_shown(),
+                health_checking=state.health_checking,
             ),
             toggle_label=toggle,
             cluster=cluster,

@@ -1,4 +1,4 @@
-"""The profile list: name, description, state badge and local port, one row per profile.
+"""The profile list: name, state badge, local port, current rate, description, one row per profile.
 
 A DataTable: fast with hundreds of rows, keyboard and mouse (click a row to highlight it, click it
 again or press enter to open / close its tunnel). The `/` filter, the sort and group headings
@@ -25,6 +25,7 @@ COLUMNS = (
     ("name", "Profile"),
     ("state", "State"),
     ("port", "Port"),
+    ("rate", "Rate"),
     ("description", "Description"),
 )
 
@@ -103,6 +104,7 @@ class ProfileTable(DataTable[str | Text]):
             Text(f"{arrow} {printable(heading.group)}", style="bold"),
             Text(f"{up} open" if up else "", style=colour("success")),
             Text(""),
+            Text(""),
             Text(f"{count} profile{'s' if count != 1 else ''}", style="dim", end=""),
         )
 
@@ -121,7 +123,7 @@ class ProfileTable(DataTable[str | Text]):
         )
         # a failed row wears the error colour whole: it stands out in a long list
         name_text = Text(name, style=colour("error") if state == TunnelState.FAILED else "")
-        return (name_text, badge(state), port_text, Text(description, end=""))
+        return (name_text, badge(state), port_text, "", Text(description, end=""))
 
     def update_state(self, profile: Profile, state: Shown, port: int | None) -> None:
         """Redraw one row's badge and port (and its group's heading); re-sort when sorted by
@@ -191,6 +193,13 @@ class ProfileTable(DataTable[str | Text]):
         """space: on a heading only (g on the screen folds from any of the group's rows)."""
         if self.current_group is not None:
             self.fold()
+
+    def update_rate(self, name: str, rate: str) -> None:
+        """Redraw one row's rate ("2.1 MB/s", or blank when idle)."""
+        if name in self.rows:
+            self.update_cell(
+                name, "rate", Text(rate, style=colour("accent"), end=""), update_width=True
+            )
 
     # ------------------------------------------------------------------ reading
 

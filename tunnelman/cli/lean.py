@@ -1,0 +1,217 @@
+"""The `tunnelman` entry point, and its warm path: a held tunnel reached without loading click.
+
+`main()` is the console script (and `python -m tunnelman`). When the command line is one it fully
+understands — `[--config PATH] psql NAME [PSQL ARGS…]`, `exec NAME [--] CMD [ARGS…]`,
+`env NAME`, `conn NAME [-f|--format F]` — and the background agent already holds NAME's tunnel
+up, it does the command's work itself: load the profile, ask the agent for the port, read the
+password where that needs no prompt and no AWS (`password = "none"`, or the keyring holding it),
+then run the child through `core.oneshot` (the same temporary 0600 PGPASSFILE, the same
+environment, the same signal handling) or print what `env`/`conn` print. Click, paramiko, boto3
+and Textual are never imported on that path.
+
+Anything else goes to the full CLI (`tunnelman.cli.main`) untouched: any option of ours
+(`--start-cluster`, `--port`, `--linger`, `-h/--help`, …), a profile that does not load, a tunnel
+the agent does not hold, a password that needs a prompt or AWS, a program that is not installed.
+The full CLI then does the whole command from the start, so help, errors, prompts and exit codes
+are exactly its own; nothing is printed or written here before that decision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunnelman.core.profiles import Profile
+
+ENV_NO_LEAN = "TUNNELMAN_NO_LEAN"
+"""Set (to anything but "" or "0") to always take the full CLI: for tests and for debugging."""
+
+_COMMANDS = frozenset({"psql", "exec", "env", "conn"})
+# Characters our output uses that a legacy code page may lack (cp1252 has "…" but not "→").
+_GLYPHS = "→✓✗…"
+
+
+class _Fallback(Exception):
+    """The lean path does not take this command line: the full CLI runs it."""
+
+
+def _split(argv: Sequence[str]) -> tuple[str | None, str, str, list[str]]:
+    """(--config value, command, NAME, the rest); _Fallback for any other shape."""
+    args = list(argv)
+    config: str | None = None
+    if args and (args[0] == "--config" or args[0].startswith("--config=")):
+        if args[0] == "--config":
+            if len(args) < 2:
+                raise _Fallback
+            config, args = args[1], args[2:]
+        else:
+            config, args = args[0].split("=", 1)[1], args[1:]
+        if not config or config.startswith("-"):
+            raise _Fallback
+    if len(args) < 2 or args[0] not in _COMMANDS or args[1].startswith("-") or not args[1]:
+        raise _Fallback
+    return config, args[0], args[1], args[2:]
+
+
+def _conn_format(rest: list[str]) -> str:
+    """The format of `conn NAME [-f F | --format F | --format=F]`; _Fallback for anything else."""
+    from tunnelman.core import clients
+
+    if not rest:
+        return "psql"
+    if len(rest) == 2 and rest[0] in ("-f", "--format"):
+        fmt = rest[1]
+    elif len(rest) == 1 and rest[0].startswith("--format="):
+        fmt = rest[0].split("=", 1)[1]
+    else:
+        raise _Fallback
+    if fmt not in clients.FORMATS:
+        raise _Fallback
+    return fmt
+
+
+def _held_port(name: str) -> int:
+    """The port of NAME's tunnel when the agent holds it up; _Fallback otherwise."""
+    from tunnelman.agent.client import AgentClient
+
+    port = AgentClient().up_port(name)
+    if port is None:
+        raise _Fallback
+    return port
+
+
+def _load(config: str | None, name: str) -> Profile:
+    from tunnelman.core import profiles
+    from tunnelman.core.errors import TunnelmanError
+
+    try:
+        return profiles.load(config, missing_ok=False).get(name)
+    except (TunnelmanError, OSError):
+        raise _Fallback from None
+
+
+def _program_argv(command: str, rest: list[str]) -> list[str]:
+    if command == "psql":
+        if rest and rest[0] == "--start-cluster":
+            raise _Fallback
+        return ["psql", *rest]
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest or rest[0].startswith("-"):
+        raise _Fallback
+    return rest
+
+
+def _oneshot(profile: Profile, port: int, argv: list[str]) -> int:
+    from tunnelman.core import credentials, oneshot
+    from tunnelman.core.errors import TunnelmanError
+
+    try:
+        oneshot.find_program(argv[0])
+    except TunnelmanError:
+        raise _Fallback from None
+    if profile.password not in ("none", "keyring"):
+        raise _Fallback  # a prompt (click) or AWS (boto3): the full CLI's work
+    try:
+        # No prompt: a keyring without the password is the full CLI's (it asks, offers to save).
+        login = credentials.resolve_login(profile, prompt=None, offer_save=None)
+    except TunnelmanError:
+        raise _Fallback from None
+    # From here on the command is ours: its errors are reported as the full CLI reports them.
+    return oneshot.run(profile, argv, login, port=port)
+
+
+def _print(profile: Profile, port: int, command: str, rest: list[str]) -> int:
+    from tunnelman.core import clients
+
+    if command == "env":
+        if rest:
+            raise _Fallback
+        from tunnelman.core.platform import shells
+
+        sys.stdout.write(clients.render("env", profile, port, shell=shells.default_shell()))
+        return 0
+    fmt = _conn_format(rest)
+    text = clients.render(fmt, profile, port, pgadmin_ssh=False)
+    notes = [] if fmt in clients.COMMENTED_FORMATS else list(clients.notes(fmt, profile, port))
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    for note in notes:
+        sys.stderr.write(f"tunnelman: note: {note}\n")
+    return 0
+
+
+def ensure_encodable_streams() -> None:
+    """Switch stdout/stderr to UTF-8 when their encoding cannot print our output.
+
+    Windows writes a redirected stream (a file, a pipe) in the ANSI code page, cp1252 in the West,
+    where "→" or "✓" raise UnicodeEncodeError in the middle of a command. UTF-8 is what
+    PYTHONUTF8=1 (Python's default from 3.15) gives, and it keeps non-ASCII data in --json
+    intact. A console, or any stream that can encode them (Linux, macOS), is left as it is.
+    """
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not encoding or reconfigure is None:
+            continue
+        try:
+            _GLYPHS.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(Exception):
+                reconfigure(encoding="utf-8", errors="replace")
+
+
+def run(argv: Sequence[str]) -> int:
+    """The command's exit status when the lean path takes it; _Fallback when it does not."""
+    if os.environ.get(ENV_NO_LEAN, "") not in ("", "0"):
+        raise _Fallback
+    config, command, name, rest = _split(argv)
+    if command == "conn":
+        _conn_format(rest)  # before any file or socket: `conn NAME --write` is not ours
+    elif command == "env" and rest:
+        raise _Fallback
+    profile = _load(config, name)
+    if command in ("psql", "exec"):
+        program = _program_argv(command, rest)
+        return _oneshot(profile, _held_port(name), program)
+    return _print(profile, _held_port(name), command, rest)
+
+
+def _error(exc: BaseException) -> int:
+    """As `cli.main` reports an error: one line on stderr, the error's exit status."""
+    from tunnelman.core.errors import TunnelmanError
+    from tunnelman.core.profiles import printable
+
+    if isinstance(exc, KeyboardInterrupt):
+        sys.stderr.write("tunnelman: error: interrupted\n")
+        return 130
+    assert isinstance(exc, TunnelmanError)
+    text = "\n".join(printable(line) for line in str(exc).split("\n"))
+    sys.stderr.write(f"tunnelman: error: {text}\n")
+    return exc.exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`tunnelman`: the warm path when it applies, else the full CLI (`cli.main.main`)."""
+    from tunnelman.core.errors import TunnelmanError
+
+    args = sys.argv[1:] if argv is None else argv
+    ensure_encodable_streams()
+    try:
+        code = run(args)
+    except _Fallback:
+        from tunnelman.cli.main import main as full
+
+        full(argv)
+        return
+    except (TunnelmanError, KeyboardInterrupt) as exc:
+        code = _error(exc)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
