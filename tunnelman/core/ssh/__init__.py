@@ -7,41 +7,46 @@
 - `known_hosts`  OpenSSH's known_hosts, read and written as ssh does: `HostKeyPolicy`, `verify`
 - `config`       what ~/.ssh/config (through `ssh -G`) says about a bastion
 
-`from tunnelman.core import ssh` gives the names below. paramiko is imported inside the functions
-that need it, so importing this package costs nothing on paths that never open a connection.
+`from tunnelman.core import ssh` gives the names below, each loaded on first use; paramiko is
+imported inside the functions that need it. So importing this package, or only `known_hosts`,
+costs nothing on paths that never open a connection.
 """
 
 from __future__ import annotations
 
-from tunnelman.core.ssh.connect import (
-    authenticate,
-    check_host_key,
-    connect,
-    forward_error,
-    name_hop,
-    open_route,
-    open_socket,
-    resolve,
-    start_transport,
-    test_forward,
-)
-from tunnelman.core.ssh.keys import (
-    Identity,
-    PassphrasePrompt,
-    agent_available,
-    agent_has_key,
-    check_key_permissions,
-    load_identity,
-    load_private_key,
-    no_agent_error,
-    public_key_blob,
-)
-from tunnelman.core.ssh.known_hosts import (
-    HostKeyChanged,
-    HostKeyInfo,
-    HostKeyPolicy,
-    HostKeyUnknown,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunnelman.core.ssh.connect import (
+        authenticate,
+        check_host_key,
+        connect,
+        forward_error,
+        name_hop,
+        open_route,
+        open_socket,
+        resolve,
+        start_transport,
+        test_forward,
+    )
+    from tunnelman.core.ssh.keys import (
+        Identity,
+        PassphrasePrompt,
+        agent_available,
+        agent_has_key,
+        check_key_permissions,
+        load_identity,
+        load_private_key,
+        no_agent_error,
+        public_key_blob,
+    )
+    from tunnelman.core.ssh.known_hosts import (
+        HostKeyChanged,
+        HostKeyInfo,
+        HostKeyPolicy,
+        HostKeyUnknown,
+    )
 
 __all__ = [
     "HostKeyChanged",
@@ -68,3 +73,49 @@ __all__ = [
     "start_transport",
     "test_forward",
 ]
+
+# Where each name lives. Loaded on first use (PEP 562), so importing `tunnelman.core.ssh.known_hosts`
+# (the TUI, the agent's client) does not load the connection code and the tunnel package with it.
+_HOME = {
+    **dict.fromkeys(
+        (
+            "authenticate",
+            "check_host_key",
+            "connect",
+            "forward_error",
+            "name_hop",
+            "open_route",
+            "open_socket",
+            "resolve",
+            "start_transport",
+            "test_forward",
+        ),
+        "connect",
+    ),
+    **dict.fromkeys(
+        (
+            "Identity",
+            "PassphrasePrompt",
+            "agent_available",
+            "agent_has_key",
+            "check_key_permissions",
+            "load_identity",
+            "load_private_key",
+            "no_agent_error",
+            "public_key_blob",
+        ),
+        "keys",
+    ),
+    **dict.fromkeys(
+        ("HostKeyChanged", "HostKeyInfo", "HostKeyPolicy", "HostKeyUnknown"), "known_hosts"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from textual import on
 from textual.app import App
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from tunnelman.core import profiles as prof
@@ -135,10 +136,15 @@ class AppBase(App[None]):
         main = self.main
         if main is None or not main.is_mounted or self._exit:
             return  # not drawn yet, or being torn down (late messages from workers)
-        if name is None:
-            main.refresh_all()
-        else:
-            main.refresh_profile(name)
+        try:
+            if name is None:
+                main.refresh_all()
+            else:
+                main.refresh_profile(name)
+        except NoMatches:
+            # Between the screen's mount and its children's (or while a modal's dismissal
+            # recomposes it) a worker's news finds no list to draw in; the next news redraws.
+            return
 
     def _reload_and_show(self, select: str | None = None) -> None:
         self.load_profiles()

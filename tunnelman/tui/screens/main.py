@@ -16,6 +16,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Header, Static
 
@@ -128,7 +129,10 @@ class MainScreen(Screen[None]):
 
     @property
     def current(self) -> str | None:
-        return self.table.current
+        try:
+            return self.table.current
+        except NoMatches:  # not composed yet, or being torn down
+            return None
 
     def refresh_all(self, select: str | None = None) -> None:
         """Refill the list (after load / save / delete) and the detail pane."""
