@@ -65,7 +65,7 @@ BACK = 5.0  # a query through the same port works within this many seconds of th
 # CI's budget: still four or more keepalives unanswered and several failed reconnects with backoff.
 CUT = 30.0 if long_run() else 12.0
 NO_SUCH_DB = Endpoint("no-such-db.invalid", 5432)
-# What both engines say when the bastion cannot resolve the endpoint (tunnelman/core/ssh/connect.py
+# What both engines say when the bastion cannot resolve the endpoint (tunnelman/core/ssh/connection.py
 # forward_error, from sshd's reason: paramiko's log line, or ssh's "open failed" line).
 NO_SUCH_DB_WORDS = f"the database endpoint name {NO_SUCH_DB.host} does not resolve on the bastion"
 LOOPBACK_ONLY = {"0100007F"}  # /proc/net/tcp: 127.0.0.1 and nothing else

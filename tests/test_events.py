@@ -127,8 +127,10 @@ def test_a_long_connection_is_listed_by_the_timer(
     monkeypatch.setattr(ev, "BRIEF", 0.2)
     recorder = ev.EventRecorder(tmp_path / "events.jsonl")
     recorder.client(status(TunnelState.UP), arrived=True)
-    wait_for(lambda: len(recorder.recent) == 1, ev.BRIEF + 5, "the connected event")
-    assert [e.kind for e in ev.read_events(tmp_path / "events.jsonl")] == ["client-connected"]
+    path = tmp_path / "events.jsonl"
+    wait_for(lambda: bool(ev.read_events(path)), ev.BRIEF + 5, "the connected event in the file")
+    assert [e.kind for e in ev.read_events(path)] == ["client-connected"]
+    assert [e.kind for e in recorder.recent] == ["client-connected"]
 
 
 def test_the_file_rotates_and_both_parts_are_read(

@@ -2,7 +2,7 @@
 
 - `keys`         which private key is offered, read by OpenSSH's rules (permissions, ssh-agent,
                  passphrases): `Identity`, `load_identity`, `load_private_key`
-- `connect`      each step of a connection with its own error: resolve, TCP, handshake, host key,
+- `connection`   each step of a connection with its own error: resolve, TCP, handshake, host key,
                  authentication, jump hosts, the test forward: `connect`, `open_route`
 - `known_hosts`  OpenSSH's known_hosts, read and written as ssh does: `HostKeyPolicy`, `verify`
 - `config`       what ~/.ssh/config (through `ssh -G`) says about a bastion
@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tunnelman.core.ssh.connect import (
+    from tunnelman.core.ssh.connection import (
         authenticate,
         check_host_key,
         connect,
@@ -74,7 +74,8 @@ __all__ = [
     "test_forward",
 ]
 
-# Where each name lives. Loaded on first use (PEP 562), so importing `tunnelman.core.ssh.known_hosts`
+# Where each name lives (no module is named like a function it holds: an imported submodule would
+# hide it). Loaded on first use (PEP 562), so importing `tunnelman.core.ssh.known_hosts`
 # (the TUI, the agent's client) does not load the connection code and the tunnel package with it.
 _HOME = {
     **dict.fromkeys(
@@ -90,7 +91,7 @@ _HOME = {
             "start_transport",
             "test_forward",
         ),
-        "connect",
+        "connection",
     ),
     **dict.fromkeys(
         (
