@@ -11,7 +11,7 @@ import dataclasses
 from tests.tui_support import FAKE_CLUSTER
 from tunnelman.core.health import Health
 from tunnelman.core.tunnel import TunnelState, TunnelStatus
-from tunnelman.tui.format import health_line, rate_cell, sparkline, tunnel_text
+from tunnelman.tui.format import colour, health_line, rate_cell, sparkline, tunnel_text
 from tunnelman.tui.state import RATE_HISTORY, ProfileState
 
 
@@ -142,4 +142,7 @@ def test_health_row_and_activity_in_the_detail_text() -> None:
     checking = tunnel_text(up(), connecting=False, last_error=None, now=0, health_checking=True)
     assert "health      checking…" in checking.plain
     assert "health" not in tunnel_text(up(), connecting=False, last_error=None, now=0).plain
-    assert health_line(Health("unreachable", reason="x"), checking=False).style == "bold red"
+    # The theme's error colour (a TUI test run before may have set a theme: `format.COLOURS`).
+    error = health_line(Health("unreachable", reason="x"), checking=False).style
+    assert error == f"bold {colour('error')}"
+    assert colour("error")
