@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.cli import RunCli, run_cli
-from tests.lab import in_ci, need
+from tests.lab import in_ci, long_run, need
 from tests.lab.keyring_env import keyring_available
 from tests.lab.moto_server import MotoServer, moto_missing
 from tests.lab.netns import NetnsPair, netns_missing
@@ -127,6 +127,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("lab") is not None:
             continue
         item.add_marker(_kind(item))
+    if long_run():
+        return
+    # Tests marked `long` run in the documented longer run only (TUNNELMAN_LONG=1): deselected,
+    # and counted as such in pytest's summary line, so the CI budget stays about 20 minutes.
+    long = [item for item in items if item.get_closest_marker("long") is not None]
+    if long:
+        config.hook.pytest_deselected(items=long)
+        items[:] = [item for item in items if item.get_closest_marker("long") is None]
 
 
 _unit_running: list[str] = []  # the nodeid of the unit test being set up or run, if any

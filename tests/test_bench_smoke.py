@@ -21,6 +21,7 @@ from tests.lab.sshd import sshd_missing
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.long  # about 40 s: the longer run (TUNNELMAN_LONG=1)
 @pytest.mark.timeout(180)
 def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
     for reason in (sshd_missing(), postgres_missing(postgis=False)):

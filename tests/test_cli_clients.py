@@ -520,6 +520,7 @@ def _pgadmin_python(cache_dir: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # installs pgAdmin 4 from PyPI into a venv: about 100 s on its own
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", ["tunnelman", "pgadmin-ssh"])
 def test_pgadmin_load_servers_imports_the_file(

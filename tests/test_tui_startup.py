@@ -3,7 +3,7 @@ not imported on the way. Measured in a fresh interpreter, as `tunnelman` starts.
 
 The bound is on the CPU the process spent (interpreter start included): wall-clock time on a shared
 CI box depends on what else runs there. When even CPU time is slow (a busy virtual machine), the
-bound is relative: twice a bare Textual app's first screen measured in the same run. The absolute
+bound is relative: twice a bare Textual app's first screen measured in the same round, just after. The absolute
 figure is the benchmark's (bench/run.py, "TUI first screen"). The wall time is printed beside it (≈0.7–0.8 s on an idle
 2-core machine here)."""
 
@@ -102,40 +102,45 @@ app.run(headless=True, size=(160, 45), auto_pilot=first_screen)
 print(app.return_value)
 """
 RATIO = 2.0  # tunnelman's first screen against the bare one (≈1.6 here, idle or busy)
-_bare: list[float] = []
 
 
 def bare_cpu() -> float:
-    """The best of three bare first screens (measured once per test session)."""
-    if not _bare:
-        for _ in range(3):
-            out = subprocess.run(
-                [sys.executable, "-c", BARE], capture_output=True, text=True, timeout=60, check=True
-            )
-            _bare.append(float(out.stdout.strip().splitlines()[-1]))
-    return min(_bare)
-
-
-def within_budget(cpu: list[float]) -> None:
-    """≤ 1 s of CPU; or, when this shared virtual machine is slow right now (CPU time varies by
-    ±30 % from run to run with the same code), ≤ RATIO × a bare Textual app's first screen."""
-    best = min(cpu)
-    if best <= 1.0:
-        return
-    bare = bare_cpu()
-    sys.stderr.write(f"bare Textual first screen: {bare:.3f} s cpu; ratio {best / bare:.2f}\n")
-    assert best <= RATIO * bare, f"{best:.3f} s cpu, {best / bare:.2f} × a bare Textual app's"
+    """One bare Textual first screen's CPU time, measured now."""
+    out = subprocess.run(
+        [sys.executable, "-c", BARE], capture_output=True, text=True, timeout=60, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def best_of(config: Path, tries: int = 6) -> list[dict[str, object]]:
-    """Runs until one is within the bound (at most `tries`): the best of several, since CPU time on a
-    shared virtual machine varies by ±30 % from run to run with the same code."""
+    """Rounds until one is within the budget (at most `tries`). Each round measures tunnelman's
+    first screen and then a bare Textual app's, so a round's ratio compares two runs made under
+    the same load (CPU time on a shared virtual machine varies by ±30 % from minute to minute)."""
     runs: list[dict[str, object]] = []
     while len(runs) < tries:
-        runs.append(first_screen(config))
-        if len(runs) >= 2 and min(float(str(r["cpu"])) for r in runs) <= 1.0:
+        run = first_screen(config)
+        cpu = float(str(run["cpu"]))
+        run["bare"] = bare_cpu() if cpu > 1.0 else None
+        runs.append(run)
+        if len(runs) >= 2 and any(within(r) for r in runs):
             break
     return runs
+
+
+def within(run: dict[str, object]) -> bool:
+    """≤ 1 s of CPU; or, when the machine is slow right now, ≤ RATIO × the bare app's in the round."""
+    cpu = float(str(run["cpu"]))
+    return cpu <= 1.0 or (run["bare"] is not None and cpu <= RATIO * float(str(run["bare"])))
+
+
+def within_budget(runs: list[dict[str, object]]) -> None:
+    rounds = [
+        f"{float(str(r['cpu'])):.3f} s"
+        + (f" ({float(str(r['cpu'])) / float(str(r['bare'])):.2f} × bare)" if r["bare"] else "")
+        for r in runs
+    ]
+    sys.stderr.write(f"first screen rounds: {', '.join(rounds)}\n")
+    assert any(within(r) for r in runs), f"no round within 1 s cpu or {RATIO} × bare: {rounds}"
 
 
 def test_first_screen_with_200_profiles_within_a_second(tmp_home: Path) -> None:
@@ -147,7 +152,7 @@ def test_first_screen_with_200_profiles_within_a_second(tmp_home: Path) -> None:
     sys.stderr.write(f"\nfirst screen with 200 profiles: wall {wall} s, cpu {cpu} s\n")
     assert all(r["rows"] == 200 for r in runs)
     assert not any(r["boto3"] for r in runs)  # no AWS settings: boto3 never loads
-    within_budget(cpu)
+    within_budget(runs)
 
 
 def test_first_screen_with_200_profiles_in_groups_within_a_second(tmp_home: Path) -> None:
@@ -158,7 +163,7 @@ def test_first_screen_with_200_profiles_in_groups_within_a_second(tmp_home: Path
     cpu = [round(float(str(r["cpu"])), 3) for r in runs]
     sys.stderr.write(f"\nfirst screen with 200 profiles in 12 groups: cpu {cpu} s\n")
     assert all(r["rows"] == 200 + 12 for r in runs)  # a heading per group
-    within_budget(cpu)
+    within_budget(runs)
 
 
 def test_boto3_waits_for_a_profile_with_aws_settings(tmp_home: Path) -> None:
@@ -168,4 +173,4 @@ def test_boto3_waits_for_a_profile_with_aws_settings(tmp_home: Path) -> None:
     runs = best_of(config)
     assert all(r["rows"] == 200 for r in runs)
     assert not any(r["boto3"] for r in runs)  # not before the first screen: the fetch waits 0.4 s
-    within_budget([float(str(r["cpu"])) for r in runs])
+    within_budget(runs)
