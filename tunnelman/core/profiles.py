@@ -32,6 +32,10 @@ from tunnelman.core.files import atomic_write, file_kind
 PasswordSource = Literal["keyring", "prompt", "none", "iam", "secretsmanager"]
 SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 Engine = Literal["sshtunnel", "openssh"]
+# How the bastion is reached: a TCP connection to its port 22 (ssh, the default); an AWS Systems
+# Manager session through the instance's SSM agent (ssm); or an EC2 Instance Connect Endpoint's
+# websocket to the instance's port 22 (eice). The last two need bastion_instance_id.
+Transport = Literal["ssh", "ssm", "eice"]
 
 ENV_CONFIG = "TUNNELMAN_CONFIG"
 DEFAULT_DB_PORT = 5432
@@ -283,6 +287,7 @@ class Profile:
     region: str | None = None
     aws_profile: str | None = None
     engine: Engine = "sshtunnel"
+    transport: Transport = "ssh"
     bastion_instance_id: str | None = None
     instance_connect: bool = False
     connect_timeout: int = 15
@@ -299,6 +304,7 @@ class Profile:
         return bool(
             self.cluster
             or self.instance_connect
+            or self.transport != "ssh"
             or self.password in ("iam", "secretsmanager")
             or (self.endpoint is None and self.cluster)
         )
@@ -629,6 +635,7 @@ SCHEMA: dict[str, _Converter] = {
     "region": _region,
     "aws_profile": _nonempty_str,
     "engine": _choice(get_args(Engine)),
+    "transport": _choice(get_args(Transport)),
     "bastion_instance_id": _word,
     "instance_connect": _bool,
     "connect_timeout": _seconds(CONNECT_TIMEOUT_RANGE),
@@ -835,6 +842,12 @@ def parse_profiles(data: Mapping[str, Any], path: Path) -> dict[str, Profile]:
                 f"{where}.password",
                 "'secretsmanager' needs a secret or a cluster",
                 'add secret = "arn:aws:secretsmanager:…" or cluster = "ID"',
+            )
+        if values.get("transport", "ssh") != "ssh" and not values.get("bastion_instance_id"):
+            report(
+                f"{where}.transport",
+                f"'{values['transport']}' needs bastion_instance_id (the instance it reaches)",
+                'add bastion_instance_id = "i-…"',
             )
         if values.get("instance_connect") and not values.get("bastion_instance_id"):
             report(
