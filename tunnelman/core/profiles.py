@@ -328,14 +328,16 @@ def require_route(profile: Profile, *, endpoint: bool = True) -> None:
     """The profile names the bastion and (unless `endpoint=False`) the database endpoint.
 
     The one check of the way in before any work: tunnels (`Tunnel._require_route`), the bare SSH
-    connection (`ssh.connect`, which needs only the bastion) and the doctor's config step.
+    connection (`ssh.connect`, which needs only the bastion) and the doctor's config step. A
+    tunnel with `transport = "ssm"` needs no bastion (SSM port forwarding to the endpoint).
     """
     if endpoint and profile.endpoint is None:
         raise ConfigError(
             f"profile '{profile.name}' has no endpoint",
             hint='add endpoint = "HOST[:PORT]" (the database as the bastion sees it)',
         )
-    if profile.bastion is None:
+    if profile.bastion is None and not (endpoint and profile.transport == "ssm"):
+        # SSM port forwarding needs no bastion: the instance's SSM agent reaches the endpoint.
         raise ConfigError(
             f"profile '{profile.name}' has no bastion",
             hint='add bastion = "user@host" to the profile',

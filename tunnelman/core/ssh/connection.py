@@ -543,7 +543,8 @@ def open_route(
     canceller: _Canceller | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> socket.socket:
-    """A connection to the bastion: TCP, or a channel through the profile's jump hosts.
+    """A connection to the bastion: TCP (or the profile's `transport`), or a channel through the
+    profile's jump hosts (the first of which is reached over the transport).
 
     Each hop is connected, its host key checked with `policy` and logged in to with `identity`,
     as the bastion is; an error names the hop. The returned object is a socket, or behaves as one
@@ -552,7 +553,7 @@ def open_route(
     assert profile.bastion is not None
     timeout = float(profile.connect_timeout)
     if not profile.jump:
-        return open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
+        return _first_hop(profile, timeout, cancel, canceller)
     if identity is None:
         raise TunnelError("internal error: a route through jump hosts needs an identity")
     from dataclasses import replace
@@ -566,7 +567,7 @@ def open_route(
             on_step(f"jump {index}")
         try:
             if sock is None:
-                sock = open_socket(hop, timeout, profile.keepalive, cancel, canceller)
+                sock = _first_hop(hop_profile, timeout, cancel, canceller)
             try:
                 transport = start_transport(cast_socket(sock), hop_profile, timeout, canceller)
             except BaseException:
@@ -586,6 +587,21 @@ def open_route(
         _log.info("jump host %s:%d: through to %s:%d", hop.host, hop.port, target.host, target.port)
         sock = _HopSocket(channel, transport)
     return cast_socket(sock)
+
+
+def _first_hop(
+    profile: Profile,
+    timeout: float,
+    cancel: threading.Event | None,
+    canceller: _Canceller | None,
+) -> socket.socket:
+    """TCP to `profile.bastion`, or the profile's transport (SSM, EC2 Instance Connect Endpoint)."""
+    assert profile.bastion is not None
+    if profile.transport != "ssh":
+        from tunnelman.core.transport import open_first_hop
+
+        return open_first_hop(profile, timeout, cancel=cancel, canceller=canceller)
+    return open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
 
 
 def cast_socket(sock: object) -> socket.socket:

@@ -9,6 +9,9 @@ and the TUI, always through `open_tunnel(profile, …)`, which picks the profile
 - `paramiko_engine.py`: the default engine (`engine = "sshtunnel"`): paramiko + sshtunnel's
   forwarder with our relay;
 - `openssh.py`: `engine = "openssh"`: the system `ssh -N -L` behind our own listener;
+- `ssm_engine.py`: `transport = "ssm"` without a bastion: SSM port forwarding through AWS's
+  session-manager-plugin behind our own listener (SSH over SSM is the other engines' business:
+  `tunnelman.core.transport` hands them the first hop's socket);
 - `relay.py`: the bytes between client sockets and SSH channels (or ssh's port);
 - `ports.py`: free ports, busy ports and who holds them (the one /proc/net/tcp parser).
 
@@ -69,7 +72,12 @@ def open_tunnel(
     called from the tunnel's threads on every state change; `cancel` aborts a `start()` in
     progress; `supervise` (the agent) keeps the port and reconnects after the link is lost.
     """
-    return engine_class(profile.engine)(
+    cls = engine_class(profile.engine)
+    if profile.transport == "ssm" and profile.bastion is None:
+        from tunnelman.core.tunnel.ssm_engine import SsmTunnel
+
+        cls = SsmTunnel  # SSM port forwarding: no SSH, whatever the engine
+    return cls(
         profile,
         local_port=local_port,
         host_keys=host_keys,

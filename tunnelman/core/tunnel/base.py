@@ -310,6 +310,13 @@ class Tunnel(abc.ABC):
         """Both ends of the forward must be known before any work, and the engine must fit."""
         profile = self.profile
         require_route(profile)
+        if profile.transport != "ssh" and self.capabilities.engine == "openssh":
+            raise ConfigError(
+                f"profile '{profile.name}': engine = \"openssh\" cannot use "
+                f'transport = "{profile.transport}" yet',
+                hint='remove engine = "openssh" from the profile (the built-in engine '
+                "runs SSH over the transport, host key checked)",
+            )
         if profile.instance_connect and not self.capabilities.instance_connect:
             raise ConfigError(
                 f"profile '{profile.name}': engine = \"{self.capabilities.engine}\" cannot use "

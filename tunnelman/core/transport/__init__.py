@@ -1,0 +1,65 @@
+"""Transports: how the bytes of the first hop reach the bastion (or, for SSM port forwarding, the
+database) when the profile says `transport = "ssm"` or `"eice"` instead of plain TCP.
+
+A transport hands back a real `socket.socket` (one end of a `socket.socketpair()`, the other end
+pumped into whatever carries the bytes: AWS's `session-manager-plugin` for SSM, a websocket for EC2
+Instance Connect Endpoint), so paramiko, the jump hosts and the host key check work over it
+unchanged: the SSH session still runs end to end with the bastion, whose host key is checked under
+its usual name. Called by `tunnelman.core.ssh.connection.open_route` for the first hop, and by the
+doctor (`tunnelman.core.diagnose`) for the transport's own steps.
+
+- `ssm.py`:  AWS Systems Manager Session Manager: SSH over `AWS-StartSSHSession`, and the plugin
+  process and discovery that the SSM port-forwarding engine (`tunnel/ssm_engine.py`) uses too;
+- `eice.py`: EC2 Instance Connect Endpoint (a SigV4-signed websocket to the instance's port 22).
+
+Importing this package is cheap: each transport's module (and boto3) is imported on first use.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from tunnelman.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tunnelman.core.profiles import Profile
+    from tunnelman.core.ssh.connection import _Canceller
+
+__all__ = ["describe", "open_first_hop"]
+
+
+def open_first_hop(
+    profile: Profile,
+    timeout: float,
+    *,
+    cancel: threading.Event | None = None,
+    canceller: _Canceller | None = None,
+) -> socket.socket:
+    """A socket whose bytes reach the bastion's SSH port over the profile's transport.
+
+    `cancel` (set from another thread) aborts the opening; `canceller` (the SSH connection's)
+    is told how to close what is being opened, so a cancelled connection leaves nothing behind.
+    """
+    if profile.transport == "ssm":
+        from tunnelman.core.transport import ssm
+
+        return ssm.open_socket(profile, timeout=timeout, cancel=cancel, canceller=canceller)
+    if profile.transport == "eice":
+        from tunnelman.core.transport.eice import open_socket
+
+        return open_socket(profile, timeout=timeout, cancel=cancel)
+    raise ConfigError(f"profile '{profile.name}': transport '{profile.transport}' has no socket")
+
+
+def describe(profile: Profile) -> str:
+    """One line saying how the profile's tunnel travels (the TUI's detail pane, `check`)."""
+    if profile.transport == "ssm":
+        instance = profile.bastion_instance_id or "?"
+        if profile.bastion is None:
+            return f"ssm: port forwarding through {instance}'s SSM agent"
+        return f"ssm: SSH to {profile.bastion} over Session Manager ({instance})"
+    if profile.transport == "eice":
+        return f"eice: SSH over EC2 Instance Connect Endpoint to {profile.bastion_instance_id}"
+    return "ssh: TCP to the bastion"

@@ -1,0 +1,241 @@
+"""SSM port forwarding: `transport = "ssm"` without a `bastion` (no SSH at all).
+
+Built by `tunnelman.core.tunnel.open_tunnel`; states, reconnects and status are the base's
+(`base.Tunnel`). AWS's `session-manager-plugin` runs an `AWS-StartPortForwardingSessionToRemoteHost`
+session (`tunnelman.core.transport.ssm.open_forward`) and listens on a private loopback port; the
+tunnel listens on the profile's port itself (127.0.0.1 only) and relays each client to the
+plugin's port with `relay.bridge`, counting connections and bytes as the other engines do.
+
+The plugin's exit (AWS's idle timeout or maximum session duration, a lost link, a killed
+process) is noticed at once by the watcher: without `supervise` the tunnel FAILS and the port
+closes; with it, the port stays bound while a fresh session is started through the base's
+reconnect loop, and clients that connect meanwhile wait for it.
+
+There is no SSH here, so no host key: SSH over SSM (a profile with a `bastion`) is the way to
+have the bastion's host key checked end to end, through the default engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunnelman.core.errors import TunnelError
+from tunnelman.core.platform import net
+from tunnelman.core.tunnel import ports, relay
+from tunnelman.core.tunnel.base import Capabilities, Tunnel
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from tunnelman.core.ssh import Identity
+    from tunnelman.core.transport.ssm import PluginProcess
+
+__all__ = ["SsmTunnel"]
+
+ACCEPT_POLL = 0.2
+
+
+class SsmTunnel(Tunnel):
+    """127.0.0.1:port → session-manager-plugin → the instance's SSM agent → endpoint."""
+
+    capabilities = Capabilities(
+        engine="ssm",
+        instance_connect=False,
+        decrypts_keys=False,
+        serves_checked_transport=False,
+        counts_connections=True,
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._plugin: PluginProcess | None = None
+        self._inner: int | None = None  # the plugin's loopback port
+        self._handlers: set[threading.Thread] = set()
+        self._clients: set[socket.socket] = set()
+
+    def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
+        raise TunnelError("internal error: SSM port forwarding has no SSH transport to adopt")
+
+    # ------------------------------------------------------------------------- starting
+
+    def _start(self) -> int:
+        self._require_route()
+        from tunnelman.core.transport import ssm
+
+        ssm.find_plugin()  # a missing plugin: one line, before any AWS call or bind
+        port = self._local_port_wanted()
+        ports.ensure_port_free(port)
+        bound = self._listen(port)  # held from now on: a client that connects early waits
+        self._launch()
+        self._start_accepting()
+        self._came_up(bound, " over SSM port forwarding")
+        return bound
+
+    def _launch(self) -> None:
+        from tunnelman.core.transport import ssm
+
+        inner = ports.free_local_port()
+        cancel = self._cancel if self._cancel is not None else self._stopping
+        plugin = ssm.open_forward(self.profile, inner, cancel=cancel)
+        if self._stopping.is_set():
+            plugin.stop()
+            return
+        with self._lock:
+            self._plugin = plugin
+            self._inner = inner
+            self._changed.notify_all()
+
+    def _listen(self, port: int) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            net.prepare_listener(sock)
+            net.exclusive_listener(sock)
+            sock.bind(("127.0.0.1", port))  # loopback only, never 0.0.0.0
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ports.bind_error(port, exc) from None
+        self._listener = sock
+        return int(sock.getsockname()[1])
+
+    def _start_accepting(self) -> None:
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="tunnelman-ssm-listen", daemon=True
+        )
+        self._acceptor.start()
+
+    # ------------------------------------------------------------------------- clients
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            while not self._stopping.is_set() and self._listener is listener:
+                if not sel.select(ACCEPT_POLL):
+                    continue
+                try:
+                    client, _addr = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return  # the listener was closed
+                client.setblocking(True)
+                thread = threading.Thread(
+                    target=self._serve_client, args=(client,), name="tunnelman-client", daemon=True
+                )
+                with self._lock:
+                    self._handlers.add(thread)
+                    self._clients.add(client)
+                thread.start()
+
+    def _plugin_running(self) -> bool:
+        plugin = self._plugin
+        return plugin is not None and plugin.exited() is None and self._inner is not None
+
+    def _serve_client(self, client: socket.socket) -> None:
+        counted = False
+        upstream: socket.socket | None = None
+        try:
+            counted = self._await_up(self._plugin_running)
+            inner = self._inner
+            if not counted or inner is None:
+                return
+            try:
+                upstream = socket.create_connection(
+                    ("127.0.0.1", inner), timeout=float(self.profile.connect_timeout)
+                )
+            except OSError as exc:
+                self._log.info("the plugin's port %d refused a client (%s)", inner, exc)
+                return
+            upstream.settimeout(None)
+            with self._lock:
+                self._clients.add(upstream)
+            relay.bridge(client, upstream, self._traffic)
+        finally:
+            if counted:
+                self._client_left()
+            with self._lock:
+                self._clients.discard(client)
+                if upstream is not None:
+                    self._clients.discard(upstream)
+                self._handlers.discard(threading.current_thread())
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    # ------------------------------------------------------------------------- supervision
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                plugin = self._plugin
+            if plugin is None:
+                return
+            code = plugin.wait()  # returns when the session ends (stop() ends it too)
+            if self._stopping.is_set():
+                return
+            said = plugin.last_words()
+            with self._lock:
+                self._inner = None
+            reason = f"the Session Manager session ended (session-manager-plugin exit {code}" + (
+                f": {said})" if said else ")"
+            )
+            if not self._supervise:
+                self._fail(reason)
+                return
+            if not self._reconnect_loop(reason):
+                return
+
+    def _reconnect_once(self) -> bool:
+        self._stop_plugin()
+        self._launch()
+        return not self._stopping.is_set()
+
+    def _stop_plugin(self) -> None:
+        with self._lock:
+            plugin, self._plugin = self._plugin, None
+            self._inner = None
+        if plugin is not None:
+            plugin.stop()
+
+    # ------------------------------------------------------------------------- teardown
+
+    def _close_listener(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            held = list(self._clients)
+            self._changed.notify_all()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _close_for_failure(self) -> None:
+        # Port first, then the session: whoever reacts to FAILED finds nothing listening.
+        self._close_listener()
+        self._stop_plugin()
+
+    def _teardown(self) -> None:
+        self._stopping.set()
+        self._backoff.wake()
+        self._close_listener()
+        self._stop_plugin()
+        deadline = time.monotonic() + 3.0
+        with self._lock:
+            threads = [self._watcher, self._acceptor, *self._handlers]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=max(0.1, deadline - time.monotonic()))
