@@ -66,7 +66,7 @@ def detach_up(
     profile = prof.load(config, missing_ok=False).get(name)
     target = str(profile.endpoint) if profile.endpoint else "?"
     client = AgentClient(notify=err)
-    progress(f"Connecting to bastion {profile.bastion} … (database {target}; held by the agent)")
+    progress(f"Connecting to {_way_in(profile)} … (database {target}; held by the agent)")
     status = client.up(name, config, port, host_keys=host_key_policy(accept_new))
     bound = status.local_port
     if bound is None:
@@ -146,7 +146,7 @@ def up_cmd(
     )
     tunnel.on_client = recorder.client
     target = str(profile.endpoint) if profile.endpoint else "?"
-    progress(f"Connecting to bastion {profile.bastion} … (database {target})")
+    progress(f"Connecting to {_way_in(profile)} … (database {target})")
     # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
     with routed(interrupt):
         try:
@@ -193,3 +193,12 @@ def _hold(events: queue.Queue[Any], stop: threading.Event, states: Any) -> str |
             return str(status.error or "failed")
         last = status.state
     return None
+
+
+def _way_in(profile: prof.Profile) -> str:
+    """What `up` says it connects to: the bastion, and how when not over plain TCP."""
+    if profile.transport == "ssm" and profile.bastion is None:
+        return f"{profile.bastion_instance_id} (SSM port forwarding)"
+    if profile.transport != "ssh":
+        return f"bastion {profile.bastion} over {profile.transport} ({profile.bastion_instance_id})"
+    return f"bastion {profile.bastion}"

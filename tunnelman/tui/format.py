@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 from tunnelman.core.profiles import printable
+from tunnelman.core.transport import describe as describe_transport
 from tunnelman.core.tunnel import TunnelState
 from tunnelman.core.tunnel.traffic import human_bytes
 from tunnelman.tui.state import CONNECTING, is_open
@@ -177,6 +178,8 @@ def profile_text(profile: Profile) -> Text:
         text.append(f" — {printable(profile.description)}", style="italic")
     text.append("\n")
     _row(text, "bastion", str(profile.bastion) if profile.bastion else "— (none)")
+    if profile.transport != "ssh":
+        _row(text, "transport", printable(describe_transport(profile)))
     if profile.identity_file:
         _row(text, "key", str(profile.identity_file))
     _row(text, "endpoint", str(profile.endpoint) if profile.endpoint else "— (from the cluster)")

@@ -1,0 +1,146 @@
+"""A STAND-IN for AWS's `session-manager-plugin`, for tests only: not AWS's plugin, no AWS involved.
+
+AWS's plugin needs the real Systems Manager service (it opens the session's websocket to
+ssmmessages.REGION.amazonaws.com), which cannot run here. This stand-in takes the same argv as
+the real one is given by the AWS CLI v2 and by tunnelman:
+
+    session-manager-plugin AWS_SSM_START_SESSION_RESPONSE REGION StartSession PROFILE REQUEST_JSON ENDPOINT
+
+reads the StartSession response (session id, token, stream URL) from the environment variable
+named by the first argument, as the real plugin does, checks what it was given, appends it to the
+JSON-lines file `$STANDIN_SSM_RECORD` (argv, the response it read, its pid), and then does what
+the instance's SSM agent would do, with real sockets to the lab's real servers:
+
+- `AWS-StartSSHSession`: relays its stdin/stdout to 127.0.0.1:portNumber (the lab's sshd);
+- `AWS-StartPortForwardingSessionToRemoteHost`: listens on 127.0.0.1:localPortNumber and relays
+  each connection to host:portNumber (the lab's PostgreSQL).
+
+`--version` prints a version line. Exit status 2 for input the real plugin would refuse.
+Used by tests/test_transport_ssm.py through a `session-manager-plugin` wrapper on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+from typing import Any, NoReturn
+
+VERSION = "1.2.0.0-standin"
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"stand-in session-manager-plugin: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _record(entry: dict[str, Any]) -> None:
+    path = os.environ.get("STANDIN_SSM_RECORD")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def _ssh_session(port: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    stdout = sys.stdout.buffer
+
+    def down() -> None:
+        try:
+            while data := sock.recv(65536):
+                stdout.write(data)
+                stdout.flush()
+        except OSError:
+            pass
+        os._exit(0)  # the instance's sshd closed: the session ends
+
+    threading.Thread(target=down, daemon=True).start()
+    fd = sys.stdin.fileno()
+    try:
+        while data := os.read(fd, 65536):
+            sock.sendall(data)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _port_session(local_port: int, host: str, port: int, session_id: str) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", local_port))
+    listener.listen(16)
+    print(f"Port {local_port} opened for sessionId {session_id}.", flush=True)
+    print("Waiting for connections...", flush=True)
+    while True:
+        client, _ = listener.accept()
+        upstream = socket.create_connection((host, port))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_copy, args=(a, b), daemon=True).start()
+
+
+def main(argv: list[str]) -> None:
+    if argv[1:] == ["--version"]:
+        print(VERSION)
+        return
+    if len(argv) != 7:
+        _fail(f"expected 6 arguments, got {len(argv) - 1}")
+    env_name, region, operation, profile, request_json, endpoint = argv[1:]
+    if operation != "StartSession":
+        _fail(f"unknown operation {operation}")
+    raw = (
+        os.environ.pop(env_name, None)
+        if env_name.startswith("AWS_SSM_START_SESSION_RESPONSE")
+        else env_name
+    )
+    if raw is None:
+        _fail(f"no {env_name} in the environment")
+    response = json.loads(raw)
+    request = json.loads(request_json)
+    for key in ("SessionId", "TokenValue", "StreamUrl"):
+        if not response.get(key):
+            _fail(f"the StartSession response has no {key}")
+    document = request.get("DocumentName")
+    params = request.get("Parameters") or {}
+    _record(
+        {
+            "pid": os.getpid(),
+            "argv": argv[1:],
+            "response_env": env_name,
+            "response": response,
+            "region": region,
+            "profile": profile,
+            "endpoint": endpoint,
+            "target": request.get("Target"),
+            "document": document,
+            "parameters": params,
+        }
+    )
+    if document == "AWS-StartSSHSession":
+        _ssh_session(int(params["portNumber"][0]))
+    elif document == "AWS-StartPortForwardingSessionToRemoteHost":
+        _port_session(
+            int(params["localPortNumber"][0]),
+            params["host"][0],
+            int(params["portNumber"][0]),
+            response["SessionId"],
+        )
+    else:
+        _fail(f"document {document} is not what tunnelman sends")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,332 @@
+"""`transport = "ssm"`: SSH over Session Manager and SSM port forwarding, end to end on the lab.
+
+What is real here: tunnelman (its CLI in-process, its tunnels, the reconnect loop, the host key
+check), the lab's OpenSSH sshd and PostgreSQL, psql, and a child process started exactly as AWS's
+plugin is started. What stands in, and why:
+
+- StartSession / DescribeInstanceInformation: moto implements neither, so botocore's Stubber
+  answers them with the real API's response shapes (Stubber validates requests and responses
+  against botocore's service model);
+- `session-manager-plugin`: a STAND-IN (tests/lab/standin_ssm_plugin.py), since AWS's plugin needs
+  the real SSM service. It takes the real plugin's argv, reads the session token from the
+  environment as the real one does, records what it was given, and relays to the lab's real sshd
+  (AWS-StartSSHSession) or real PostgreSQL (port forwarding), as the instance's SSM agent would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.stub import ANY
+
+from tests.cli import RunCli
+from tests.conftest import LabProfile
+from tests.lab.postgres import Postgres
+from tests.lab.profiles import make_profile, query
+from tests.lab.sshd import Sshd
+from tests.test_aws_stubbed import Stubs
+from tunnelman.cli.main import main
+from tunnelman.core import aws, credentials
+from tunnelman.core.aws import session as aws_session
+from tunnelman.core.errors import ConfigError, HostKeyError
+from tunnelman.core.profiles import with_overrides
+from tunnelman.core.transport import ssm
+from tunnelman.core.tunnel import TunnelState, open_tunnel
+
+REGION = "us-east-2"
+INSTANCE = "i-0a1b2c3d4e5f67890"
+TOKEN = "AAEAAdQ1ODYyNzk1LXN0YW5kLWluLXNlc3Npb24tdG9rZW4tbm90LXJlYWw="
+STANDIN = Path(__file__).parent / "lab" / "standin_ssm_plugin.py"
+
+
+def _response(n: int) -> dict[str, Any]:
+    """A StartSession answer with the real API's shape (ids as AWS makes them)."""
+    session_id = f"ana-0{n:02d}f3c1d2e4b5a6978"
+    return {
+        "SessionId": session_id,
+        "TokenValue": f"{TOKEN}{n}",
+        "StreamUrl": (
+            f"wss://ssmmessages.{REGION}.amazonaws.com/v1/data-channel/{session_id}"
+            "?role=publish_subscribe&cell-number=AAEAAQ"
+        ),
+    }
+
+
+@pytest.fixture
+def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
+    made = Stubs()
+    monkeypatch.setattr(aws_session, "make_client", made.make_client)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    aws.clear_cache()
+    yield made
+    aws.clear_cache()
+
+
+def _expect_sessions(stubs: Stubs, document: str, params: dict[str, Any], count: int) -> None:
+    for n in range(count):
+        stubs("ssm").add_response(
+            "start_session",
+            _response(n),
+            {"Target": INSTANCE, "DocumentName": document, "Parameters": params},
+        )
+
+
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in plugin as `session-manager-plugin` first on PATH; returns its record file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "session-manager-plugin"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    wrapper.chmod(0o755)
+    record = tmp_path / "standin-record.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("STANDIN_SSM_RECORD", str(record))
+    return record
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_records(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while len(found := _records(path)) < count:
+        assert time.monotonic() < deadline, f"the stand-in plugin ran {len(found)} times"
+        time.sleep(0.05)
+    return found
+
+
+def _run(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    else:
+        code = 0
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_plugin_input(entry: dict[str, Any], document: str) -> None:
+    """What the stand-in was given: the real plugin's argv, the token only in its environment."""
+    argv = entry["argv"]
+    assert argv[0] == "AWS_SSM_START_SESSION_RESPONSE" == entry["response_env"]
+    assert argv[1:3] == [REGION, "StartSession"]
+    assert argv[5] == f"https://ssm.{REGION}.amazonaws.com"
+    assert entry["response"]["TokenValue"].startswith(TOKEN)
+    assert entry["response"]["SessionId"].startswith("ana-0")
+    assert not any(TOKEN in arg for arg in argv), "the session token reached argv"
+    assert entry["target"] == INSTANCE
+    assert entry["document"] == document
+    assert entry["region"] == REGION
+
+
+# ----------------------------------------------------------------------------- SSH over SSM
+
+
+def _ssh_over_ssm(lab_profile: LabProfile) -> None:
+    lab_profile.write(
+        transport="ssm",
+        bastion_instance_id=INSTANCE,
+        region=REGION,
+        password="keyring",
+        connect_timeout=5,
+    )
+    credentials.keyring_set(lab_profile.name, lab_profile.password)
+
+
+def test_psql_over_ssh_over_ssm(
+    lab_profile: LabProfile,
+    keyring_backend: Any,
+    stubs: Stubs,
+    standin: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    _ssh_over_ssm(lab_profile)
+    port = str(lab_profile.sshd.port)
+    _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [port]}, 1)
+    try:
+        code, out, err = _run(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
+    finally:
+        credentials.keyring_delete(lab_profile.name)
+    assert code == 0, err
+    assert out.strip() == "42"
+    [entry] = _records(standin)
+    _assert_plugin_input(entry, "AWS-StartSSHSession")
+    assert entry["parameters"] == {"portNumber": [port]}
+    assert TOKEN not in out + err
+    stubs.verify()
+
+
+def test_ssh_over_ssm_checks_the_bastions_host_key(
+    tmp_path: Path, sshd: Sshd, postgres: Postgres, stubs: Stubs, standin: Path
+) -> None:
+    """The host key is checked end to end: a different key for the bastion's name is refused."""
+    profile = make_profile(
+        sshd, postgres, tmp_path, transport="ssm", bastion_instance_id=INSTANCE, region=REGION
+    )
+    known = profile.known_hosts
+    line = known.read_text().split()
+    # The same name with another ed25519 key: what a man in the middle would present.
+    line[-1] = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    line[-2] = "ssh-ed25519"
+    known.write_text(" ".join(line) + "\n")
+    _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [str(sshd.port)]}, 1)
+    with pytest.raises(HostKeyError):
+        open_tunnel(profile, local_port=0).start()
+    assert len(_records(standin)) == 1
+
+
+# ----------------------------------------------------------------------------- port forwarding
+
+
+def _forward_params(pg: Postgres) -> dict[str, Any]:
+    return {"host": ["127.0.0.1"], "portNumber": [str(pg.port)], "localPortNumber": ANY}
+
+
+def test_psql_over_ssm_port_forwarding(
+    lab_profile: LabProfile,
+    keyring_backend: Any,
+    stubs: Stubs,
+    standin: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    _ssh_over_ssm(lab_profile)
+    lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+    _expect_sessions(
+        stubs,
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        _forward_params(lab_profile.postgres),
+        1,
+    )
+    try:
+        code, out, err = _run(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
+    finally:
+        credentials.keyring_delete(lab_profile.name)
+    assert code == 0, err
+    assert out.strip() == "42"
+    [entry] = _records(standin)
+    _assert_plugin_input(entry, "AWS-StartPortForwardingSessionToRemoteHost")
+    params = entry["parameters"]
+    assert params["host"] == ["127.0.0.1"]
+    assert params["portNumber"] == [str(lab_profile.postgres.port)]
+    assert 0 < int(params["localPortNumber"][0]) < 65536
+    stubs.verify()
+
+
+# ----------------------------------------------------------------------------- reconnect
+
+
+@pytest.mark.parametrize("mode", ["ssh-over-ssm", "port-forwarding"])
+def test_killing_the_plugin_reconnects_within_5_s(
+    mode: str, tmp_path: Path, sshd: Sshd, postgres: Postgres, stubs: Stubs, standin: Path
+) -> None:
+    profile = make_profile(
+        sshd,
+        postgres,
+        tmp_path,
+        transport="ssm",
+        bastion_instance_id=INSTANCE,
+        region=REGION,
+        password="none",
+    )
+    if mode == "port-forwarding":
+        profile = with_overrides(profile, bastion=None)
+        _expect_sessions(
+            stubs, "AWS-StartPortForwardingSessionToRemoteHost", _forward_params(postgres), 3
+        )
+    else:
+        _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [str(sshd.port)]}, 3)
+    states: list[TunnelState] = []
+    tunnel = open_tunnel(
+        profile, local_port=0, supervise=True, on_status=lambda s: states.append(s.state)
+    )
+    port = tunnel.start()
+    try:
+        assert query(port, postgres) == 1
+        [first] = _wait_records(standin, 1)
+        os.kill(first["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 5.0
+        while True:
+            try:
+                assert query(port, postgres, "select 7", timeout=2) == 7
+                break
+            except Exception:
+                assert time.monotonic() < deadline, f"not back within 5 s: {tunnel.status}"
+                time.sleep(0.1)
+        took = time.monotonic() - killed
+        records = _wait_records(standin, 2)
+        assert records[1]["pid"] != first["pid"]
+        assert records[1]["response"]["SessionId"] != first["response"]["SessionId"]
+        assert tunnel.status.state == TunnelState.UP
+        assert tunnel.status.reconnects >= 1
+        assert TunnelState.RECONNECTING in states
+        assert took < 5.0
+    finally:
+        tunnel.stop()
+
+
+# ----------------------------------------------------------------------------- the plugin
+
+
+def test_a_missing_plugin_is_one_line(
+    run_cli: RunCli, lab_profile: LabProfile, tmp_path: Path
+) -> None:
+    lab_profile.write(transport="ssm", bastion_instance_id=INSTANCE, region=REGION, password="none")
+    if shutil.which(ssm.PLUGIN) or any(os.path.exists(p) for p in ssm.plugin_places()):
+        pytest.skip("AWS's session-manager-plugin is installed on this machine")
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    for argv in (["up", "lab"], ["psql", "lab", "-c", "select 1"]):
+        res = run_cli(*argv, env=env, timeout=30)
+        assert res.returncode != 0
+        errors = [line for line in res.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1, res.stderr
+        assert errors[0].startswith("tunnelman: error: AWS's session-manager-plugin was not found")
+        assert ssm.INSTALL_URL in errors[0]
+        assert "Traceback" not in res.stderr
+
+
+def test_plugin_search_order(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if not any(os.path.exists(p) for p in ssm.plugin_places("linux")):
+        with pytest.raises(ConfigError) as caught:
+            ssm.find_plugin(path=str(bin_dir), platform="linux")
+        assert ssm.INSTALL_URL in (caught.value.hint or "")
+    plugin = bin_dir / "session-manager-plugin"
+    plugin.write_text("#!/bin/sh\necho 1.2.707.0\n")
+    plugin.chmod(0o755)
+    assert ssm.find_plugin(path=str(bin_dir)) == str(plugin)
+    assert ssm.plugin_version(str(plugin)) == "1.2.707.0"
+    assert ssm.plugin_places("win32", {"ProgramFiles": r"C:\Program Files"}) == [
+        r"C:\Program Files\Amazon\SessionManagerPlugin\bin\session-manager-plugin.exe"
+    ]
+    assert "/usr/local/sessionmanagerplugin/bin/session-manager-plugin" in ssm.plugin_places(
+        "darwin"
+    )
+
+
+def test_openssh_engine_is_refused_with_one_line(
+    tmp_path: Path, sshd: Sshd, postgres: Postgres
+) -> None:
+    profile = make_profile(
+        sshd, postgres, tmp_path, transport="ssm", bastion_instance_id=INSTANCE, engine="openssh"
+    )
+    with pytest.raises(ConfigError, match='engine = "openssh" cannot use transport = "ssm"'):
+        open_tunnel(profile, local_port=0).start()
