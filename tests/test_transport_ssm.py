@@ -330,3 +330,135 @@ def test_openssh_engine_is_refused_with_one_line(
     )
     with pytest.raises(ConfigError, match='engine = "openssh" cannot use transport = "ssm"'):
         open_tunnel(profile, local_port=0).start()
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def _instance_info(ping: str = "Online") -> dict[str, Any]:
+    """A DescribeInstanceInformation answer with the real API's shape."""
+    import datetime as dt
+
+    return {
+        "InstanceInformationList": [
+            {
+                "InstanceId": INSTANCE,
+                "PingStatus": ping,
+                "LastPingDateTime": dt.datetime(2026, 12, 1, 18, 0, tzinfo=dt.UTC),
+                "AgentVersion": "3.3.1142.0",
+                "IsLatestVersion": False,
+                "PlatformType": "Linux",
+                "PlatformName": "Amazon Linux",
+                "PlatformVersion": "2023",
+                "ResourceType": "EC2Instance",
+                "IPAddress": "10.0.1.23",
+                "ComputerName": "ip-10-0-1-23.us-east-2.compute.internal",
+            }
+        ]
+    }
+
+
+def _expect_instance(stubs: Stubs, answer: dict[str, Any]) -> None:
+    stubs("ssm").add_response(
+        "describe_instance_information",
+        answer,
+        {"Filters": [{"Key": "InstanceIds", "Values": [INSTANCE]}]},
+    )
+
+
+def _check(capfd: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code, out, err = _run(["check", "lab"], capfd)
+    return code, out.splitlines() + err.splitlines()
+
+
+@pytest.mark.parametrize("mode", ["ssh-over-ssm", "port-forwarding"])
+def test_check_shows_the_transports_steps(
+    mode: str,
+    lab_profile: LabProfile,
+    keyring_backend: Any,
+    stubs: Stubs,
+    standin: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    _ssh_over_ssm(lab_profile)
+    _expect_instance(stubs, _instance_info())
+    if mode == "port-forwarding":
+        lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+        _expect_sessions(
+            stubs,
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            _forward_params(lab_profile.postgres),
+            1,
+        )
+    else:
+        port = str(lab_profile.sshd.port)
+        _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [port]}, 1)
+    try:
+        code, lines = _check(capfd)
+    finally:
+        credentials.keyring_delete(lab_profile.name)
+    assert code == 0, "\n".join(lines)
+    marks = [line[:22].rstrip() for line in lines if line[:1] in "✓✗-"]
+    expected = ["✓ config", "✓ AWS credentials", "✓ SSM instance", "✓ SSM plugin"]
+    if mode == "ssh-over-ssm":
+        expected += ["✓ key", "✓ reach bastion", "✓ host key", "✓ log in to bastion"]
+    expected += ["✓ open forward", "✓ log in to database", "✓ server version", "✓ PostGIS"]
+    assert marks == expected
+    text = "\n".join(lines)
+    assert f"{INSTANCE} is SSM-managed and online (agent 3.3.1142.0, Amazon Linux 2023)" in text
+    assert "(version 1.2.0.0-standin)" in text
+    assert "All checks passed." in text
+    assert TOKEN not in text
+    stubs.verify()
+
+
+def test_check_names_the_iam_action_when_startsession_is_denied(
+    lab_profile: LabProfile, stubs: Stubs, standin: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    lab_profile.write(transport="ssm", bastion_instance_id=INSTANCE, region=REGION, password="none")
+    _expect_instance(stubs, _instance_info())
+    stubs("ssm").add_client_error(
+        "start_session",
+        service_error_code="AccessDeniedException",
+        service_message=(
+            "User: arn:aws:iam::123456789012:user/ana is not authorized to perform: "
+            f"ssm:StartSession on resource: arn:aws:ec2:{REGION}:123456789012:instance/{INSTANCE}"
+        ),
+        http_status_code=400,
+    )
+    code, lines = _check(capfd)
+    assert code == 1
+    text = "\n".join(lines)
+    assert "✗ reach bastion" in text
+    assert (
+        "AWS denied ssm:StartSession in us-east-2 (as arn:aws:iam::123456789012:user/ana)" in text
+    )
+    assert "fix: your IAM policy needs ssm:StartSession" in text
+    assert "- host key" in text
+    assert _records(standin) == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ({"InstanceInformationList": []}, "is not managed by Systems Manager in us-east-2"),
+        (_instance_info("ConnectionLost"), "is ConnectionLost, last ping 2026-12-01 18:00 UTC"),
+    ],
+)
+def test_check_says_when_the_instance_is_not_online(
+    answer: dict[str, Any],
+    said: str,
+    lab_profile: LabProfile,
+    stubs: Stubs,
+    standin: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    lab_profile.write(transport="ssm", bastion_instance_id=INSTANCE, region=REGION)
+    _expect_instance(stubs, answer)
+    code, lines = _check(capfd)
+    assert code == 1
+    failed = [line for line in lines if line.startswith("✗")]
+    assert len(failed) == 1
+    assert failed[0].startswith("✗ SSM instance")
+    assert said in failed[0]
+    assert "- SSM plugin" in "\n".join(lines)

@@ -5,6 +5,12 @@ the database, server version, PostGIS. `Doctor.run()` yields one `StepResult` pe
 completes: passed (a detail), failed (the `TunnelmanError`'s message and hint), then every later
 step as skipped. `tunnelman check` prints them; the TUI's check screen shows them live.
 
+A profile with `transport = "ssm"` gets the transport's own steps after config (SSM_STEPS: AWS
+credentials, the instance is SSM-managed and online, the plugin and its version); StartSession
+itself is the "reach bastion" step (SSH over SSM) or the "open forward" step (SSM port
+forwarding, which has no SSH steps), and a refusal there names `ssm:StartSession`. ALL_STEPS is
+every label in the order they can come.
+
 The connection steps are `tunnelman.core.ssh`'s own, run one at a time; the database steps go
 through a real tunnel (`Tunnel.adopt` on the checked connection), with the password handed to
 psycopg as an argument, never on a command line or in the environment. Whoever runs the doctor
@@ -46,6 +52,10 @@ STEPS = (
     "PostGIS",
 )
 
+SSM_STEPS = ("AWS credentials", "SSM instance", "SSM plugin")
+ALL_STEPS = (STEPS[0], *SSM_STEPS, *STEPS[1:])
+_SSH_STEPS = frozenset(("key", "reach bastion", "host key", "log in to bastion"))
+
 Outcome = Literal["passed", "failed", "skipped"]
 
 
@@ -59,6 +69,7 @@ class StepResult:
     detail: str = ""
     hint: str | None = None
     notes: tuple[str, ...] = ()
+    next_step: str | None = None  # the step that runs next (passed results), for a progress line
 
     @property
     def passed(self) -> bool:
@@ -125,9 +136,27 @@ class Doctor:
         self.s.given = profile
         resolved, notes = ssh_config.effective(profile)
         self.s.profile = resolved
-        route = " → ".join(str(hop) for hop in (*resolved.jump, resolved.bastion))
+        hops = [str(hop) for hop in (*resolved.jump, resolved.bastion) if hop is not None]
+        if profile.transport != "ssh":
+            hops.insert(0, f"{profile.transport}:{profile.bastion_instance_id}")
+        route = " → ".join(hops)
         detail = f"{sets.path}: {route} → {profile.endpoint}, {profile.user}@{profile.database}"
         return detail, tuple(f"ssh_config: {note}" for note in notes)
+
+    def aws_credentials_step(self) -> _Found:
+        from tunnelman.core.transport import ssm
+
+        return ssm.check_credentials(self._profile())
+
+    def ssm_instance_step(self) -> _Found:
+        from tunnelman.core.transport import ssm
+
+        return ssm.check_instance(self._profile())
+
+    def ssm_plugin_step(self) -> _Found:
+        from tunnelman.core.transport import ssm
+
+        return ssm.check_plugin()
 
     def key_step(self) -> _Found:
         from tunnelman.core import ssh
@@ -171,6 +200,8 @@ class Doctor:
             raise
         version = self.s.transport.remote_version or "SSH"
         through = f" through {', '.join(str(h) for h in profile.jump)}" if profile.jump else ""
+        if profile.transport == "ssm":
+            through += f" over a Session Manager session to {profile.bastion_instance_id}"
         return f"{profile.bastion.host}:{profile.bastion.port} answers ({version}){through}"
 
     def host_key_step(self) -> _Found:
@@ -200,6 +231,14 @@ class Doctor:
         from tunnelman.core.tunnel import open_tunnel
 
         profile = self._profile()
+        if profile.bastion is None:  # SSM port forwarding: no SSH connection to adopt
+            tunnel = open_tunnel(profile, local_port=0)
+            self.s.tunnel = tunnel
+            self.s.port = tunnel.start()
+            return (
+                f"{profile.bastion_instance_id} reaches {profile.endpoint} (SSM port forwarding); "
+                f"test tunnel on 127.0.0.1:{self.s.port}"
+            )
         assert self.s.transport is not None
         assert self.s.identity is not None
         # The profile as written: the openssh engine hands ssh the alias and its ssh_config.
@@ -269,6 +308,9 @@ class Doctor:
     def _plan(self) -> list[tuple[str, Callable[[], _Found]]]:
         steps = [
             self.config_step,
+            self.aws_credentials_step,
+            self.ssm_instance_step,
+            self.ssm_plugin_step,
             self.key_step,
             self.reach_step,
             self.host_key_step,
@@ -278,7 +320,18 @@ class Doctor:
             self.version_step,
             self.postgis_step,
         ]
-        return list(zip(STEPS, steps, strict=True))
+        return list(zip(ALL_STEPS, steps, strict=True))
+
+    def _applies(self, label: str) -> bool:
+        """Whether the step is this profile's (known once the config step has passed)."""
+        profile = self.s.profile
+        if profile is None:
+            return True
+        if label in SSM_STEPS:
+            return profile.transport == "ssm"
+        if label in _SSH_STEPS:
+            return profile.bastion is not None
+        return True
 
     def run(self) -> Generator[StepResult, None, None]:
         """Each step's result as it completes; what the steps opened is closed at the end (also
@@ -286,6 +339,8 @@ class Doctor:
         plan = self._plan()
         try:
             for index, (label, step) in enumerate(plan):
+                if not self._applies(label):
+                    continue
                 if self.cancel is not None and self.cancel.is_set():
                     return
                 try:
@@ -293,10 +348,14 @@ class Doctor:
                 except TunnelmanError as exc:
                     yield StepResult.from_error(label, exc)
                     for name, _ in plan[index + 1 :]:
-                        yield StepResult(name, "skipped")
+                        if self._applies(name):
+                            yield StepResult(name, "skipped")
                     return
                 detail, notes = (found, ()) if isinstance(found, str) else found
-                yield StepResult(label, "passed", detail, notes=notes)
+                following = (name for name, _ in plan[index + 1 :] if self._applies(name))
+                yield StepResult(
+                    label, "passed", detail, notes=notes, next_step=next(following, None)
+                )
         finally:
             self.close()
 

@@ -55,6 +55,9 @@ __all__ = [
     "SSH_DOCUMENT",
     "PluginProcess",
     "Session",
+    "check_credentials",
+    "check_instance",
+    "check_plugin",
     "find_plugin",
     "open_forward",
     "open_socket",
@@ -431,3 +434,68 @@ def _accepts(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ----------------------------------------------------------------------------- the doctor's steps
+
+
+def check_credentials(profile: Profile) -> str:
+    """Credentials found on the standard chain (no network call), and the region to use."""
+    from tunnelman.core.aws.session import calling, resolve_region, session_for
+
+    session = session_for(profile)
+    region = resolve_region(session, profile)
+    with calling("load credentials", region=region, session=session):
+        found = session.get_credentials()
+    if found is None:
+        raise AWSError(
+            "no AWS credentials found (environment, ~/.aws/credentials, SSO, instance role)",
+            hint="run `aws configure` or `aws sso login`, or set aws_profile in the profile",
+        )
+    named = f", AWS profile {session.profile_name}" if profile.aws_profile else ""
+    return f"from {found.method}{named}; region {region}"
+
+
+def check_instance(profile: Profile) -> str:
+    """The instance is managed by Systems Manager and its agent is online
+    (DescribeInstanceInformation); AWSError naming what is wrong otherwise."""
+    from tunnelman.core.aws.session import calling, resolve_region, session_for, ssm_client
+
+    target = profile.bastion_instance_id or ""
+    session = session_for(profile)
+    region = resolve_region(session, profile)
+    client = ssm_client(session, region)
+    with calling("ssm:DescribeInstanceInformation", region=region, session=session):
+        answer = client.describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [target]}]
+        )
+    infos = answer.get("InstanceInformationList") or []
+    if not infos:
+        raise AWSError(
+            f"instance {target} is not managed by Systems Manager in {region} "
+            "(no SSM agent has registered it)",
+            hint="check the instance id and region, that the SSM agent runs on it and that its "
+            "instance profile allows AmazonSSMManagedInstanceCore",
+        )
+    info = infos[0]
+    ping = str(info.get("PingStatus") or "unknown")
+    if ping != "Online":
+        last = info.get("LastPingDateTime")
+        when = f", last ping {last:%Y-%m-%d %H:%M} UTC" if last is not None else ""
+        raise AWSError(
+            f"the SSM agent of {target} is {ping}{when}",
+            hint="start the instance, or check that it reaches the SSM endpoints (a NAT gateway "
+            "or VPC endpoints for ssm, ssmmessages and ec2messages)",
+        )
+    agent = info.get("AgentVersion")
+    platform = " ".join(
+        str(x) for x in (info.get("PlatformName"), info.get("PlatformVersion")) if x
+    )
+    extra = ", ".join(x for x in (f"agent {agent}" if agent else "", platform) if x)
+    return f"{target} is SSM-managed and online" + (f" ({extra})" if extra else "")
+
+
+def check_plugin() -> str:
+    """Where the plugin is and its version."""
+    plugin = find_plugin()
+    return f"{plugin} (version {plugin_version(plugin)})"

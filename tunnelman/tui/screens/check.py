@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 from textual.worker import get_current_worker
 
-from tunnelman.core.diagnose import STEPS, Doctor, StepResult
+from tunnelman.core.diagnose import ALL_STEPS, STEPS, Doctor, StepResult
 from tunnelman.core.profiles import Profile, printable
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tunnelman.core.ssh import PassphrasePrompt
     from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
-_WIDTH = max(len(s) for s in STEPS) + 2
+_WIDTH = max(len(s) for s in ALL_STEPS) + 2
 _MARKS = {"passed": "✓", "failed": "✗", "skipped": "-"}
 
 
@@ -118,7 +118,7 @@ class CheckScreen(ModalScreen[None]):
     @property
     def ok(self) -> bool:
         """Every step passed (meaningful once `finished`)."""
-        return len(self.results) == len(STEPS) and all(r.passed for r in self.results)
+        return bool(self.results) and all(r.passed for r in self.results)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="check-dialog"):
@@ -178,9 +178,8 @@ class CheckScreen(ModalScreen[None]):
                     markup=False,
                 )
             )
-        index = STEPS.index(result.step)
-        if result.passed and index + 1 < len(STEPS):
-            self._status(f"… {STEPS[index + 1]}")
+        if result.passed and result.next_step:
+            self._status(f"… {result.next_step}")
         box.scroll_end(animate=False)
 
     def on_check_done(self, message: CheckDone) -> None:
