@@ -325,8 +325,8 @@ class Doctor:
     def _applies(self, label: str) -> bool:
         """Whether the step is this profile's (known once the config step has passed)."""
         profile = self.s.profile
-        if profile is None:
-            return True
+        if profile is None:  # the config step failed: the steps of every ssh profile follow
+            return label not in SSM_STEPS
         if label in SSM_STEPS:
             return profile.transport == "ssm"
         if label in _SSH_STEPS:
