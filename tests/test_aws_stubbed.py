@@ -206,7 +206,13 @@ def test_cluster_status_command_shows_what_moto_cannot(
 # ----------------------------------------------------------------------------- discovery
 
 
-def _discovery_stubs(stubs: Stubs, *, ec2_error: str | None = None) -> None:
+def _discovery_stubs(
+    stubs: Stubs,
+    *,
+    ec2_error: str | None = None,
+    instances: str = "describe_instances_bastion.json",
+    ssm_online: str | None = None,
+) -> None:
     clusters = load_json("describe_db_clusters_v1_paused.json")["DBClusters"]
     clusters += load_json("describe_db_clusters_v2_custom.json")["DBClusters"]
     rds = stubs("rds")
@@ -232,8 +238,14 @@ def _discovery_stubs(stubs: Stubs, *, ec2_error: str | None = None) -> None:
             expected_params=running,
         )
     else:
-        ec2.add_response(
-            "describe_instances", load_json("describe_instances_bastion.json"), running
+        ec2.add_response("describe_instances", load_json(instances), running)
+    # Systems Manager's view of those instances (asked only once EC2 listed some).
+    ssm = stubs("ssm")
+    if not ec2_error:
+        ssm.add_response(
+            "describe_instance_information",
+            load_json(ssm_online) if ssm_online else {"InstanceInformationList": []},
+            {"Filters": [{"Key": "PingStatus", "Values": ["Online"]}]},
         )
 
 

@@ -462,3 +462,36 @@ def test_check_says_when_the_instance_is_not_online(
     assert failed[0].startswith("✗ SSM instance")
     assert said in failed[0]
     assert "- SSM plugin" in "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- discover
+
+
+def test_discover_lists_ssm_managed_instances(
+    stubs: Stubs, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_aws_stubbed import _discovery_stubs
+
+    def stub() -> None:
+        _discovery_stubs(
+            stubs,
+            instances="describe_instances_ssm.json",
+            ssm_online="describe_instance_information_online.json",
+        )
+
+    stub()
+    found = aws.discover()
+    by_id = {b.id: b for b in found.bastions}
+    # The private instance with an online agent is listed; the one without an agent is not.
+    assert set(by_id) == {"i-0abc1234def567890", "i-0fed9876cba543210"}
+    app = by_id["i-0fed9876cba543210"]
+    assert (app.ssm_online, app.reason, app.public_ip) == (True, "SSM agent online", None)
+    assert by_id["i-0abc1234def567890"].ssm_online is False
+    assert app.to_json()["ssm_online"] is True
+    assert found.warnings == []
+    stubs.verify()
+    stub()
+    code, out, err = _run(["discover"], capfd)
+    assert code == 0, err
+    assert "SSM agent online" in out
+    stubs.verify()

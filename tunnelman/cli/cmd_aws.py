@@ -192,7 +192,8 @@ def _hidden(n: int) -> str:
 
 def _why(b: aws.BastionCandidate) -> str:
     # the full "public IP in the VPC of a, b, c" is in --json; the table keeps it short
-    return "public IP, DB VPC" if b.reason.startswith("public IP") else b.reason
+    why = "public IP, DB VPC" if b.reason.startswith("public IP") else b.reason
+    return f"{why}, SSM online" if b.ssm_online and "SSM" not in why else why
 
 
 def _endpoint_rows(databases: list[aws.Database]) -> list[list[Any]]:
@@ -233,7 +234,10 @@ def _print_hint(found: aws.Discovery, *, several_regions: bool) -> None:
     out()
     out("Make a profile from one of these (endpoint, database, user and secret come from AWS):")
     out(f"  tunnelman profile add NAME --cluster {db.id}{region} \\")
-    if bastion is not None:
+    managed = next((b for b in found.bastions if b.region == db.region and b.ssm_online), None)
+    if bastion is None and managed is not None:
+        out(f"      --transport ssm --bastion-instance {managed.id}")
+    elif bastion is not None:
         key = f"~/.ssh/{bastion.key_name}.pem" if bastion.key_name else "~/.ssh/KEY.pem"
         out(f"      --bastion ec2-user@{bastion.address} \\")
         out(f"      --identity-file {key}")

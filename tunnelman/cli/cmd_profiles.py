@@ -102,6 +102,17 @@ def _endpoint_option(value: str | None) -> str | None:
     "with your ssh_config).",
 )
 @click.option(
+    "--transport",
+    type=click.Choice(get_args(prof.Transport)),
+    help="ssh (default: TCP to the bastion), ssm (AWS Session Manager: SSH over SSM with "
+    "--bastion, else port forwarding to the endpoint) or eice (EC2 Instance Connect Endpoint).",
+)
+@click.option(
+    "--bastion-instance",
+    metavar="i-…",
+    help="The EC2 instance id the transport reaches (ssm: an SSM-managed instance).",
+)
+@click.option(
     "--jump",
     "jump",
     multiple=True,
@@ -132,6 +143,8 @@ def profile_add(
     password_source: str | None,
     sslmode: str | None,
     engine: str | None,
+    transport: str | None,
+    bastion_instance: str | None,
     jump: tuple[str, ...],
     description: str | None,
     group: str | None,
@@ -147,6 +160,10 @@ def profile_add(
         raise click.UsageError("give --cluster ID (looked up in AWS) or --endpoint HOST[:PORT]")
     if reader and proxy:
         raise click.UsageError("--reader and --proxy cannot be used together: pick one endpoint")
+    if transport in ("ssm", "eice") and not bastion_instance:
+        raise click.UsageError(f"--transport {transport} needs --bastion-instance i-…")
+    if transport == "eice" and not bastion:
+        raise click.UsageError("--transport eice needs --bastion USER@HOST (SSH runs over it)")
     chosen = "--reader" if reader else "--proxy" if proxy else None
     if chosen and not cluster:
         raise click.UsageError(f"{chosen} needs --cluster ID (the cluster it belongs to)")
@@ -169,6 +186,8 @@ def profile_add(
         "region": region,
         "aws_profile": aws_profile,
         "engine": engine,
+        "transport": transport,
+        "bastion_instance_id": bastion_instance,
         "jump": (list(jump) if len(jump) > 1 else jump[0]) if jump else None,
     }
     # Refuse a taken name before asking AWS: no point in a look-up whose result is thrown away.
@@ -187,7 +206,12 @@ def profile_add(
     saved = prof.load(path).get(name)
     out(f"Saved profile '{name}' in {path}")
     out(f"  endpoint  {saved.endpoint or '-'}   database {saved.database}   user {saved.user}")
-    out(f"  bastion   {saved.bastion or '- (set one with --bastion USER@HOST)'}")
+    if saved.transport == "ssm" and saved.bastion is None:
+        out(f"  bastion   - (SSM port forwarding through {saved.bastion_instance_id})")
+    else:
+        out(f"  bastion   {saved.bastion or '- (set one with --bastion USER@HOST)'}")
+    if saved.transport != "ssh":
+        out(f"  transport {saved.transport} ({saved.bastion_instance_id})")
     out(f"Next: tunnelman check {name}")
 
 

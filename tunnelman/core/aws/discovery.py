@@ -1,5 +1,6 @@
 """Discovery: Aurora clusters, standalone RDS instances, RDS proxies and bastion candidates in one
-or more regions, queried concurrently.
+or more regions, queried concurrently. Bastion candidates include every running instance whose SSM
+agent is online (DescribeInstanceInformation), the ones `transport = "ssm"` can use.
 
 Called through `tunnelman.core.aws.discovery` by `tunnelman discover` and the TUI. Every list call
 goes through a paginator. A refused or missing secondary call (proxies, custom endpoints, EC2,
@@ -31,6 +32,7 @@ from tunnelman.core.aws.session import (
     rds_client,
     resolve_region,
     session_for,
+    ssm_client,
 )
 from tunnelman.core.errors import AWSError
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     import boto3
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_rds import RDSClient
+    from mypy_boto3_ssm import SSMClient
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -67,6 +70,7 @@ class _RegionScan:
     rds: RDSClient
     ec2: EC2Client
     all_engines: bool
+    ssm: SSMClient | None = None
     databases: list[Database] = field(default_factory=list)
     bastions: list[BastionCandidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -185,11 +189,35 @@ class _RegionScan:
                 Filters=[{"Name": "instance-state-name", "Values": ["running"]}],
             ),
         )
+        online = self._ssm_online() if reservations else set()
         for reservation in reservations or []:
             for raw in reservation.get("Instances", []):
                 reason = bastion_reason(raw, database_vpcs)
+                managed = str(raw.get("InstanceId", "")) in online
+                if reason is None and managed:
+                    reason = "SSM agent online"
                 if reason:
-                    self.bastions.append(bastion_from_api(raw, self.region, reason))
+                    self.bastions.append(
+                        bastion_from_api(raw, self.region, reason, ssm_online=managed)
+                    )
+
+    def _ssm_online(self) -> set[str]:
+        """Ids of the instances whose SSM agent is online (nothing when that cannot be listed)."""
+        client = self.ssm
+        if client is None:
+            return set()
+        infos = self.optional(
+            "ssm:DescribeInstanceInformation",
+            "SSM-managed instances",
+            lambda: self.pages(
+                client,
+                "describe_instance_information",
+                "InstanceInformationList",
+                Filters=[{"Key": "PingStatus", "Values": ["Online"]}],
+            ),
+            quiet=True,
+        )
+        return {str(i.get("InstanceId")) for i in infos or [] if i.get("InstanceId")}
 
 
 def discover(
@@ -212,6 +240,7 @@ def discover(
             rds=rds_client(session, r),
             ec2=ec2_client(session, r),
             all_engines=all_engines,
+            ssm=_ssm_once(session, r),
         )
         for r in wanted
     ]
@@ -240,6 +269,15 @@ def discover(
     result.databases.sort(key=lambda d: (_KIND_ORDER[d.kind], d.region, d.id))
     result.bastions.sort(key=lambda b: (b.reason.startswith("public IP"), b.region, b.name or ""))
     return result
+
+
+def _ssm_once(session: boto3.Session, region: str) -> SSMClient:
+    """An SSM client that does not retry: the SSM listing is optional, and an endpoint that does
+    not serve it (an emulator answering HTTP 500) must cost one round trip, not the backoff."""
+    client = ssm_client(session, region)
+    events = client.meta.events
+    events.unregister("needs-retry.ssm", unique_id="retry-config-ssm")
+    return client
 
 
 def _count(n: int, one: str, many: str) -> str:

@@ -178,6 +178,7 @@ class BastionCandidate:
     reason: str
     instance_type: str | None = None
     key_name: str | None = None
+    ssm_online: bool = False  # managed by Systems Manager, agent online: `transport = "ssm"` works
 
     @property
     def address(self) -> str | None:
@@ -198,6 +199,7 @@ class BastionCandidate:
             "reason": self.reason,
             "instance_type": self.instance_type,
             "key_name": self.key_name,
+            "ssm_online": self.ssm_online,
         }
 
 
@@ -396,7 +398,9 @@ def bastion_reason(raw: Mapping[str, Any], database_vpcs: Mapping[str, list[str]
     return None
 
 
-def bastion_from_api(raw: Mapping[str, Any], region: str, reason: str) -> BastionCandidate:
+def bastion_from_api(
+    raw: Mapping[str, Any], region: str, reason: str, *, ssm_online: bool = False
+) -> BastionCandidate:
     """A `BastionCandidate` from one describe_instances instance."""
     return BastionCandidate(
         id=str(raw.get("InstanceId", "")),
@@ -410,4 +414,5 @@ def bastion_from_api(raw: Mapping[str, Any], region: str, reason: str) -> Bastio
         reason=reason,
         instance_type=_str(raw.get("InstanceType")),
         key_name=_str(raw.get("KeyName")),
+        ssm_online=ssm_online,
     )
