@@ -36,7 +36,7 @@ def ls_cmd(ctx: click.Context, as_json: bool) -> None:
             prof.printable(str(cell))
             for cell in (
                 p.name,
-                p.bastion or "-",
+                p.bastion or (f"ssm:{p.bastion_instance_id}" if p.transport == "ssm" else "-"),
                 p.endpoint or (f"cluster {p.cluster}" if p.cluster else "-"),
                 f"{p.user}@{p.database}",
                 p.local_port or "auto",
