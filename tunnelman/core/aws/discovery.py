@@ -10,7 +10,9 @@ instances cannot be listed is a warning too, unless every region fails (then its
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -70,7 +72,7 @@ class _RegionScan:
     rds: RDSClient
     ec2: EC2Client
     all_engines: bool
-    ssm: SSMClient | None = None
+    ssm: Callable[[], SSMClient] | None = None  # made on first use (only if EC2 lists instances)
     databases: list[Database] = field(default_factory=list)
     bastions: list[BastionCandidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -203,9 +205,9 @@ class _RegionScan:
 
     def _ssm_online(self) -> set[str]:
         """Ids of the instances whose SSM agent is online (nothing when that cannot be listed)."""
-        client = self.ssm
-        if client is None:
+        if self.ssm is None:
             return set()
+        client = self.ssm()
         infos = self.optional(
             "ssm:DescribeInstanceInformation",
             "SSM-managed instances",
@@ -240,7 +242,7 @@ def discover(
             rds=rds_client(session, r),
             ec2=ec2_client(session, r),
             all_engines=all_engines,
-            ssm=_ssm_once(session, r),
+            ssm=functools.partial(_ssm_once, session, r),
         )
         for r in wanted
     ]
@@ -271,10 +273,15 @@ def discover(
     return result
 
 
+_SESSION_LOCK = threading.Lock()
+
+
 def _ssm_once(session: boto3.Session, region: str) -> SSMClient:
     """An SSM client that does not retry: the SSM listing is optional, and an endpoint that does
-    not serve it (an emulator answering HTTP 500) must cost one round trip, not the backoff."""
-    client = ssm_client(session, region)
+    not serve it (an emulator answering HTTP 500) must cost one round trip, not the backoff.
+    Made from a scan's thread, so under a lock (a boto3 session is not thread-safe)."""
+    with _SESSION_LOCK:
+        client = ssm_client(session, region)
     events = client.meta.events
     events.unregister("needs-retry.ssm", unique_id="retry-config-ssm")
     return client
