@@ -495,3 +495,39 @@ def test_discover_lists_ssm_managed_instances(
     assert code == 0, err
     assert "SSM agent online" in out
     stubs.verify()
+
+
+# ----------------------------------------------------------------------------- the TUI and imports
+
+
+def test_the_detail_pane_shows_the_transport() -> None:
+    from tunnelman.core.profiles import Bastion, Endpoint, Profile
+    from tunnelman.tui.format import profile_text
+
+    forward = Profile(
+        name="geo",
+        endpoint=Endpoint("db.internal"),
+        transport="ssm",
+        bastion_instance_id=INSTANCE,
+    )
+    plain = profile_text(forward).plain
+    assert f"\ntransport   ssm: port forwarding through {INSTANCE}'s SSM agent\n" in plain
+    over = with_overrides(forward, bastion=Bastion("10.0.1.23", "ec2-user"))
+    text = profile_text(over).plain
+    assert f"ssm: SSH to ec2-user@10.0.1.23 over Session Manager ({INSTANCE})" in text
+    ssh = profile_text(Profile(name="p", bastion=Bastion("b"), endpoint=Endpoint("d"))).plain
+    assert "transport" not in ssh
+
+
+def test_the_transport_package_loads_no_boto3() -> None:
+    import subprocess
+
+    code = (
+        "import sys, tunnelman.core.transport, tunnelman.core.transport.ssm, "
+        "tunnelman.core.tunnel.ssm_engine; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
