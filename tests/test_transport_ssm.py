@@ -15,6 +15,7 @@ plugin is started. What stands in, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -531,3 +532,59 @@ def test_the_transport_package_loads_no_boto3() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_no_orphan_plugin_when_tunnelman_is_killed(standin: Path, tmp_path: Path) -> None:
+    """SIGKILL of the process holding an SSM port-forwarding session ends the plugin too
+    (the pipe watchdog), so no session or loopback listener outlives tunnelman."""
+    import subprocess
+
+    from tunnelman.core.tunnel.ports import free_local_port
+
+    port = free_local_port()
+    holder = tmp_path / "holder.py"
+    holder.write_text(
+        "import json, sys, time\n"
+        "from tunnelman.core.transport import ssm\n"
+        "request = {'Target': 'i-0a1b2c3d4e5f67890', "
+        "'DocumentName': 'AWS-StartPortForwardingSessionToRemoteHost', "
+        f"'Parameters': {{'host': ['127.0.0.1'], 'portNumber': ['9'], 'localPortNumber': ['{port}']}}}}\n"
+        "session = ssm.Session('ana-0f', request['Target'], 'us-east-2', "
+        "'https://ssm.us-east-2.amazonaws.com', json.dumps(request), '', "
+        "json.dumps(dict(SessionId='ana-0f', TokenValue='t0k', StreamUrl='wss://x')))\n"
+        "ssm.PluginProcess(ssm.find_plugin(), session, stdio=False)\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, str(holder)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "started"
+        [entry] = _wait_records(standin, 1)
+        plugin_pid = entry["pid"]
+        child.kill()
+        child.wait(timeout=5)
+        deadline = time.monotonic() + 5.0
+        while _alive(plugin_pid):
+            assert time.monotonic() < deadline, "the plugin outlived the process that started it"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+        for entry in _records(standin):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(entry["pid"], signal.SIGKILL)  # only when the test failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return True

@@ -30,6 +30,7 @@ __all__ = [
     "CREATE_NO_WINDOW",
     "DETACHED_PROCESS",
     "JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE",
+    "PIPE_WATCHDOG",
     "ChildPlan",
     "adopt_child",
     "detached_kwargs",
@@ -78,6 +79,22 @@ def ssh_child_plan(platform: str = sys.platform) -> ChildPlan:
         )
     # No controlling terminal, no Ctrl-C from the shell.
     return ChildPlan(watchdog=True, job=False, popen={"start_new_session": True})
+
+
+# Runs a child ("$@"), ends it when our pipe on stdin closes (we exited, even by SIGKILL, or asked
+# it to stop), exits with the child's status. The child itself gets /dev/null as stdin. (A
+# background job's stdin is /dev/null in sh, hence the copy of our pipe on fd 3.) POSIX only: on
+# Windows `adopt_child` (a kill-on-close Job object) does this. Used for ssh and AWS's
+# session-manager-plugin.
+PIPE_WATCHDOG = (
+    "exec 3<&0\n"
+    '"$@" </dev/null 3<&- & p=$!\n'
+    "{ read -r _ <&3; kill $p 2>/dev/null; } & w=$!\n"
+    "exec 3<&-\n"
+    "wait $p; c=$?\n"
+    "kill $w 2>/dev/null\n"
+    "exit $c\n"
+)
 
 
 def end_child(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:

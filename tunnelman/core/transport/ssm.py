@@ -230,20 +230,29 @@ class PluginProcess:
         ]
         env = dict(os.environ)
         env[RESPONSE_ENV] = session.response_json
+        plan = process.ssh_child_plan()
+        # No orphan if we die (even by SIGKILL): port forwarding runs under the pipe watchdog
+        # (POSIX); SSH over SSM has our pipes as its stdin/stdout, which close with us; on Windows
+        # a kill-on-close Job object holds either.
+        self._watchdog = plan.watchdog and not stdio
         try:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
+                ["sh", "-c", process.PIPE_WATCHDOG, "tunnelman-ssm", *argv]
+                if self._watchdog
+                else argv,
+                stdin=subprocess.PIPE if stdio or self._watchdog else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdio else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=env,
-                **process.ssh_child_plan().popen,  # no terminal, no console window
+                **plan.popen,  # no terminal, no console window
             )
         except OSError as exc:
             raise TunnelError(
                 f"cannot run {plugin}: {exc.strerror or exc}",
                 hint=f"reinstall the Session Manager plugin: {INSTALL_URL}",
             ) from None
+        if plan.job:
+            process.adopt_child(self.proc)
         self._lines: collections.deque[str] = collections.deque(maxlen=20)
         self._reader = threading.Thread(target=self._read, name="tunnelman-ssm-stderr", daemon=True)
         self._reader.start()
@@ -273,7 +282,20 @@ class PluginProcess:
         return text.splitlines()[-1] if text else ""
 
     def stop(self) -> None:
-        process.end_child(self.proc, grace=2.0)
+        proc = self.proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if self._watchdog:
+                    assert proc.stdin is not None
+                    proc.stdin.close()  # the watchdog ends the plugin (SIGTERM)
+                else:
+                    proc.terminate()
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                process.kill_hard(proc)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2.0)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):

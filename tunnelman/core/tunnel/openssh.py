@@ -97,17 +97,8 @@ STDERR_LINES = 40
 SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's, before login
 
 # Runs ssh ("$@"), ends it when our pipe on stdin closes (tunnelman exited or stop()), exits
-# with ssh's status. ssh itself gets /dev/null as stdin. (A background job's stdin is /dev/null
-# in sh, hence the copy of our pipe on fd 3.)
-_WATCHDOG = (
-    "exec 3<&0\n"
-    '"$@" </dev/null 3<&- & p=$!\n'
-    "{ read -r _ <&3; kill $p 2>/dev/null; } & w=$!\n"
-    "exec 3<&-\n"
-    "wait $p; c=$?\n"
-    "kill $w 2>/dev/null\n"
-    "exit $c\n"
-)
+# with ssh's status; ssh itself gets /dev/null as stdin (see `process.PIPE_WATCHDOG`).
+_WATCHDOG = process.PIPE_WATCHDOG
 
 
 def find_ssh(path: str | None = None) -> str:
