@@ -588,3 +588,34 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     return True
+
+
+def test_an_endpoint_the_instance_cannot_reach_fails_at_start(
+    tmp_path: Path, sshd: Sshd, postgres: Postgres, stubs: Stubs, standin: Path
+) -> None:
+    from tunnelman.core.errors import ForwardingFailed
+    from tunnelman.core.profiles import Endpoint
+    from tunnelman.core.tunnel.ports import free_local_port
+
+    closed = free_local_port()  # nothing listens there
+    profile = make_profile(
+        sshd,
+        postgres,
+        tmp_path,
+        transport="ssm",
+        bastion_instance_id=INSTANCE,
+        region=REGION,
+        bastion=None,
+        endpoint=Endpoint("127.0.0.1", closed),
+    )
+    params = {"host": ["127.0.0.1"], "portNumber": [str(closed)], "localPortNumber": ANY}
+    _expect_sessions(stubs, "AWS-StartPortForwardingSessionToRemoteHost", params, 1)
+    tunnel = open_tunnel(profile, local_port=0)
+    with pytest.raises(ForwardingFailed, match=f"instance {INSTANCE} cannot reach the database"):
+        tunnel.start()
+    assert tunnel.status.state == TunnelState.FAILED
+    [entry] = _records(standin)
+    deadline = time.monotonic() + 3
+    while _alive(entry["pid"]):  # the session ended with the failed start
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -87,7 +87,17 @@ def _port_session(local_port: int, host: str, port: int, session_id: str) -> Non
     print("Waiting for connections...", flush=True)
     while True:
         client, _ = listener.accept()
-        upstream = socket.create_connection((host, port))
+        try:
+            upstream = socket.create_connection((host, port), timeout=5)
+        except OSError as exc:
+            # As the instance's agent does: this connection ends, the session goes on.
+            print(
+                f"Connection to destination port failed, check SSM Agent logs: {exc}",
+                file=sys.stderr,
+            )
+            client.close()
+            continue
+        upstream.settimeout(None)
         for a, b in ((client, upstream), (upstream, client)):
             threading.Thread(target=_copy, args=(a, b), daemon=True).start()
 

@@ -6,6 +6,10 @@ session (`tunnelman.core.transport.ssm.open_forward`) and listens on a private l
 tunnel listens on the profile's port itself (127.0.0.1 only) and relays each client to the
 plugin's port with `relay.bridge`, counting connections and bytes as the other engines do.
 
+Before "up", one connection through the session sends PostgreSQL's SSLRequest (as the OpenSSH
+engine does): no answer means the instance cannot reach the endpoint, a `ForwardingFailed` at `up`
+rather than at the first query.
+
 The plugin's exit (AWS's idle timeout or maximum session duration, a lost link, a killed
 process) is noticed at once by the watcher: without `supervise` the tunnel FAILS and the port
 closes; with it, the port stays bound while a fresh session is started through the base's
@@ -20,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from tunnelman.core.errors import TunnelError
+from tunnelman.core.errors import ForwardingFailed, TunnelError
 from tunnelman.core.platform import net
 from tunnelman.core.tunnel import ports, relay
 from tunnelman.core.tunnel.base import Capabilities, Tunnel
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["SsmTunnel"]
 
 ACCEPT_POLL = 0.2
+SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's, before login
 
 
 class SsmTunnel(Tunnel):
@@ -74,6 +80,8 @@ class SsmTunnel(Tunnel):
         ports.ensure_port_free(port)
         bound = self._listen(port)  # held from now on: a client that connects early waits
         self._launch()
+        self._check_cancel()
+        self._test_forward()
         self._start_accepting()
         self._came_up(bound, " over SSM port forwarding")
         return bound
@@ -91,6 +99,51 @@ class SsmTunnel(Tunnel):
             self._plugin = plugin
             self._inner = inner
             self._changed.notify_all()
+
+    def _test_forward(self) -> None:
+        """One connection through the session before "up": PostgreSQL answers an SSLRequest
+        (8 bytes, before any login) with one byte; a closed connection means the instance could
+        not reach the endpoint."""
+        profile = self.profile
+        assert profile.endpoint is not None
+        inner = self._inner
+        if inner is None:
+            raise TunnelError("stopped")
+        timeout = float(profile.connect_timeout)
+        where = f"instance {profile.bastion_instance_id}"
+        fix = (
+            "check the endpoint name and port, that the cluster is available with "
+            "`tunnelman cluster status`, and that its security group lets the instance in"
+        )
+        try:
+            sock = socket.create_connection(("127.0.0.1", inner), timeout=timeout)
+        except OSError as exc:
+            raise TunnelError(
+                f"session-manager-plugin's port refused a connection: {exc}"
+            ) from None
+        answer = b""
+        try:
+            sock.sendall(SSL_REQUEST)
+            answer = sock.recv(1)
+            if answer == b"S":
+                _close_tls(sock, profile.endpoint.host, timeout)
+        except TimeoutError:
+            raise ForwardingFailed(
+                f"{where} did not reach the database endpoint {profile.endpoint} within "
+                f"{timeout:g} s (through Session Manager)",
+                hint=fix,
+            ) from None
+        except OSError:
+            answer = b""
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if not answer:
+            raise ForwardingFailed(
+                f"{where} cannot reach the database endpoint {profile.endpoint} "
+                "(the Session Manager session closed the connection)",
+                hint=fix,
+            )
 
     def _listen(self, port: int) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -239,3 +292,15 @@ class SsmTunnel(Tunnel):
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def _close_tls(sock: socket.socket, server_name: str, timeout: float) -> None:
+    """The server said yes to TLS: finish the handshake and close it cleanly (no server log)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only proving the path; nothing is sent over it
+    with contextlib.suppress(OSError, ssl.SSLError):
+        sock.settimeout(timeout)
+        tls = context.wrap_socket(sock, server_hostname=server_name or None)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            tls.unwrap()
