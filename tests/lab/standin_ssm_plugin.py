@@ -11,7 +11,8 @@ named by the first argument, as the real plugin does, checks what it was given, 
 JSON-lines file `$STANDIN_SSM_RECORD` (argv, the response it read, its pid), and then does what
 the instance's SSM agent would do, with real sockets to the lab's real servers:
 
-- `AWS-StartSSHSession`: relays its stdin/stdout to 127.0.0.1:portNumber (the lab's sshd);
+- `AWS-StartSSHSession`: prints the real plugin's "Starting session with SessionId" line, then
+  relays its stdin/stdout to 127.0.0.1:portNumber (the lab's sshd);
 - `AWS-StartPortForwardingSessionToRemoteHost`: listens on 127.0.0.1:localPortNumber and relays
   each connection to host:portNumber (the lab's PostgreSQL).
 
@@ -55,9 +56,13 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-def _ssh_session(port: int) -> None:
+def _ssh_session(port: int, session_id: str) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     stdout = sys.stdout.buffer
+    # AWS's plugin says this on stdout before the stream's bytes (SSH clients skip lines
+    # before the server's "SSH-2.0-" banner, as RFC 4253 allows).
+    stdout.write(f"\nStarting session with SessionId: {session_id}\n".encode())
+    stdout.flush()
 
     def down() -> None:
         try:
@@ -83,6 +88,7 @@ def _port_session(local_port: int, host: str, port: int, session_id: str) -> Non
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", local_port))
     listener.listen(16)
+    print(f"\nStarting session with SessionId: {session_id}", flush=True)
     print(f"Port {local_port} opened for sessionId {session_id}.", flush=True)
     print("Waiting for connections...", flush=True)
     while True:
@@ -140,7 +146,7 @@ def main(argv: list[str]) -> None:
         }
     )
     if document == "AWS-StartSSHSession":
-        _ssh_session(int(params["portNumber"][0]))
+        _ssh_session(int(params["portNumber"][0]), response["SessionId"])
     elif document == "AWS-StartPortForwardingSessionToRemoteHost":
         _port_session(
             int(params["localPortNumber"][0]),

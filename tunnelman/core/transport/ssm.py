@@ -323,9 +323,10 @@ def open_socket(
 ) -> socket.socket:
     """A socket to the bastion's SSH port through an `AWS-StartSSHSession` session.
 
-    Returns once the bastion's SSH server has sent its first bytes (its banner), so a session
-    that cannot reach sshd fails here with the plugin's own words. Closing the socket ends the
-    plugin; the plugin ending closes the socket (the SSH transport then sees EOF).
+    Returns once the session has sent its first bytes (the plugin's "Starting session with
+    SessionId" line, which SSH skips as any line before the server's banner, or sshd's banner), so
+    a plugin that cannot start the session fails here with its own words. Closing the socket ends
+    the plugin; the plugin ending closes the socket (the SSH transport then sees EOF).
     """
     assert profile.bastion is not None
     plugin = find_plugin()  # before any AWS call: a missing plugin is the cheapest thing to fix
@@ -342,7 +343,7 @@ def open_socket(
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             if proc.exited() is not None:
-                raise proc.ended_error("before the bastion's SSH server answered")
+                raise proc.ended_error("before the session started")
             if time.monotonic() >= deadline:
                 raise BastionUnreachable(
                     f"the bastion's SSH server did not answer through Session Manager "
