@@ -619,3 +619,37 @@ def test_an_endpoint_the_instance_cannot_reach_fails_at_start(
     while _alive(entry["pid"]):  # the session ended with the failed start
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", ["ssh-over-ssm", "port-forwarding"])
+def test_a_session_the_plugin_cannot_open_is_one_error_with_its_words(
+    mode: str,
+    tmp_path: Path,
+    sshd: Sshd,
+    postgres: Postgres,
+    stubs: Stubs,
+    standin: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tunnelman.core.errors import BastionUnreachable
+
+    said = "Encountered error while initiating handshake. Handshake timed out."
+    monkeypatch.setenv("STANDIN_SSM_FAIL", said)
+    profile = make_profile(
+        sshd, postgres, tmp_path, transport="ssm", bastion_instance_id=INSTANCE, region=REGION
+    )
+    if mode == "port-forwarding":
+        profile = with_overrides(profile, bastion=None)
+        _expect_sessions(
+            stubs, "AWS-StartPortForwardingSessionToRemoteHost", _forward_params(postgres), 1
+        )
+    else:
+        _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [str(sshd.port)]}, 1)
+    started = time.monotonic()
+    with pytest.raises(BastionUnreachable) as raised:
+        open_tunnel(profile, local_port=0).start()
+    assert time.monotonic() - started < 5
+    message = str(raised.value)
+    assert f"the Session Manager session to {INSTANCE} ended before" in message
+    assert f"(session-manager-plugin exit 1: {said})" in message
+    assert "\n" not in message

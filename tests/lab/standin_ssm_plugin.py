@@ -16,6 +16,7 @@ the instance's SSM agent would do, with real sockets to the lab's real servers:
 - `AWS-StartPortForwardingSessionToRemoteHost`: listens on 127.0.0.1:localPortNumber and relays
   each connection to host:portNumber (the lab's PostgreSQL).
 
+`$STANDIN_SSM_FAIL`: print it on stderr and exit 1 (a session the real plugin cannot open).
 `--version` prints a version line. Exit status 2 for input the real plugin would refuse.
 Used by tests/test_transport_ssm.py through a `session-manager-plugin` wrapper on PATH.
 """
@@ -145,6 +146,10 @@ def main(argv: list[str]) -> None:
             "parameters": params,
         }
     )
+    failure = os.environ.get("STANDIN_SSM_FAIL")
+    if failure:  # what the real plugin says when the websocket cannot be opened, then exit 1
+        print(failure, file=sys.stderr)
+        sys.exit(1)
     if document == "AWS-StartSSHSession":
         _ssh_session(int(params["portNumber"][0]), response["SessionId"])
     elif document == "AWS-StartPortForwardingSessionToRemoteHost":
