@@ -117,6 +117,45 @@ def test_kernel_counts_keep_the_bytes_of_closed_sockets() -> None:
     assert counts() == (27, 207)
 
 
+def test_kernel_counts_tally_sockets_that_came_and_went() -> None:
+    reads: list[dict[int, tuple[int, int]] | None] = [
+        {1: (1, 1)},
+        {1: (1, 1), 2: (1, 1), 3: (1, 1)},
+        None,  # not readable: no news, not "everything went"
+        {3: (1, 1)},
+    ]
+    counts = KernelCounts(lambda: reads.pop(0))
+    counts()
+    assert counts.changes() == (1, 0)
+    assert counts.changes() == (0, 0)  # taken
+    counts()
+    counts()
+    assert counts.changes() == (2, 0)
+    counts()
+    assert counts.changes() == (0, 2)  # the unreadable look between told nothing
+
+
+def test_a_late_sampler_is_made_up_for_on_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy relay threads can keep the sampler thread from its turn: a read samples itself."""
+    from tunnelman.core.tunnel import traffic as traffic_module
+
+    monkeypatch.setattr(traffic_module._sampler, "add", lambda traffic: None)  # a starved sampler
+    traffic = Traffic()
+    flow = traffic.flow()
+    traffic.running(True)
+    now = time.monotonic()
+    traffic.sample(now - 2.5)
+    flow.down = 5_000_000
+    traffic.sample(now - 2.0)  # the sampler's last turn, two seconds ago
+    flow.down = 10_000_000
+    assert traffic.rates().received > 0  # sampled now: 5 MB in the last two seconds
+    traffic.running(False)
+    idle = Traffic()
+    idle.sample(now - 2.5)
+    idle.sample(now - 2.0)
+    assert idle.rates().received == 0  # not running: an old sample is not refreshed
+
+
 @pytest.mark.parametrize(
     ("count", "text"),
     [(0, "0 B"), (512, "512 B"), (1536, "1.5 kB"), (52_700_000, "50.3 MB"), (3 << 30, "3.0 GB")],
