@@ -60,7 +60,7 @@ def _ops(ctx: click.Context, name: str, accept_new: bool, dry_run: bool) -> Iter
     if port is None:
         announce_resume(profile)
         if sys.stderr.isatty():
-            progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
+            progress(f"tunnelman: opening a tunnel to '{name}' via {profile.route} …")
     with dbops.tunnel_port(
         profile,
         port=port,
