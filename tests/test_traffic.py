@@ -286,3 +286,21 @@ def test_status_json_shows_what_the_agent_s_tunnel_carried(
     assert "SENT / RECEIVED" in table.stdout
     assert re.search(r"\d+(\.\d)? [kM]?B / [4-9]\.\d MB", table.stdout), table.stdout
     assert "…" not in table.stdout, table.stdout  # nothing cut to fit
+
+
+def test_the_agent_s_rate_history_reply_is_read_leniently() -> None:
+    from tunnelman.agent import protocol
+
+    reply = {
+        "tunnels": [
+            {"name": "a", "history": [0, 1500, 2.5e6]},
+            {"name": "old-agent"},  # an agent without the feature sends none
+            {"name": "bad", "history": [True, -1, "x", 7]},  # only 7 is a rate
+            "not a tunnel",
+        ]
+    }
+    assert protocol.reply_history(reply) == {"a": [0.0, 1500.0, 2.5e6], "bad": [7.0]}
+    assert protocol.reply_history({"tunnels": [{"name": "a", "history": list(range(400))}]})[
+        "a"
+    ] == [float(x) for x in range(100, 400)]  # five minutes at most
+    assert "history" in protocol.FEATURES
