@@ -409,6 +409,11 @@ def test_demo_end_to_end(run_cli: RunCli, demo_env: dict[str, str]) -> None:
             assert shot.returncode == 0, shot.stderr
             assert shot.stdout.strip() == "8"
 
+        # The doctor logs in as psql does: the demo's ~/.pgpass line matches there too.
+        check = run_cli("check", "demo", env=env, cwd=REPO)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "✓ log in to database" in check.stdout, check.stdout
+
         server_pids = _pids_using(workdir)
         assert server_pids, "the sandbox's postgres should be running"
         assert demo.stop(signal.SIGINT) == 0

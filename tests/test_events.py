@@ -283,3 +283,26 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     assert ready, "no line from `tunnelman log --follow`"
     return proc.stdout.readline()
+
+
+@pytest.mark.usefixtures("agent_home")
+def test_openssh_direct_mode_lists_clients_ssh_accepted(
+    run_cli: RunCli, make_sshd: Callable[..., Sshd], postgres: Postgres
+) -> None:
+    """engine = "openssh": ssh accepts the clients itself; the kernel's sockets tell of them."""
+    bastion = make_sshd()
+    write_bastion_profile("ossh", bastion, postgres, engine="openssh")
+    port = up_detached("ossh")
+
+    def kinds() -> list[str]:
+        return [e["event"] for e in json.loads(ok(run_cli("log", "ossh", "--json")).stdout)]
+
+    assert query(port, postgres) == 1  # brief: not listed
+    with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as held:
+        assert held.execute("select 1").fetchone() == (1,)
+        time.sleep(ev.BRIEF + 1.5)  # the kernel is looked at once a second
+        wait_for(lambda: "client-connected" in kinds(), 10, "client-connected in the log")
+    wait_for(lambda: "client-disconnected" in kinds(), 10, "client-disconnected in the log")
+    events = json.loads(ok(run_cli("log", "ossh", "--json")).stdout)
+    assert [e["event"] for e in events] == ["opened", "client-connected", "client-disconnected"]
+    ok(run_cli("down", "ossh"))

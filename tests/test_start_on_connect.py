@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from botocore.stub import Stubber
 
@@ -133,6 +134,24 @@ def test_up_detach_refuses_too_and_a_profile_without_cluster_is_unaffected(
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "2"
     assert "cluster" not in ok.stderr
+
+
+def test_db_commands_start_the_cluster_as_psql_does(
+    stopped: LabProfile, aws_env: MotoServer
+) -> None:
+    no = run_cli("db", "create-user", "lab", "waker", "--password-stdin", input="waker-pw-123\n",
+                 env=_env(aws_env))  # fmt: skip
+    assert no.returncode != 0
+    assert "is stopped and there is no terminal to ask: pass --start-cluster" in no.stderr
+    assert _status(aws_env) == "stopped"
+    res = run_cli("db", "create-user", "lab", "waker", "--password-stdin", "--start-cluster",
+                  input="waker-pw-123\n", env=_env(aws_env))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"tunnelman: Starting cluster '{CLUSTER}' in {REGION}" in res.stderr
+    assert _status(aws_env) == "available"
+    with psycopg.connect(stopped.postgres.dsn()) as conn:
+        found = conn.execute("select rolcanlogin from pg_roles where rolname = 'waker'").fetchone()
+    assert found == (True,)
 
 
 def test_env_with_start_cluster_starts_it(stopped: LabProfile, aws_env: MotoServer) -> None:

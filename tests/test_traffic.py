@@ -117,6 +117,45 @@ def test_kernel_counts_keep_the_bytes_of_closed_sockets() -> None:
     assert counts() == (27, 207)
 
 
+def test_kernel_counts_tally_sockets_that_came_and_went() -> None:
+    reads: list[dict[int, tuple[int, int]] | None] = [
+        {1: (1, 1)},
+        {1: (1, 1), 2: (1, 1), 3: (1, 1)},
+        None,  # not readable: no news, not "everything went"
+        {3: (1, 1)},
+    ]
+    counts = KernelCounts(lambda: reads.pop(0))
+    counts()
+    assert counts.changes() == (1, 0)
+    assert counts.changes() == (0, 0)  # taken
+    counts()
+    counts()
+    assert counts.changes() == (2, 0)
+    counts()
+    assert counts.changes() == (0, 2)  # the unreadable look between told nothing
+
+
+def test_a_late_sampler_is_made_up_for_on_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy relay threads can keep the sampler thread from its turn: a read samples itself."""
+    from tunnelman.core.tunnel import traffic as traffic_module
+
+    monkeypatch.setattr(traffic_module._sampler, "add", lambda traffic: None)  # a starved sampler
+    traffic = Traffic()
+    flow = traffic.flow()
+    traffic.running(True)
+    now = time.monotonic()
+    traffic.sample(now - 2.5)
+    flow.down = 5_000_000
+    traffic.sample(now - 2.0)  # the sampler's last turn, two seconds ago
+    flow.down = 10_000_000
+    assert traffic.rates().received > 0  # sampled now: 5 MB in the last two seconds
+    traffic.running(False)
+    idle = Traffic()
+    idle.sample(now - 2.5)
+    idle.sample(now - 2.0)
+    assert idle.rates().received == 0  # not running: an old sample is not refreshed
+
+
 @pytest.mark.parametrize(
     ("count", "text"),
     [(0, "0 B"), (512, "512 B"), (1536, "1.5 kB"), (52_700_000, "50.3 MB"), (3 << 30, "3.0 GB")],
@@ -247,3 +286,21 @@ def test_status_json_shows_what_the_agent_s_tunnel_carried(
     assert "SENT / RECEIVED" in table.stdout
     assert re.search(r"\d+(\.\d)? [kM]?B / [4-9]\.\d MB", table.stdout), table.stdout
     assert "…" not in table.stdout, table.stdout  # nothing cut to fit
+
+
+def test_the_agent_s_rate_history_reply_is_read_leniently() -> None:
+    from tunnelman.agent import protocol
+
+    reply = {
+        "tunnels": [
+            {"name": "a", "history": [0, 1500, 2.5e6]},
+            {"name": "old-agent"},  # an agent without the feature sends none
+            {"name": "bad", "history": [True, -1, "x", 7]},  # only 7 is a rate
+            "not a tunnel",
+        ]
+    }
+    assert protocol.reply_history(reply) == {"a": [0.0, 1500.0, 2.5e6], "bad": [7.0]}
+    assert protocol.reply_history({"tunnels": [{"name": "a", "history": list(range(400))}]})[
+        "a"
+    ] == [float(x) for x in range(100, 400)]  # five minutes at most
+    assert "history" in protocol.FEATURES

@@ -262,6 +262,41 @@ async def test_palette_db_operations_against_rds_like(master: LabProfile, rds: R
 
 
 @sync
+async def test_a_prompt_password_is_asked_once_for_a_dry_run_and_its_run(
+    master: LabProfile,  # noqa: F811
+    rds: RdsLike,  # noqa: F811
+) -> None:
+    from tunnelman.tui.screens.modals import SecretScreen
+
+    master.write(password="prompt")
+    app = make_app(master.config, initial_profile="lab", host=InProcessHost(), poll_interval=3600)
+    asked = 0
+    async with app.run_test(size=(160, 45)) as pilot:
+        form = await palette(app, pilot, "Database: create user…")
+        await fill(
+            pilot, form, role="asked1", password="asked1-pw-1234", password2="asked1-pw-1234"
+        )
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, on_top(app, SecretScreen), 30, "the password prompt")
+        asked += 1
+        app.screen.query_one("#secret", Input).value = rds.master_password
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not form.busy and on_top(app, DbFormScreen)(), 30, "dry run")
+        assert "CREATE ROLE" in str(form.query_one("#db-plan", Static).render())
+        await pilot.click("#run")
+        for _ in range(60):  # the run: a second prompt would show here
+            await pilot.pause(0.1)
+            if isinstance(app.screen, SecretScreen):
+                asked += 1
+                break
+            if isinstance(app.screen, DbResultScreen) and app.screen.finished:
+                break
+        assert asked == 1, "the run asked for the password the dry run had"
+        result = await finished(app, pilot)
+        assert result.ok, result.error
+    assert "asked1" in roles(rds)
+
+
 async def test_grant_read_dump_restore_through_the_open_tunnel(
     master: LabProfile,  # noqa: F811
     rds: RdsLike,  # noqa: F811

@@ -232,3 +232,35 @@ async def test_health_logs_in_with_the_keyring_password_once_it_is_stored(
     finally:
         with contextlib.suppress(Exception):
             keyring.delete_password("tunnelman", "lab")
+
+
+@sync
+async def test_a_tui_opened_later_shows_the_agent_s_rate_history(
+    lab_profile: LabProfile, agent: AgentHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent samples its tunnels once a second whether a TUI runs or not: a TUI opened after
+    a COPY shows that COPY in the sparkline at once (not only what it sampled itself)."""
+    import time
+
+    with_pgpass(lab_profile, lab_profile.postgres, monkeypatch)
+    status = await asyncio.to_thread(agent.client.up, "lab", lab_profile.config, None)
+    assert status.local_port is not None
+    started = time.monotonic()
+    while time.monotonic() - started < 3.0:  # three seconds of traffic, with no TUI running
+        await asyncio.to_thread(copy_out, status.local_port, lab_profile.postgres)
+    await asyncio.sleep(4.5)  # past the current rate's 3-second window: "now" is idle
+    assert (agent.client.find("lab") or status).rate_received == 0
+    history = agent.rate_history()["lab"]
+    assert sum(1 for r in history if r > 100_000) >= 2, history  # the agent kept the COPY's rates
+    app = make_app(lab_profile.config, initial_profile="lab", host=agent)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.state_of("lab")[0] == "up", 10, "the agent's tunnel")
+        state = app.state["lab"]
+        await wait_for(pilot, lambda: sum(1 for r in state.rates if r > 100_000) >= 2, 3,
+                       "the agent's history in the sparkline")  # fmt: skip
+        activity = next(
+            line
+            for line in main_text(app, "#tunnel-info").splitlines()
+            if line.startswith("activity")
+        )
+        assert any(c in activity for c in "▂▃▄▅▆▇█"), activity

@@ -157,6 +157,9 @@ class FakeHost:
     def statuses(self) -> dict[str, TunnelStatus]:
         return {name: replace(status) for name, status in self.tunnels.items()}
 
+    def rate_history(self) -> dict[str, list[float]]:
+        return {}
+
     def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
         pass  # only this TUI opens its tunnels
 

@@ -261,6 +261,12 @@ class AgentClient:
         reply = self._ask("status", {})
         return [] if reply is None else protocol.reply_tunnels(reply)
 
+    def rate_history(self) -> dict[str, list[float]]:
+        """Each held tunnel's last minutes of rates (bytes/s both ways, one a second, oldest
+        first); empty when no agent runs or it is older than the "history" feature."""
+        reply = self._ask("status", {"history": True})
+        return {} if reply is None else protocol.reply_history(reply)
+
     def find(self, name: str) -> TunnelStatus | None:
         """NAME's tunnel if the agent holds it; None otherwise. Never starts an agent, never fails."""
         try:

@@ -4,7 +4,11 @@ Shared by `server` and `client`. One request per line, one reply per line, on a 
 may carry several requests in turn::
 
     {"v": 1, "op": "ping"}                         -> {"v": 1, "ok": true, "pid": 123, "version": "0.1.0", ...}
-    {"v": 1, "op": "status", "name": "prod"?}      -> {"ok": true, "tunnels": [TUNNEL, ...]}
+    {"v": 1, "op": "status", "name": "prod"?, "history": true?}
+                                                   -> {"ok": true, "tunnels": [TUNNEL, ...]}
+                                                      (with "history": each TUNNEL also has
+                                                      "history": [bytes/s both ways, one a second,
+                                                      oldest first, up to five minutes])
     {"v": 1, "op": "up", "name": "prod", "config": "/abs/profiles.toml", "port": 5433 | null,
      "accept_new": false, "accept_fingerprint": "SHA256:..." | null, "linger": seconds?}
                                                    -> {"ok": true, "tunnel": TUNNEL}   (once the port is ready)
@@ -32,7 +36,8 @@ may carry several requests in turn::
     port and holder, "problems" the first 20 of a ConfigProblems' list and "total" their number.)
 
 Additions stay within version 1 and are optional both ways: an older client sends no "linger"
-and ignores "linger_until"; a newer client reads their absence as "none". `ping` lists what the
+and ignores "linger_until"; a newer client reads their absence as "none". An older agent ignores
+`"history"` on `status` and sends no history: the TUI's sparkline then starts empty, as before. `ping` lists what the
 agent understands in `"features"` (["linger"]): a client sends `"linger"` only to an agent that
 names it, since an older one would ignore it and hold the tunnel until `down`.
 `"linger": seconds` (1 to a day) on `up` makes the tunnel a one-shot's: the agent closes it once
@@ -86,7 +91,7 @@ MAX_WORKERS = 64
 EVICT_GRACE = 0.25
 # Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
 _MAX_EPOCH = 253402300799.0
-FEATURES = ("linger",)
+FEATURES = ("linger", "history")
 MAX_LINGER = 86400  # as profiles.LINGER_MAX: a day
 OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown"})
 
@@ -384,3 +389,27 @@ def _small_int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
         return value
     return None
+
+
+def reply_history(reply: dict[str, Any], limit: int = 300) -> dict[str, list[float]]:
+    """`status` with `"history": true`: each tunnel's last rates (bytes/s both ways), by name.
+
+    Lenient: a tunnel without a well-formed "history" (an older agent) is left out.
+    """
+    out: dict[str, list[float]] = {}
+    tunnels = reply.get("tunnels")
+    if not isinstance(tunnels, list):
+        return out
+    for item in tunnels:
+        if not isinstance(item, dict):
+            continue
+        name, history = item.get("name"), item.get("history")
+        if not isinstance(name, str) or not isinstance(history, list):
+            continue
+        rates = [
+            float(x)
+            for x in history[-limit:]
+            if isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < 1e15
+        ]
+        out[name] = rates
+    return out

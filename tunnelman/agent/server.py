@@ -128,6 +128,13 @@ class Held:
             status = dataclasses.replace(status, linger_until=self.linger_until)
         return status
 
+    def rate_history(self) -> list[int]:
+        """The last five minutes of rates, both ways, one a second (the TUI's sparkline)."""
+        traffic = self.tunnel.traffic
+        if traffic is None:
+            return []
+        return [round(r.sent + r.received) for r in traffic.history()]
+
     def touch(self, now: float) -> None:
         """A client is using a lingering tunnel: its linger starts again from now."""
         linger, until = self.linger, self.linger_until
@@ -839,7 +846,11 @@ class Agent:
         name = message.get("name")
         with self._lock:
             held = [h for h in self._held.values() if name is None or h.name == name]
-        return {"tunnels": [protocol.status_to_wire(h.status()) for h in held]}
+        tunnels = [protocol.status_to_wire(h.status()) for h in held]
+        if message.get("history") is True:
+            for wire, h in zip(tunnels, held, strict=True):
+                wire["history"] = h.rate_history()
+        return {"tunnels": tunnels}
 
     def _op_shutdown(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
         with self._lock:

@@ -106,7 +106,7 @@ def _linger_up(
     config = profiles.config_path(get_ctx(ctx).config).expanduser().absolute()
     if sys.stderr.isatty():
         progress(
-            f"tunnelman: opening a tunnel to '{profile.name}' via {profile.bastion} "
+            f"tunnelman: opening a tunnel to '{profile.name}' via {profile.route} "
             f"(the agent keeps it {_duration(linger)} after) …"
         )
     try:
@@ -146,7 +146,7 @@ def _run_oneshot(
     if port is None and lingering > 0:
         port = _linger_up(ctx, profile, lingering, accept_new_host_key)
     if port is None and sys.stderr.isatty():
-        progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
+        progress(f"tunnelman: opening a tunnel to '{name}' via {profile.route} …")
     code = oneshot.run(
         profile,
         argv,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from tunnelman.cli.common import announce_resume, load_profile
+from tunnelman.cli.common import load_profile
 from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import err, out, progress
 from tunnelman.core import profiles as prof
@@ -25,7 +25,20 @@ from tunnelman.core.errors import CredentialError, TunnelmanError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _remember_start_cluster(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["tunnelman.start_cluster"] = value
+    return value
+
+
 def _common(func: F) -> F:
+    func = click.option(
+        "--start-cluster",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember_start_cluster,
+        help="If the profile's cluster is stopped, start it without asking (needed without a "
+        "terminal) and wait until its writer instance is available, then connect.",
+    )(func)
     func = click.option(
         "--dry-run",
         is_flag=True,
@@ -52,15 +65,19 @@ def db_group() -> None:
 def _ops(ctx: click.Context, name: str, accept_new: bool, dry_run: bool) -> Iterator[Any]:
     from tunnelman.cli.cmd_clients import agent_port, login_for
     from tunnelman.cli.prompts import host_key_policy, passphrase_prompt
+    from tunnelman.cli.wake import prepare
     from tunnelman.core import dbops
 
     profile = load_profile(ctx, name)
     login = login_for(profile)
     port = agent_port(name)
-    if port is None:
-        announce_resume(profile)
-        if sys.stderr.isatty():
-            progress(f"tunnelman: opening a tunnel to '{name}' via {profile.bastion} …")
+    start_cluster = bool(ctx.meta.get("tunnelman.start_cluster"))
+    if port is None or start_cluster:
+        # As for psql: a stopped cluster is started (asked, or --start-cluster), else the resume
+        # note; the agent's tunnel is reused without asking AWS unless the flag says to check.
+        profile = prepare(ctx, profile, start_cluster=start_cluster, announce=port is None)
+    if port is None and sys.stderr.isatty():
+        progress(f"tunnelman: opening a tunnel to '{name}' via {profile.route} …")
     with dbops.tunnel_port(
         profile,
         port=port,

@@ -18,6 +18,7 @@ import click
 
 from tunnelman.cli.common import (
     accept_new_host_key_option,
+    connecting_text,
     json_option,
     load_profile,
     psql_command,
@@ -66,7 +67,7 @@ def detach_up(
     profile = prof.load(config, missing_ok=False).get(name)
     target = str(profile.endpoint) if profile.endpoint else "?"
     client = AgentClient(notify=err)
-    progress(f"Connecting to {_way_in(profile)} … (database {target}; held by the agent)")
+    progress(f"{connecting_text(profile)} … (database {target}; held by the agent)")
     status = client.up(name, config, port, host_keys=host_key_policy(accept_new))
     bound = status.local_port
     if bound is None:
@@ -74,7 +75,7 @@ def detach_up(
     say = err if as_json else out
     if as_json:
         json_line(tunnel_object(profile, status, detached=True))
-    say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+    say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.route})")
     say(f"  {psql_command(profile, bound)}")
     err(
         "The background agent holds it: it outlives this terminal. "
@@ -146,7 +147,7 @@ def up_cmd(
     )
     tunnel.on_client = recorder.client
     target = str(profile.endpoint) if profile.endpoint else "?"
-    progress(f"Connecting to {_way_in(profile)} … (database {target})")
+    progress(f"{connecting_text(profile)} … (database {target})")
     # Until the tunnel is up, Ctrl-C and SIGTERM interrupt whatever blocks (a prompt included).
     with routed(interrupt):
         try:
@@ -164,7 +165,7 @@ def up_cmd(
         say = err if as_json else out
         if as_json:
             json_line(tunnel_object(profile, tunnel.status, detached=False))
-        say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.bastion})")
+        say(f"Tunnel '{name}' is up: 127.0.0.1:{bound} → {target} (via {profile.route})")
         say(f"  {psql_command(profile, bound)}")
         err("Press Ctrl-C to close it.")
         failure = _hold(events, stop, TunnelState)
@@ -193,12 +194,3 @@ def _hold(events: queue.Queue[Any], stop: threading.Event, states: Any) -> str |
             return str(status.error or "failed")
         last = status.state
     return None
-
-
-def _way_in(profile: prof.Profile) -> str:
-    """What `up` says it connects to: the bastion, and how when not over plain TCP."""
-    if profile.transport == "ssm" and profile.bastion is None:
-        return f"{profile.bastion_instance_id} (SSM port forwarding)"
-    if profile.transport != "ssh":
-        return f"bastion {profile.bastion} over {profile.transport} ({profile.bastion_instance_id})"
-    return f"bastion {profile.bastion}"

@@ -64,3 +64,10 @@ def announce_resume(profile: Profile) -> None:
     note = aws.resume_hint(profile)
     if note:
         progress(f"tunnelman: {note}")
+
+
+def connecting_text(profile: Profile) -> str:
+    """The first line `up` prints: "Connecting to bastion user@host", or through the AWS way."""
+    if profile.transport == "ssh":
+        return f"Connecting to bastion {profile.route}"
+    return f"Connecting through {profile.route}"

@@ -256,20 +256,25 @@ class Doctor:
         profile = self._profile()
         assert profile.endpoint is not None
         assert self.s.port is not None
+        from tunnelman.core.clients import conn_settings
+
         password = resolve_password(profile, prompt=self.password)
+        # The settings `tunnelman psql` uses: 127.0.0.1, or (verify-ca/-full) the endpoint's name
+        # with hostaddr 127.0.0.1, so ~/.pgpass lines match here as they do for psql.
+        s = conn_settings(profile, self.s.port)
         params: dict[str, Any] = {
-            # libpq connects to the tunnel but checks TLS names against the real endpoint.
-            "host": profile.endpoint.host,
-            "hostaddr": "127.0.0.1",
-            "port": self.s.port,
-            "dbname": profile.database,
-            "user": profile.user,
-            "sslmode": profile.sslmode,
-            "connect_timeout": profile.connect_timeout,
+            "host": s.host,
+            "port": s.port,
+            "dbname": s.dbname,
+            "user": s.user,
+            "sslmode": s.sslmode,
+            "connect_timeout": s.connect_timeout,
             "application_name": "tunnelman check",
         }
-        if profile.sslrootcert is not None:
-            params["sslrootcert"] = str(profile.sslrootcert)
+        if s.hostaddr is not None:
+            params["hostaddr"] = s.hostaddr
+        if s.sslrootcert is not None:
+            params["sslrootcert"] = s.sslrootcert
         if password is not None:
             params["password"] = password
         try:

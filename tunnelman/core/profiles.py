@@ -309,6 +309,19 @@ class Profile:
             or (self.endpoint is None and self.cluster)
         )
 
+    @property
+    def route(self) -> str:
+        """How the database is reached, for messages ("via …"): the bastion, and the AWS way to
+        it when the transport is not plain TCP."""
+        instance = self.bastion_instance_id or "?"
+        if self.transport == "ssm":
+            if self.bastion is None:
+                return f"an SSM session to {instance}"
+            return f"{self.bastion} over an SSM session to {instance}"
+        if self.transport == "eice":
+            return f"{self.bastion} through an EC2 Instance Connect Endpoint to {instance}"
+        return str(self.bastion) if self.bastion is not None else "no bastion"
+
     def to_public_dict(self) -> dict[str, Any]:
         """A JSON-ready view (the `ls --json` shape). Never holds a secret: none are stored here."""
         out: dict[str, Any] = {"name": self.name}

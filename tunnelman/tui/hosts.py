@@ -62,6 +62,11 @@ class TunnelHost(Protocol):
 
     def statuses(self) -> dict[str, TunnelStatus]: ...
 
+    def rate_history(self) -> dict[str, list[float]]:
+        """The last minutes of each tunnel's rate (bytes/s both ways, one a second, oldest
+        first), where the host kept them before this TUI looked (the agent's)."""
+        ...
+
     def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
         """Report changes made elsewhere (another process) until `stop`; returns at once if
         nothing but this TUI changes them."""
@@ -132,6 +137,16 @@ class InProcessHost:
         with self._lock:
             tunnels = dict(self._tunnels)
         return {name: t.status for name, t in tunnels.items()}
+
+    def rate_history(self) -> dict[str, list[float]]:
+        with self._lock:
+            tunnels = dict(self._tunnels)
+        out: dict[str, list[float]] = {}
+        for name, tunnel in tunnels.items():
+            traffic = tunnel.traffic
+            if traffic is not None:
+                out[name] = [r.sent + r.received for r in traffic.history()]
+        return out
 
     def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
         """Nothing to follow: only this process changes its tunnels, and `open` reports them."""
@@ -227,6 +242,11 @@ class AgentHost:
         statuses = {s.name: s for s in self.client.status()}
         statuses.update(self.local.statuses())
         return statuses
+
+    def rate_history(self) -> dict[str, list[float]]:
+        history = self.client.rate_history()
+        history.update(self.local.rate_history())
+        return history
 
     def watch(self, on_status: OnStatus, on_removed: OnRemoved, stop: threading.Event) -> None:
         """Follow the agent until `stop`: every status change, every removal. Blocks."""

@@ -90,3 +90,12 @@ class ClusterProgress(Message):
         self.name = name
         self.status = status
         self.done = done
+
+
+class RatesKnown(Message):
+    """The host's own record of a tunnel's last rates (the agent kept them while no TUI ran)."""
+
+    def __init__(self, name: str, rates: list[float]) -> None:
+        super().__init__()
+        self.name = name
+        self.rates = rates

@@ -355,13 +355,14 @@ class OpenSSHTunnel(Tunnel):
         # `ssh -L`); our listener holds the port only while ssh reconnects. Relay (no mux:
         # Windows): our listener always, each client relayed to ssh's inner port.
         self._direct = process.ssh_multiplexing()
+        self._kernel: KernelCounts | None = None
         if self._direct:
             # ssh moves the bytes itself: count them from the kernel's sockets (Linux only).
-            self._traffic = (
-                Traffic(KernelCounts(self._kernel_sockets))
-                if sys.platform.startswith("linux")
-                else None
-            )
+            self._traffic = None
+            if sys.platform.startswith("linux"):
+                self._kernel = KernelCounts(self._kernel_sockets)
+                self._traffic = Traffic(self._kernel)
+                self._traffic.on_sample = self._kernel_clients
         self._mux_dir: Path | None = None
         self._bridged = 0  # direct: our relays into ssh's listener (counted twice by /proc)
 
@@ -556,6 +557,21 @@ class OpenSSHTunnel(Tunnel):
     def _kernel_sockets(self) -> dict[int, tuple[int, int]] | None:
         port = self._bound
         return ports.loopback_traffic(port) if port else {}
+
+    def _kernel_clients(self) -> None:
+        """Direct mode, after each traffic sample: the clients ssh accepted (or lost) since the
+        last one, for `on_client` (the event log). Clients our listener took while ssh
+        reconnected (relayed into ssh's listener) were told by `_await_up` already."""
+        if self._kernel is None:
+            return
+        arrived, left = self._kernel.changes()
+        if self.on_client is None or self._state != TunnelState.UP or self._bridged:
+            return
+        snapshot = self._snapshot()
+        for _ in range(arrived):
+            self._tell_client(snapshot, arrived=True)
+        for _ in range(left):
+            self._tell_client(snapshot, arrived=False)
 
     def _ssh_running(self) -> bool:
         proc = self._ssh_proc

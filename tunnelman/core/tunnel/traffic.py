@@ -22,7 +22,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tunnelman.core.logs import get_logger
+
 __all__ = ["Flow", "KernelCounts", "Rates", "Traffic", "human_bytes"]
+
+_log = get_logger("traffic")
 
 SAMPLE_INTERVAL = 1.0
 HISTORY = 300  # samples: five minutes at one a second
@@ -71,6 +75,9 @@ class Traffic:
         self._closed_sent = 0
         self._closed_received = 0
         self._source = source
+        self._running = False
+        # Called on the sampler's thread after each of its samples (no engine lock held there).
+        self.on_sample: Callable[[], object] | None = None
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(
             maxlen=HISTORY + 1
         )
@@ -107,6 +114,7 @@ class Traffic:
 
     def running(self, on: bool) -> None:
         """Sample once a second while `on` (the tunnel is up); stop sampling when off."""
+        self._running = on
         if on:
             _sampler.add(self)
         else:
@@ -118,6 +126,12 @@ class Traffic:
             self._samples.append((time.monotonic() if now is None else now, sent, received))
 
     def rates(self) -> Rates:
+        with self._lock:
+            last = self._samples[-1][0] if self._samples else None
+        if self._running and (last is None or time.monotonic() - last > 1.5 * SAMPLE_INTERVAL):
+            # The sampler thread is late (busy relay threads hold the GIL between its turns):
+            # sample on this read, so a busy tunnel never shows 0 B/s for want of samples.
+            self.sample()
         with self._lock:
             samples = list(self._samples)[-(RATE_WINDOW + 1) :]
         if len(samples) < 2:
@@ -140,19 +154,32 @@ class Traffic:
 
 class KernelCounts:
     """A `Source` from the kernel's per-socket counters (`ports.loopback_traffic`): the totals of
-    the sockets open now plus those of the sockets seen before that have closed since."""
+    the sockets open now plus those of the sockets seen before that have closed since.
+
+    It also tallies the sockets that appeared or went between reads (`changes()`): the OpenSSH
+    engine's direct mode, where ssh accepts the clients itself, learns of them only here (at the
+    sampler's pace, once a second: a shorter connection may go unseen, as the event log leaves
+    out connections shorter than two seconds anyway).
+    """
 
     def __init__(self, read: Callable[[], dict[int, tuple[int, int]] | None]) -> None:
         self._read = read
         self._lock = threading.Lock()
         self._seen: dict[int, tuple[int, int]] = {}
         self._closed = (0, 0)
+        self._present: set[int] = set()
+        self._arrived = 0
+        self._left = 0
 
     def __call__(self) -> tuple[int, int] | None:
         now = self._read()
         with self._lock:
             if now is None:
                 now = {}
+            else:  # an unreadable look tells nothing of who came or went
+                self._arrived += len(now.keys() - self._present)
+                self._left += len(self._present - now.keys())
+                self._present = set(now)
             sent, received = self._closed
             for cookie, (up, down) in self._seen.items():
                 if cookie not in now:
@@ -163,6 +190,13 @@ class KernelCounts:
                 sent + sum(up for up, _ in now.values()),
                 received + sum(down for _, down in now.values()),
             )
+
+    def changes(self) -> tuple[int, int]:
+        """(sockets that appeared, sockets that went) since the last call."""
+        with self._lock:
+            out = (self._arrived, self._left)
+            self._arrived = self._left = 0
+        return out
 
 
 class _Sampler:
@@ -203,6 +237,11 @@ class _Sampler:
             now = time.monotonic()
             for traffic in running:
                 traffic.sample(now)
+                if traffic.on_sample is not None:
+                    try:
+                        traffic.on_sample()
+                    except Exception:
+                        _log.exception("after a traffic sample")
 
 
 _sampler = _Sampler()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from textual.screen import Screen
 
     from tunnelman.core import dbops
+    from tunnelman.core.credentials import Login
     from tunnelman.core.ssh.known_hosts import HostKeyInfo
     from tunnelman.tui.screens.db import DbFormScreen
 
@@ -117,6 +118,8 @@ class DbRequest:
     owner: str = ""
     extensions: tuple[str, ...] = ()
     file: str = ""
+    # The login a dry run from the same form asked for (password = "prompt"): not asked twice.
+    login: Login | None = field(default=None, repr=False, compare=False)
 
     @property
     def target(self) -> str:
@@ -339,7 +342,7 @@ class DbActions(AppBase):
         from tunnelman.core import dbops
         from tunnelman.core.credentials import resolve_login
         from tunnelman.tui.hosts import host_key_policy
-        from tunnelman.tui.screens.db import DbDone, DbLine
+        from tunnelman.tui.screens.db import DbDone, DbFormScreen, DbLine
         from tunnelman.tui.screens.modals import HostKeyScreen, SecretScreen
 
         plan: list[str] = []
@@ -354,18 +357,20 @@ class DbActions(AppBase):
         summary: str | None = None
         error: TunnelmanError | None = None
         try:
-            login = resolve_login(
+            login = req.login or resolve_login(
                 profile,
                 prompt=lambda label: self.ask_from_thread(
                     SecretScreen("Database password", label.strip())
                 ),
             )
+            if dry_run and profile.password == "prompt" and isinstance(target, DbFormScreen):
+                target.login = login  # the Run that follows uses it: one prompt per form
             status = self.state.tunnel_of(profile.name)
             port = (
                 status.local_port if status is not None and status.state is TunnelState.UP else None
             )
             if port is None and not dry_run:
-                say(f"opening a tunnel to '{profile.name}' via {profile.bastion} …", "progress")
+                say(f"opening a tunnel to '{profile.name}' via {profile.route} …", "progress")
             with dbops.tunnel_port(
                 profile,
                 port=port,

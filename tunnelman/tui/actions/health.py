@@ -2,7 +2,9 @@
 
 Rates: the statuses the tunnel actions already poll once a second carry the current rates (also
 for the agent's tunnels, whose `watch` reports state changes only); `_live_tick` samples them
-into each `ProfileState`'s five-minute history, which the detail pane draws as a sparkline.
+into each `ProfileState`'s five-minute history, which the detail pane draws as a sparkline. The
+first time a tunnel is seen up, the host's own history of it (the agent samples its tunnels once a
+second whether a TUI runs or not) fills the sparkline, so a reopened TUI shows the last minutes.
 
 Health: right after a tunnel comes up (the `TunnelChanged` that says so) and then every
 `HEALTH_INTERVAL` seconds, a thread worker runs `core.health.probe` through its local port
@@ -21,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from textual import on, work
 
 from tunnelman.core.logs import get_logger
+from tunnelman.core.tunnel import TunnelState
 from tunnelman.tui.actions.base import AppBase
-from tunnelman.tui.messages import HealthChecked, TunnelChanged
+from tunnelman.tui.messages import HealthChecked, RatesKnown, TunnelChanged
 from tunnelman.tui.state import HEALTH_INTERVAL
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ class HealthActions(AppBase):
         # name -> (the profile it was found for, login, why none, when): one check per profile
         # at a time, so only that check's worker reads or writes its entry.
         self._logins: dict[str, tuple[Profile, Login | None, str | None, float]] = {}
+        self._history_asked: set[str] = set()  # tunnels whose host history was asked for
 
     def _probe(self, profile: Profile, port: int) -> Health:
         """`core.health.probe` with the login found for `profile` in the last `LOGIN_TTL` s."""
@@ -87,6 +91,40 @@ class HealthActions(AppBase):
             state.sample_rate()
             if state.wants_health(now, self.health_interval):
                 self._start_health(state.name)
+
+    @on(TunnelChanged)
+    def _history_when_first_up(self, message: TunnelChanged) -> None:
+        """The first time a tunnel is seen up here: what the host kept of its rates."""
+        status = message.status
+        if (
+            status is None
+            or status.state is not TunnelState.UP
+            or message.name in self._history_asked
+        ):
+            return
+        self._history_asked.add(message.name)
+        self._fetch_history(message.name)
+
+    @work(thread=True, group="history", exit_on_error=False)
+    def _fetch_history(self, name: str) -> None:
+        try:
+            rates = self.host.rate_history().get(name)
+        except Exception as exc:  # an agent gone or older: the sparkline starts empty
+            log.info("no rate history of %s from the host: %s", name, exc)
+            return
+        if rates:
+            self.post_message(RatesKnown(name, rates))
+
+    @on(RatesKnown)
+    def _seed_rates(self, message: RatesKnown) -> None:
+        state = self.state.get(message.name)
+        if state is None or not state.is_open:
+            return
+        seen = list(state.rates)
+        state.rates.clear()
+        # The host's record, then what this TUI sampled meanwhile (one a second each).
+        keep = state.rates.maxlen or len(message.rates) + len(seen)
+        state.rates.extend((message.rates + seen)[-keep:])
 
     @on(TunnelChanged)
     def _check_when_up(self, message: TunnelChanged) -> None:

@@ -23,6 +23,7 @@ from textual.widgets import Button, Input, Label, Static
 from tunnelman.core.profiles import Profile, printable
 
 if TYPE_CHECKING:
+    from tunnelman.core.credentials import Login
     from tunnelman.core.errors import TunnelmanError
     from tunnelman.tui.actions.db import DbOp, DbRequest, Field, Kind
 
@@ -98,6 +99,7 @@ class DbFormScreen(ModalScreen["DbRequest | None"]):
         super().__init__(classes="modal")
         self.op = op
         self.profile = profile
+        self.login: Login | None = None  # asked for by a dry run from this form (prompt)
         self._dry_run = dry_run
         self.busy = False
         self.plan: list[str] = []
@@ -168,6 +170,7 @@ class DbFormScreen(ModalScreen["DbRequest | None"]):
             owner=get.get("owner", ""),
             extensions=extensions,
             file=get.get("file", ""),
+            login=self.login,
         )
         bad = check_request(req, self.profile)
         if bad is None and password and password != self.value("password2"):

@@ -65,7 +65,8 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(keys, markup=True, id="help-keys")
                 yield Static(
                     "\nThe mouse works too: click a profile, click it again to open its tunnel; "
-                    "every key above is also in the footer and the command palette.\n\n" + life,
+                    "the footer shows the keys used most, and ctrl+p's command palette finds "
+                    "every action by name.\n\n" + life,
                     classes="dialog-body",
                 )
             yield Button("Close", variant="primary", id="help-close")
