@@ -551,6 +551,11 @@ def open_route(
     """
     assert profile.bastion is not None
     timeout = float(profile.connect_timeout)
+    if profile.transport == "eice":
+        # The lead reconciles this with tunnelman.core.transport.open_first_hop at merge.
+        from tunnelman.core.transport import eice
+
+        return eice.open_socket(profile, timeout=timeout, cancel=cancel)
     if not profile.jump:
         return open_socket(profile.bastion, timeout, profile.keepalive, cancel, canceller)
     if identity is None:
