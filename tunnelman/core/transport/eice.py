@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tunnelman.core import aws
@@ -41,14 +42,32 @@ _log = get_logger("eice")
 CONNECT_ENV = "TUNNELMAN_EICE_CONNECT"
 REMOTE_PORT = 22
 _CHUNK = 65000  # the AWS CLI's largest frame
+# A reconnect (the hourly cap, a drop) reuses the endpoint found in the last few minutes: only the
+# URL is signed again, which needs no EC2 call (DescribeInstances + the EC2 model cost ~1 s).
+TARGET_TTL = 600.0
+_targets: dict[tuple[str | None, ...], tuple[Target, float]] = {}
+_lock = threading.Lock()
 
 
 def open_socket(
     profile: Profile, *, timeout: float, cancel: threading.Event | None = None
 ) -> socket.socket:
     """A socket whose bytes go to the profile's instance's port 22 through its VPC's endpoint."""
-    target = aws.eice.find_target(profile)
-    ws = open_websocket(profile, target, timeout=timeout, cancel=cancel)
+    key = (profile.name, profile.bastion_instance_id, profile.region, profile.aws_profile)
+    with _lock:
+        cached = _targets.get(key)
+    if cached is not None and time.monotonic() - cached[1] < TARGET_TTL:
+        target = cached[0]
+    else:
+        target = aws.eice.find_target(profile)
+
+    def forget() -> None:
+        with _lock:
+            _targets.pop(key, None)  # the next attempt looks the endpoint up again
+
+    ws = open_websocket(profile, target, timeout=timeout, cancel=cancel, on_stale=forget)
+    with _lock:
+        _targets[key] = (target, time.monotonic() if cached is None else cached[1])
     return bridge(ws, label=f"{target.endpoint.id} → {target.instance_id}")
 
 
@@ -59,8 +78,14 @@ def open_websocket(
     timeout: float,
     cancel: threading.Event | None = None,
     remote_port: int = REMOTE_PORT,
+    on_stale: Callable[[], None] | None = None,
 ) -> ClientConnection:
-    """The opened websocket (HTTP 101), or one clear error (refused, denied, unreachable)."""
+    """The opened websocket (HTTP 101), or one clear error (refused, denied, unreachable).
+
+    `on_stale` is called when the failure suggests the endpoint itself changed (its name does not
+    resolve, or it refused the request): the caller then looks it up again next time. A refused
+    or timed-out connection keeps it (the endpoint or the network is briefly away).
+    """
     url = aws.eice.signed_url(profile, target, remote_port=remote_port)
     result: list[ClientConnection] = []
     failure: list[BaseException] = []
@@ -89,6 +114,8 @@ def open_websocket(
                 raise Cancelled()
             raise _timed_out(target, timeout)
     if failure:
+        if on_stale is not None and _endpoint_changed(failure[0]):
+            on_stale()
         raise _handshake_error(failure[0], target, timeout) from None
     _log.info("eice: tunnel open through %s to %s", target.endpoint.id, target.instance_id)
     return result[0]
@@ -112,11 +139,18 @@ def _connect(url: str, target: Target, timeout: float) -> ClientConnection:
             user_agent_header=_user_agent(),
             max_size=None,
             close_timeout=2,
+            legacy=True,  # the connection itself, kept open past this call (17.1+)
         )
     except BaseException:
         if sock is not None:
             sock.close()
         raise
+
+
+def _endpoint_changed(exc: BaseException) -> bool:
+    from websockets.exceptions import InvalidStatus
+
+    return isinstance(exc, InvalidStatus | socket.gaierror)
 
 
 def _user_agent() -> str:
