@@ -388,3 +388,34 @@ def test_cli_psql_over_eice(
         assert "HTTP 403" in lines[0]
     finally:
         run_cli("password", "delete", "lab")
+
+
+def test_check_shows_the_eice_steps(
+    run_cli: RunCli, eice_lab: EiceLab, lab_profile: LabProfile, keyring_backend: Any
+) -> None:
+    lab_profile.write(
+        transport="eice", bastion_instance_id=eice_lab.instance_id, region=eice_lab.moto.region
+    )
+    res = run_cli("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
+    assert res.returncode == 0, res.stderr
+    try:
+        result = run_cli("check", "lab")
+        print(result.stdout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        labels = [line.split()[1] for line in lines if line.startswith(("✓", "✗", "-"))]
+        assert labels[:5] == ["config", "key", "AWS", "EICE", "EICE"], lines
+        text = result.stdout
+        assert f"{ENDPOINT_ID} (create-complete) in {eice_lab.vpc_id}" in text
+        assert "opened (HTTP 101)" in text
+        assert f"through {ENDPOINT_ID}" in text  # "reach bastion" ran over the websocket
+        assert len(eice_lab.standin.seen) == 1
+
+        eice_lab.front.endpoints.clear()
+        result = run_cli("check", "lab")
+        print(result.stdout)
+        assert result.returncode != 0
+        assert "no EC2 Instance Connect Endpoint in" in result.stdout
+        assert "ec2:CreateInstanceConnectEndpoint" in result.stdout
+    finally:
+        run_cli("password", "delete", "lab")

@@ -14,9 +14,9 @@ from tunnelman.cli.main import get_ctx
 from tunnelman.cli.output import out
 from tunnelman.cli.prompts import host_key_policy, passphrase_prompt, password_prompt
 from tunnelman.core import profiles as prof
-from tunnelman.core.diagnose import STEPS, Doctor, StepResult
+from tunnelman.core.diagnose import ALL_STEPS, Doctor, StepResult
 
-_WIDTH = max(len(s) for s in STEPS) + 2
+_WIDTH = max(len(s) for s in ALL_STEPS) + 2
 _INDENT = f"\n  {''.ljust(_WIDTH)}"
 
 

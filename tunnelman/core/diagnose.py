@@ -1,7 +1,9 @@
 """The doctor: walk the way into a profile's database step by step and say what to fix.
 
 Steps (STEPS): config, key, reach bastion, host key, log in to bastion, open forward, log in to
-the database, server version, PostGIS. `Doctor.run()` yields one `StepResult` per step as it
+the database, server version, PostGIS. A profile with `transport = "eice"` has the transport's own
+steps (EICE_STEPS: AWS credentials, the endpoint, the websocket) after the key; `Doctor.steps` is
+the list for the profile being checked (STEPS until its config step has run). `Doctor.run()` yields one `StepResult` per step as it
 completes: passed (a detail), failed (the `TunnelmanError`'s message and hint), then every later
 step as skipped. `tunnelman check` prints them; the TUI's check screen shows them live.
 
@@ -46,6 +48,10 @@ STEPS = (
     "PostGIS",
 )
 
+# The eice transport's steps, run before "reach bastion" (which then uses their websocket).
+EICE_STEPS = ("AWS credentials", "EICE endpoint", "EICE websocket")
+ALL_STEPS = STEPS[:2] + EICE_STEPS + STEPS[2:]
+
 Outcome = Literal["passed", "failed", "skipped"]
 
 
@@ -86,6 +92,8 @@ class _State:
     tunnel: Tunnel | None = None
     port: int | None = None
     conn: Any = None
+    first_hop: Any = None  # a transport's socket to the bastion, opened by its steps
+    eice_target: Any = None
 
 
 # What a step returns: its detail, or its detail and the notes under it.
@@ -113,6 +121,7 @@ class Doctor:
         # Set by a UI that stopped listening: no further step starts, reaching the bastion stops.
         self.cancel = cancel
         self.s = _State()
+        self.steps: tuple[str, ...] = STEPS
 
     # ------------------------------------------------------------------ steps
 
@@ -126,6 +135,8 @@ class Doctor:
         resolved, notes = ssh_config.effective(profile)
         self.s.profile = resolved
         route = " → ".join(str(hop) for hop in (*resolved.jump, resolved.bastion))
+        if resolved.transport != "ssh":
+            route += f" (transport {resolved.transport}, {resolved.bastion_instance_id})"
         detail = f"{sets.path}: {route} → {profile.endpoint}, {profile.user}@{profile.database}"
         return detail, tuple(f"ssh_config: {note}" for note in notes)
 
@@ -163,7 +174,10 @@ class Doctor:
         profile = self._profile()
         assert profile.bastion is not None
         timeout = float(profile.connect_timeout)
-        sock = ssh.open_route(profile, self.s.identity, self.host_keys, cancel=self.cancel)
+        if self.s.first_hop is not None:
+            sock, self.s.first_hop = self.s.first_hop, None
+        else:
+            sock = ssh.open_route(profile, self.s.identity, self.host_keys, cancel=self.cancel)
         try:
             self.s.transport = ssh.start_transport(sock, profile, timeout)
         except BaseException:
@@ -171,6 +185,8 @@ class Doctor:
             raise
         version = self.s.transport.remote_version or "SSH"
         through = f" through {', '.join(str(h) for h in profile.jump)}" if profile.jump else ""
+        if profile.transport == "eice" and self.s.eice_target is not None:
+            through = f" through {self.s.eice_target.endpoint.id}"
         return f"{profile.bastion.host}:{profile.bastion.port} answers ({version}){through}"
 
     def host_key_step(self) -> _Found:
@@ -267,7 +283,7 @@ class Doctor:
         return self.s.profile
 
     def _plan(self) -> list[tuple[str, Callable[[], _Found]]]:
-        steps = [
+        steps: list[Callable[[], _Found]] = [
             self.config_step,
             self.key_step,
             self.reach_step,
@@ -280,12 +296,21 @@ class Doctor:
         ]
         return list(zip(STEPS, steps, strict=True))
 
+    def _transport_plan(self) -> list[tuple[str, Callable[[], _Found]]]:
+        """The profile's transport's own steps (after config and key), none for ssh."""
+        profile = self._profile()
+        if profile.transport == "eice":
+            return eice_steps(self, profile)
+        return []
+
     def run(self) -> Generator[StepResult, None, None]:
         """Each step's result as it completes; what the steps opened is closed at the end (also
         when the caller stops iterating early, or `cancel` is set: then nothing more is yielded)."""
         plan = self._plan()
         try:
-            for index, (label, step) in enumerate(plan):
+            index = 0
+            while index < len(plan):
+                label, step = plan[index]
                 if self.cancel is not None and self.cancel.is_set():
                     return
                 try:
@@ -295,8 +320,13 @@ class Doctor:
                     for name, _ in plan[index + 1 :]:
                         yield StepResult(name, "skipped")
                     return
+                if label == "config":
+                    extra = self._transport_plan()
+                    plan[2:2] = extra  # after config and key
+                    self.steps = tuple(name for name, _ in plan)
                 detail, notes = (found, ()) if isinstance(found, str) else found
                 yield StepResult(label, "passed", detail, notes=notes)
+                index += 1
         finally:
             self.close()
 
@@ -311,6 +341,56 @@ class Doctor:
         if self.s.transport is not None:
             self.s.transport.close()
             self.s.transport = None
+        if self.s.first_hop is not None:
+            with contextlib.suppress(Exception):
+                self.s.first_hop.close()
+            self.s.first_hop = None
+
+
+def eice_steps(doctor: Doctor, profile: Profile) -> list[tuple[str, Callable[[], _Found]]]:
+    """The eice transport's steps: AWS credentials, the Instance Connect Endpoint, the websocket.
+
+    The websocket they open is the socket the "reach bastion" step runs SSH over.
+    """
+    from tunnelman.core import aws
+
+    state = doctor.s
+
+    def credentials() -> _Found:
+        from tunnelman.core.aws.session import calling, make_client
+
+        session = aws.session_for(profile)
+        region = aws.eice.region_for(profile, session)
+        with calling("sts:GetCallerIdentity", region=region, session=session):
+            # No credentials: botocore's NoCredentialsError, mapped to the one-line fix.
+            who = make_client(session, "sts", region).get_caller_identity()
+            method = getattr(session.get_credentials(), "method", None) or "credentials"
+        return f"as {who.get('Arn', '?')} ({method}), region {region}"
+
+    def endpoint() -> _Found:
+        target = aws.eice.find_target(profile)
+        state.eice_target = target
+        ep = target.endpoint
+        return (
+            f"{ep.id} ({ep.state}) in {target.vpc_id}"
+            + (" (the instance's subnet)" if ep.subnet_id == target.subnet_id else "")
+            + f" reaches {target.instance_id} at {target.private_ip}:22"
+        )
+
+    def websocket() -> _Found:
+        from tunnelman.core.transport import eice
+
+        target = state.eice_target
+        ws = eice.open_websocket(
+            profile, target, timeout=float(profile.connect_timeout), cancel=doctor.cancel
+        )
+        state.first_hop = eice.bridge(ws, label=f"{target.endpoint.id} → {target.instance_id}")
+        return (
+            f"opened (HTTP 101) wss://{target.endpoint.dns_name}/openTunnel to port 22, "
+            f"for at most {aws.eice.MAX_TUNNEL_DURATION // 60} min (then a new one)"
+        )
+
+    return list(zip(EICE_STEPS, (credentials, endpoint, websocket), strict=True))
 
 
 def _pg_reason(exc: Exception) -> str:

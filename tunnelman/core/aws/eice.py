@@ -39,11 +39,16 @@ SIGNED_URL_EXPIRES = 60
 # The states in which an endpoint takes tunnels (the AWS CLI's filter).
 USABLE_STATES = ("create-complete", "update-in-progress", "update-failed", "update-complete")
 OPEN_TUNNEL = "ec2-instance-connect:OpenTunnel"
-CREATE_HINT = (
-    "create one in the instance's subnet (EC2 console → Endpoints → EC2 Instance Connect "
-    "Endpoint, or `aws ec2 create-instance-connect-endpoint --subnet-id subnet-…`; IAM action "
-    "ec2:CreateInstanceConnectEndpoint) and allow port 22 from its security group"
-)
+
+
+def create_hint(subnet_id: str | None) -> str:
+    """How to make the missing endpoint (the IAM action named)."""
+    return (
+        "create one in the instance's subnet (EC2 console → Endpoints → EC2 Instance Connect "
+        f"Endpoint, or `aws ec2 create-instance-connect-endpoint --subnet-id {subnet_id or 'subnet-…'}`"
+        "; IAM action ec2:CreateInstanceConnectEndpoint) and allow port 22 from its security group "
+        "in the instance's"
+    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def find_target(profile: Profile, *, session: boto3.Session | None = None) -> Ta
         raise AWSError(
             f"no EC2 Instance Connect Endpoint in {vpc_id} (the VPC of {instance_id}, {region})"
             + (f" is ready: {others}" if others else ""),
-            hint=CREATE_HINT,
+            hint=create_hint(subnet_id),
         )
     chosen = next((e for e in usable if e.subnet_id == subnet_id), usable[0])
     return Target(

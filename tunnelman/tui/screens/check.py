@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 from textual.worker import get_current_worker
 
-from tunnelman.core.diagnose import STEPS, Doctor, StepResult
+from tunnelman.core.diagnose import ALL_STEPS, STEPS, Doctor, StepResult
 from tunnelman.core.profiles import Profile, printable
 
 if TYPE_CHECKING:
@@ -31,16 +31,17 @@ if TYPE_CHECKING:
     from tunnelman.core.ssh import PassphrasePrompt
     from tunnelman.core.ssh.known_hosts import HostKeyPolicy
 
-_WIDTH = max(len(s) for s in STEPS) + 2
+_WIDTH = max(len(s) for s in ALL_STEPS) + 2
 _MARKS = {"passed": "✓", "failed": "✗", "skipped": "-"}
 
 
 class StepDone(Message):
     """A step finished (posted from the worker thread)."""
 
-    def __init__(self, result: StepResult) -> None:
+    def __init__(self, result: StepResult, steps: tuple[str, ...] = STEPS) -> None:
         super().__init__()
         self.result = result
+        self.steps = steps  # the profile's steps (a transport adds its own)
 
 
 class CheckDone(Message):
@@ -112,13 +113,14 @@ class CheckScreen(ModalScreen[None]):
         self.passphrase = passphrase
         self.password = password
         self.results: list[StepResult] = []
+        self.steps: tuple[str, ...] = STEPS
         self.finished = False
         self._cancel = threading.Event()
 
     @property
     def ok(self) -> bool:
         """Every step passed (meaningful once `finished`)."""
-        return len(self.results) == len(STEPS) and all(r.passed for r in self.results)
+        return len(self.results) == len(self.steps) and all(r.passed for r in self.results)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="check-dialog"):
@@ -146,7 +148,7 @@ class CheckScreen(ModalScreen[None]):
             for result in steps:
                 if worker.is_cancelled or self._cancel.is_set():
                     return  # the screen was closed: stop, and close what was opened
-                self.post_message(StepDone(result))
+                self.post_message(StepDone(result, doctor.steps))
         except Exception as exc:  # a bug in a step: say so here rather than take the app down
             self.post_message(CheckDone(f"internal error: {exc!r}"))
             return
@@ -156,6 +158,7 @@ class CheckScreen(ModalScreen[None]):
 
     def on_step_done(self, message: StepDone) -> None:
         result = message.result
+        self.steps = message.steps
         self.results.append(result)
         box = self.query_one("#check-steps", VerticalScroll)
         label = result.step.ljust(_WIDTH)
@@ -178,9 +181,9 @@ class CheckScreen(ModalScreen[None]):
                     markup=False,
                 )
             )
-        index = STEPS.index(result.step)
-        if result.passed and index + 1 < len(STEPS):
-            self._status(f"… {STEPS[index + 1]}")
+        index = self.steps.index(result.step)
+        if result.passed and index + 1 < len(self.steps):
+            self._status(f"… {self.steps[index + 1]}")
         box.scroll_end(animate=False)
 
     def on_check_done(self, message: CheckDone) -> None:
