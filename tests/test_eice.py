@@ -14,6 +14,7 @@ the engine's reconnect loop, the CLI.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import threading
 import time
@@ -419,3 +420,48 @@ def test_check_shows_the_eice_steps(
         assert "ec2:CreateInstanceConnectEndpoint" in result.stdout
     finally:
         run_cli("password", "delete", "lab")
+
+
+def test_discover_lists_the_endpoints_in_the_database_vpc(
+    run_cli: RunCli, eice_lab: EiceLab
+) -> None:
+    rds = boto3.client("rds", region_name=eice_lab.moto.region, endpoint_url=eice_lab.moto.url)
+    ec2 = boto3.client("ec2", region_name=eice_lab.moto.region, endpoint_url=eice_lab.moto.url)
+    second = ec2.create_subnet(
+        VpcId=eice_lab.vpc_id, CidrBlock="10.7.2.0/24", AvailabilityZone="us-east-2b"
+    )["Subnet"]["SubnetId"]
+    rds.create_db_subnet_group(
+        DBSubnetGroupName="geo-subnets",
+        DBSubnetGroupDescription="geo",
+        SubnetIds=[eice_lab.subnet_id, second],
+    )
+    rds.create_db_cluster(
+        DBClusterIdentifier="geo",
+        Engine="aurora-postgresql",
+        MasterUsername="postgres",
+        MasterUserPassword="geo-password-1",
+        DBSubnetGroupName="geo-subnets",
+    )
+    # One endpoint elsewhere: not listed (another VPC than the database's).
+    eice_lab.front.endpoints.append(
+        FrontEndpoint("eice-0fedcba9876543210", "x.example", "vpc-elsewhere", "subnet-x")
+    )
+    result = run_cli("discover", "--json")
+    assert result.returncode == 0, result.stderr
+    found = [o for o in json.loads(result.stdout) if o["kind"] == "instance-connect-endpoint"]
+    assert found == [
+        {
+            "kind": "instance-connect-endpoint",
+            "id": ENDPOINT_ID,
+            "region": eice_lab.moto.region,
+            "status": "create-complete",
+            "dns_name": _dns(eice_lab.moto.region),
+            "vpc_id": eice_lab.vpc_id,
+            "subnet_id": eice_lab.subnet_id,
+        }
+    ]
+    text = run_cli("discover")
+    assert text.returncode == 0, text.stderr
+    assert "EC2 Instance Connect Endpoints" in text.stdout
+    assert ENDPOINT_ID in text.stdout
+    assert "eice-0fedcba9876543210" not in text.stdout
