@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,11 @@ class EiceLab:
         return make_profile(sshd, postgres, directory, **keys)
 
     def env(self) -> dict[str, str]:
-        return {**self.standin.env(), "AWS_ENDPOINT_URL_EC2": self.front.url}
+        return {
+            **self.standin.env(),
+            "AWS_ENDPOINT_URL_EC2": self.front.url,
+            "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT": self.front.url,
+        }
 
 
 @pytest.fixture
@@ -248,6 +252,33 @@ def test_stand_in_killed_and_back_reconnects(
         assert query(port, postgres) == 1
     finally:
         tunnel.stop()
+
+
+def test_instance_connect_key_over_eice(
+    eice_lab: EiceLab,
+    make_sshd: Callable[..., Sshd],
+    sshd: Sshd,
+    postgres: Postgres,
+    tmp_path: Path,
+) -> None:
+    bastion = make_sshd()  # its own: the pushed keys are authorised on it
+    eice_lab.standin.relay_to = (bastion.host, bastion.port)
+    pushed: list[dict[str, Any]] = []
+
+    def authorise(request: dict[str, Any]) -> None:
+        pushed.append(request)
+        bastion.authorize(request["SSHPublicKey"])
+
+    eice_lab.front.on_key = authorise
+    profile = eice_lab.profile(bastion, postgres, tmp_path, instance_connect=True)
+    with open_tunnel(profile, local_port=0) as tunnel:
+        assert tunnel.local_port is not None
+        assert query(tunnel.local_port, postgres) == 1
+    assert len(pushed) == 1
+    assert pushed[0]["InstanceId"] == eice_lab.instance_id
+    assert pushed[0]["InstanceOSUser"] == bastion.user
+    assert pushed[0]["SSHPublicKey"].startswith("ssh-ed25519 ")
+    assert "tunnelman-lab" in pushed[0]["SSHPublicKey"]
 
 
 def test_closing_our_end_closes_the_websocket(

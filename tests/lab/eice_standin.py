@@ -16,6 +16,9 @@ crash); `stop()` / `start()` take it away and bring it back on the same port.
 DescribeInstanceConnectEndpoints (answered in AWS's XML shape, honouring the vpc-id and state
 filters); every other request is passed to moto unchanged. Point botocore at it with
 AWS_ENDPOINT_URL_EC2. It can also refuse that call (`deny = True`: UnauthorizedOperation).
+Pointed at by AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT too, it passes SendSSHPublicKey to moto and,
+when moto accepted it, hands the key to `on_key` (the test authorises it on the lab's sshd): a
+stand-in for the instance's Instance Connect agent, which moto cannot be.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import datetime
 import hashlib
 import hmac
 import http.server
+import json
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +316,7 @@ class Ec2Front:
         self.endpoints = list(endpoints)
         self.deny = False
         self.calls: list[dict[str, list[str]]] = []
+        self.on_key: Callable[[dict[str, Any]], None] | None = None
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -321,7 +326,12 @@ class Ec2Front:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 form = urllib.parse.parse_qs(body.decode())
-                if form.get("Action") == ["DescribeInstanceConnectEndpoints"]:
+                target = self.headers.get("X-Amz-Target") or ""
+                if target.endswith(".SendSSHPublicKey"):
+                    status, answer = front._forward(self.path, body, dict(self.headers))
+                    if status == 200 and front.on_key is not None:
+                        front.on_key(json.loads(body))
+                elif form.get("Action") == ["DescribeInstanceConnectEndpoints"]:
                     front.calls.append(form)
                     status, answer = front._describe(form)
                 else:
