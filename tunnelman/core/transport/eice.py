@@ -139,6 +139,8 @@ def _connect(url: str, target: Target, timeout: float) -> ClientConnection:
             user_agent_header=_user_agent(),
             max_size=None,
             close_timeout=2,
+            # No websocket pings, as the AWS CLI sends none: SSH's keepalives watch the link.
+            ping_interval=None,
             legacy=True,  # the connection itself, kept open past this call (17.1+)
         )
     except BaseException:
