@@ -513,3 +513,99 @@ def test_discover_lists_the_endpoints_in_the_database_vpc(
     assert "EC2 Instance Connect Endpoints" in text.stdout
     assert ENDPOINT_ID in text.stdout
     assert "eice-0fedcba9876543210" not in text.stdout
+
+
+# ----------------------------------------------------------------------------- real response shapes
+
+
+def _endpoint_answer(ident: str, vpc: str, subnet: str, state: str = "create-complete") -> Any:
+    """One InstanceConnectEndpoints item as AWS returns it (Stubber checks it against the model)."""
+    return {
+        "OwnerId": "123456789012",
+        "InstanceConnectEndpointId": ident,
+        "InstanceConnectEndpointArn": f"arn:aws:ec2:us-east-2:123456789012:instance-connect-endpoint/{ident}",
+        "State": state,
+        "StateMessage": "",
+        "DnsName": f"{ident}.c1a2b3c4.ec2-instance-connect-endpoint.us-east-2.amazonaws.com",
+        "FipsDnsName": f"{ident}.c1a2b3c4.fips.ec2-instance-connect-endpoint.us-east-2.amazonaws.com",
+        "NetworkInterfaceIds": ["eni-0a1b2c3d4e5f67890"],
+        "VpcId": vpc,
+        "AvailabilityZone": "us-east-2a",
+        "CreatedAt": datetime.datetime(2026, 6, 13, 8, 0, tzinfo=datetime.UTC),
+        "SubnetId": subnet,
+        "PreserveClientIp": False,
+        "SecurityGroupIds": ["sg-0a1b2c3d4e5f67890"],
+        "Tags": [],
+    }
+
+
+def test_endpoint_lookup_reads_every_page_stubbed(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's Stubber with AWS's response shapes: DescribeInstances, then two pages of
+    DescribeInstanceConnectEndpoints filtered on the VPC; the subnet's endpoint is on page 2."""
+    import botocore.session
+    from botocore.stub import Stubber
+
+    from tunnelman.core.aws import session as aws_session
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    ec2 = botocore.session.get_session().create_client("ec2", region_name="us-east-2")
+    stub = Stubber(ec2)
+    stub.add_response(
+        "describe_instances",
+        {
+            "Reservations": [
+                {
+                    "Instances": [
+                        {
+                            "InstanceId": "i-0123456789abcdef0",
+                            "State": {"Code": 16, "Name": "running"},
+                            "VpcId": "vpc-0a1",
+                            "SubnetId": "subnet-0b2",
+                            "PrivateIpAddress": "10.0.1.23",
+                        }
+                    ]
+                }
+            ]
+        },
+        {"InstanceIds": ["i-0123456789abcdef0"]},
+    )
+    wanted = {"Filters": [{"Name": "vpc-id", "Values": ["vpc-0a1"]}]}
+    stub.add_response(
+        "describe_instance_connect_endpoints",
+        {
+            "InstanceConnectEndpoints": [
+                _endpoint_answer("eice-0000000000000000a", "vpc-0a1", "subnet-0zz"),
+                _endpoint_answer(
+                    "eice-0000000000000000b", "vpc-0a1", "subnet-0b2", "create-failed"
+                ),
+            ],
+            "NextToken": "page-2",
+        },
+        wanted,
+    )
+    stub.add_response(
+        "describe_instance_connect_endpoints",
+        {
+            "InstanceConnectEndpoints": [
+                _endpoint_answer("eice-0000000000000000c", "vpc-0a1", "subnet-0b2")
+            ]
+        },
+        {**wanted, "NextToken": "page-2"},
+    )
+    stub.activate()
+    monkeypatch.setattr(aws_session, "make_client", lambda session, service, region: ec2)
+    profile = Profile(
+        name="p", transport="eice", bastion_instance_id="i-0123456789abcdef0", region="us-east-2"
+    )
+    target = aws.eice.find_target(profile)
+    stub.assert_no_pending_responses()
+    assert target.endpoint.id == "eice-0000000000000000c"  # usable and in the instance's subnet
+    assert target.private_ip == "10.0.1.23"
+    assert target.endpoint.dns_name.startswith("eice-0000000000000000c.")
