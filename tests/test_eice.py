@@ -609,3 +609,27 @@ def test_endpoint_lookup_reads_every_page_stubbed(
     assert target.endpoint.id == "eice-0000000000000000c"  # usable and in the instance's subnet
     assert target.private_ip == "10.0.1.23"
     assert target.endpoint.dns_name.startswith("eice-0000000000000000c.")
+
+
+def test_the_doctor_lists_the_eice_steps(
+    eice_lab: EiceLab, lab_profile: LabProfile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunnelman.core.diagnose import EICE_STEPS, STEPS, Doctor
+
+    lab_profile.write(
+        transport="eice",
+        bastion_instance_id=eice_lab.instance_id,
+        region=eice_lab.moto.region,
+        password="none",
+    )
+    doctor = Doctor(lab_profile.config, "lab")
+    assert doctor.steps == STEPS
+    results = list(doctor.run())
+    assert doctor.steps == STEPS[:2] + EICE_STEPS + STEPS[2:]
+    assert [r.step for r in results] == list(doctor.steps)
+    # Up to the forward every step passed over the websocket (password none: the login fails).
+    assert all(r.passed for r in results[:9]), [(r.step, r.detail) for r in results]
+    deadline = time.monotonic() + 3
+    while eice_lab.standin.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert eice_lab.standin.live == 0  # the doctor closed what it opened
