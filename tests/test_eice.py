@@ -623,9 +623,9 @@ def test_the_doctor_lists_the_eice_steps(
         password="none",
     )
     doctor = Doctor(lab_profile.config, "lab")
-    assert doctor.steps == STEPS
+    assert list(doctor.steps) == list(STEPS)
     results = list(doctor.run())
-    assert doctor.steps == STEPS[:2] + EICE_STEPS + STEPS[2:]
+    assert list(doctor.steps) == [*STEPS[:2], *EICE_STEPS, *STEPS[2:]]
     assert [r.step for r in results] == list(doctor.steps)
     # Up to the forward every step passed over the websocket (password none: the login fails).
     assert all(r.passed for r in results[:9]), [(r.step, r.detail) for r in results]
