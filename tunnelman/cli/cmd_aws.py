@@ -180,6 +180,15 @@ def _print_discovery(found: aws.Discovery, *, several_regions: bool) -> None:
                 for b in found.bastions
             ],
         )
+    if found.connect_endpoints:
+        section('EC2 Instance Connect Endpoints (transport = "eice": no public bastion needed)')
+        _table(
+            ["ID", *region, "STATE", "VPC", "SUBNET"],
+            [
+                [e.id, *([e.region] if several_regions else []), e.state, e.vpc_id, e.subnet_id]
+                for e in found.connect_endpoints
+            ],
+        )
     if found.hidden:
         out()
         out(f"({_hidden(found.hidden)}: --all-engines shows them)")

@@ -1,7 +1,9 @@
 """The doctor: walk the way into a profile's database step by step and say what to fix.
 
 Steps (STEPS): config, key, reach bastion, host key, log in to bastion, open forward, log in to
-the database, server version, PostGIS. `Doctor.run()` yields one `StepResult` per step as it
+the database, server version, PostGIS. A profile with `transport = "eice"` has the transport's own
+steps (EICE_STEPS: AWS credentials, the endpoint, the websocket) after the key; `Doctor.steps` is
+the list for the profile being checked (STEPS until its config step has run). `Doctor.run()` yields one `StepResult` per step as it
 completes: passed (a detail), failed (the `TunnelmanError`'s message and hint), then every later
 step as skipped. `tunnelman check` prints them; the TUI's check screen shows them live.
 
@@ -53,7 +55,10 @@ STEPS = (
 )
 
 SSM_STEPS = ("AWS credentials", "SSM instance", "SSM plugin")
-ALL_STEPS = (STEPS[0], *SSM_STEPS, *STEPS[1:])
+# The eice transport's steps, run before "reach bastion" (which then uses their websocket).
+EICE_STEPS = ("AWS credentials", "EICE endpoint", "EICE websocket")
+# Every label in the order they can come (a profile has one transport's steps at most).
+ALL_STEPS = (STEPS[0], *SSM_STEPS, STEPS[1], *EICE_STEPS[1:], *STEPS[2:])
 _SSH_STEPS = frozenset(("key", "reach bastion", "host key", "log in to bastion"))
 
 Outcome = Literal["passed", "failed", "skipped"]
@@ -97,6 +102,8 @@ class _State:
     tunnel: Tunnel | None = None
     port: int | None = None
     conn: Any = None
+    first_hop: Any = None  # a transport's socket to the bastion, opened by its steps
+    eice_target: Any = None
 
 
 # What a step returns: its detail, or its detail and the notes under it.
@@ -124,6 +131,7 @@ class Doctor:
         # Set by a UI that stopped listening: no further step starts, reaching the bastion stops.
         self.cancel = cancel
         self.s = _State()
+        self.steps: tuple[str, ...] = STEPS
 
     # ------------------------------------------------------------------ steps
 
@@ -192,7 +200,10 @@ class Doctor:
         profile = self._profile()
         assert profile.bastion is not None
         timeout = float(profile.connect_timeout)
-        sock = ssh.open_route(profile, self.s.identity, self.host_keys, cancel=self.cancel)
+        if self.s.first_hop is not None:
+            sock, self.s.first_hop = self.s.first_hop, None
+        else:
+            sock = ssh.open_route(profile, self.s.identity, self.host_keys, cancel=self.cancel)
         try:
             self.s.transport = ssh.start_transport(sock, profile, timeout)
         except BaseException:
@@ -202,6 +213,8 @@ class Doctor:
         through = f" through {', '.join(str(h) for h in profile.jump)}" if profile.jump else ""
         if profile.transport == "ssm":
             through += f" over a Session Manager session to {profile.bastion_instance_id}"
+        if profile.transport == "eice" and self.s.eice_target is not None:
+            through = f" through {self.s.eice_target.endpoint.id}"
         return f"{profile.bastion.host}:{profile.bastion.port} answers ({version}){through}"
 
     def host_key_step(self) -> _Found:
@@ -310,30 +323,32 @@ class Doctor:
         assert self.s.profile is not None
         return self.s.profile
 
-    def _plan(self) -> list[tuple[str, Callable[[], _Found]]]:
-        steps = [
-            self.config_step,
-            self.aws_credentials_step,
-            self.ssm_instance_step,
-            self.ssm_plugin_step,
-            self.key_step,
-            self.reach_step,
-            self.host_key_step,
-            self.bastion_login_step,
-            self.forward_step,
-            self.db_login_step,
-            self.version_step,
-            self.postgis_step,
+    def _plan(self) -> list[tuple[str, Callable[[], _Found], str | None]]:
+        """(label, step, the transport it is for, or None: every profile's)."""
+        eice = eice_steps(self)
+        return [
+            ("config", self.config_step, None),
+            ("AWS credentials", self.aws_credentials_step, "ssm"),
+            ("SSM instance", self.ssm_instance_step, "ssm"),
+            ("SSM plugin", self.ssm_plugin_step, "ssm"),
+            ("key", self.key_step, None),
+            *((label, step, "eice") for label, step in eice),
+            ("reach bastion", self.reach_step, None),
+            ("host key", self.host_key_step, None),
+            ("log in to bastion", self.bastion_login_step, None),
+            ("open forward", self.forward_step, None),
+            ("log in to database", self.db_login_step, None),
+            ("server version", self.version_step, None),
+            ("PostGIS", self.postgis_step, None),
         ]
-        return list(zip(ALL_STEPS, steps, strict=True))
 
-    def _applies(self, label: str) -> bool:
+    def _applies(self, label: str, only: str | None) -> bool:
         """Whether the step is this profile's (known once the config step has passed)."""
         profile = self.s.profile
         if profile is None:  # the config step failed: the steps of every ssh profile follow
-            return label not in SSM_STEPS
-        if label in SSM_STEPS:
-            return profile.transport == "ssm"
+            return only is None
+        if only is not None:
+            return profile.transport == only
         if label in _SSH_STEPS:
             return profile.bastion is not None
         return True
@@ -343,8 +358,8 @@ class Doctor:
         when the caller stops iterating early, or `cancel` is set: then nothing more is yielded)."""
         plan = self._plan()
         try:
-            for index, (label, step) in enumerate(plan):
-                if not self._applies(label):
+            for index, (label, step, only) in enumerate(plan):
+                if not self._applies(label, only):
                     continue
                 if self.cancel is not None and self.cancel.is_set():
                     return
@@ -352,12 +367,14 @@ class Doctor:
                     found = step()
                 except TunnelmanError as exc:
                     yield StepResult.from_error(label, exc)
-                    for name, _ in plan[index + 1 :]:
-                        if self._applies(name):
+                    for name, _, when in plan[index + 1 :]:
+                        if self._applies(name, when):
                             yield StepResult(name, "skipped")
                     return
+                if label == "config":  # the profile is known: its own list of steps
+                    self.steps = tuple(n for n, _, w in plan if self._applies(n, w))
                 detail, notes = (found, ()) if isinstance(found, str) else found
-                following = (name for name, _ in plan[index + 1 :] if self._applies(name))
+                following = (n for n, _, w in plan[index + 1 :] if self._applies(n, w))
                 yield StepResult(
                     label, "passed", detail, notes=notes, next_step=next(following, None)
                 )
@@ -375,6 +392,60 @@ class Doctor:
         if self.s.transport is not None:
             self.s.transport.close()
             self.s.transport = None
+        if self.s.first_hop is not None:
+            with contextlib.suppress(Exception):
+                self.s.first_hop.close()
+            self.s.first_hop = None
+
+
+def eice_steps(doctor: Doctor) -> list[tuple[str, Callable[[], _Found]]]:
+    """The eice transport's steps: AWS credentials, the Instance Connect Endpoint, the websocket
+    (each reads the profile when it runs: after the config step).
+
+    The websocket they open is the socket the "reach bastion" step runs SSH over.
+    """
+    from tunnelman.core import aws
+
+    state = doctor.s
+
+    def credentials() -> _Found:
+        profile = doctor._profile()
+        from tunnelman.core.aws.session import calling, make_client
+
+        session = aws.session_for(profile)
+        region = aws.eice.region_for(profile, session)
+        with calling("sts:GetCallerIdentity", region=region, session=session):
+            # No credentials: botocore's NoCredentialsError, mapped to the one-line fix.
+            who = make_client(session, "sts", region).get_caller_identity()
+            method = getattr(session.get_credentials(), "method", None) or "credentials"
+        return f"as {who.get('Arn', '?')} ({method}), region {region}"
+
+    def endpoint() -> _Found:
+        profile = doctor._profile()
+        target = aws.eice.find_target(profile)
+        state.eice_target = target
+        ep = target.endpoint
+        return (
+            f"{ep.id} ({ep.state}) in {target.vpc_id}"
+            + (" (the instance's subnet)" if ep.subnet_id == target.subnet_id else "")
+            + f" reaches {target.instance_id} at {target.private_ip}:22"
+        )
+
+    def websocket() -> _Found:
+        profile = doctor._profile()
+        from tunnelman.core.transport import eice
+
+        target = state.eice_target
+        ws = eice.open_websocket(
+            profile, target, timeout=float(profile.connect_timeout), cancel=doctor.cancel
+        )
+        state.first_hop = eice.bridge(ws, label=f"{target.endpoint.id} → {target.instance_id}")
+        return (
+            f"opened (HTTP 101) wss://{target.endpoint.dns_name}/openTunnel to port 22, "
+            f"for at most {aws.eice.MAX_TUNNEL_DURATION // 60} min (then a new one)"
+        )
+
+    return list(zip(EICE_STEPS, (credentials, endpoint, websocket), strict=True))
 
 
 def _pg_reason(exc: Exception) -> str:

@@ -12,6 +12,7 @@ re-exports:
 - `auth`         `iam_token`, `secret_login`, `instance_connect_key`
 - `params`       `ssm:/NAME` references (SSM Parameter Store) for `secret` and `cluster`
 - `dataapi`      `execute`: one statement through the RDS Data API (`tunnelman query`)
+- `eice`         EC2 Instance Connect Endpoints: `find_target`, `signed_url`, `list_endpoints`
 
 Importing it is cheap: boto3 (≈0.6 s) is imported inside the functions that call AWS, so the tunnel
 and client code may import this module at top level and call `resume_hint` /
@@ -21,6 +22,7 @@ and client code may import this module at top level and call `resume_hint` /
 
 from __future__ import annotations
 
+from tunnelman.core.aws import eice
 from tunnelman.core.aws.auth import (
     Login,
     ephemeral_key,
@@ -90,6 +92,7 @@ __all__ = [
     "cluster_status",
     "connect_timeout_for",
     "discover",
+    "eice",
     "ephemeral_key",
     "execute",
     "find",

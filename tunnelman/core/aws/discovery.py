@@ -1,6 +1,7 @@
-"""Discovery: Aurora clusters, standalone RDS instances, RDS proxies and bastion candidates in one
-or more regions, queried concurrently. Bastion candidates include every running instance whose SSM
-agent is online (DescribeInstanceInformation), the ones `transport = "ssm"` can use.
+"""Discovery: Aurora clusters, standalone RDS instances, RDS proxies, bastion candidates and EC2
+Instance Connect Endpoints (in the databases' VPCs) in one or more regions, queried concurrently.
+Bastion candidates include every running instance whose SSM agent is online
+(DescribeInstanceInformation), the ones `transport = "ssm"` can use.
 
 Called through `tunnelman.core.aws.discovery` by `tunnelman discover` and the TUI. Every list call
 goes through a paginator. A refused or missing secondary call (proxies, custom endpoints, EC2,
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tunnelman.core.aws.eice import ConnectEndpoint, list_endpoints
 from tunnelman.core.aws.model import (
     BastionCandidate,
     Database,
@@ -59,10 +61,15 @@ class Discovery:
     bastions: list[BastionCandidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     hidden: int = 0  # databases of other engines (MySQL…), left out unless all_engines
+    connect_endpoints: list[ConnectEndpoint] = field(default_factory=list)
 
     def to_json(self) -> list[dict[str, Any]]:
-        """The `discover --json` list: databases, then bastions."""
-        return [d.to_json() for d in self.databases] + [b.to_json() for b in self.bastions]
+        """The `discover --json` list: databases, then bastions, then Instance Connect Endpoints."""
+        return (
+            [d.to_json() for d in self.databases]
+            + [b.to_json() for b in self.bastions]
+            + [e.to_json() for e in self.connect_endpoints]
+        )
 
 
 @dataclass
@@ -77,6 +84,7 @@ class _RegionScan:
     bastions: list[BastionCandidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     hidden: int = 0
+    connect_endpoints: list[ConnectEndpoint] = field(default_factory=list)
 
     def required(self, action: str, fetch: Callable[[], _T]) -> _T:
         with calling(action, region=self.region, session=self.session):
@@ -174,7 +182,21 @@ class _RegionScan:
             else:
                 self.hidden += 1
         self._bastions()
+        self._connect_endpoints()
         return self
+
+    def _connect_endpoints(self) -> None:
+        """EC2 Instance Connect Endpoints in the databases' VPCs (transport = "eice")."""
+        vpcs = sorted({db.vpc_id for db in self.databases if db.vpc_id})
+        if not vpcs:
+            return
+        found = self.optional(
+            "ec2:DescribeInstanceConnectEndpoints",
+            "Instance Connect Endpoints",
+            lambda: list_endpoints(self.ec2, self.region, vpcs),
+            quiet=True,  # an emulator without the call (moto): say nothing, list the rest
+        )
+        self.connect_endpoints.extend(found or [])
 
     def _bastions(self) -> None:
         database_vpcs: dict[str, list[str]] = {}
@@ -262,6 +284,7 @@ def discover(
                 continue
             result.databases.extend(scan.databases)
             result.bastions.extend(scan.bastions)
+            result.connect_endpoints.extend(scan.connect_endpoints)
             result.warnings.extend(scan.warnings)
             result.hidden += scan.hidden
             if on_progress is not None:
@@ -270,6 +293,7 @@ def discover(
         raise errors[0]
     result.databases.sort(key=lambda d: (_KIND_ORDER[d.kind], d.region, d.id))
     result.bastions.sort(key=lambda b: (b.reason.startswith("public IP"), b.region, b.name or ""))
+    result.connect_endpoints.sort(key=lambda e: (e.region, e.vpc_id or "", e.id))
     return result
 
 
@@ -299,6 +323,14 @@ def _summary(scan: _RegionScan) -> str:
         _count(kinds.count("proxy"), "proxy", "proxies"),
         _count(len(scan.bastions), "bastion candidate", "bastion candidates"),
     ]
+    if scan.connect_endpoints:
+        parts.append(
+            _count(
+                len(scan.connect_endpoints),
+                "Instance Connect Endpoint",
+                "Instance Connect Endpoints",
+            )
+        )
     if scan.hidden:
         parts.append(f"{scan.hidden} not PostgreSQL")
     return ", ".join(parts)
