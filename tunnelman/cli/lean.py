@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tunnelman.core.credentials import Login
     from tunnelman.core.profiles import Profile
 
 ENV_NO_LEAN = "TUNNELMAN_NO_LEAN"
@@ -110,7 +111,7 @@ def _oneshot(profile: Profile, port: int, argv: list[str]) -> int:
     from tunnelman.core.errors import TunnelmanError
 
     try:
-        oneshot.find_program(argv[0])
+        program = oneshot.find_program(argv[0])
     except TunnelmanError:
         raise _Fallback from None
     if profile.password not in ("none", "keyring"):
@@ -121,7 +122,78 @@ def _oneshot(profile: Profile, port: int, argv: list[str]) -> int:
     except TunnelmanError:
         raise _Fallback from None
     # From here on the command is ours: its errors are reported as the full CLI reports them.
+    if _EXEC:
+        _exec(profile, port, [program, *argv[1:]], login)  # returns only when it cannot exec
     return oneshot.run(profile, argv, login, port=port)
+
+
+# Replace this process with the child where nothing has to happen after it exits: no Python
+# parent waits for psql, and the shell sees psql's own exit status and signals. Windows has no
+# exec that keeps the process (os.execv there starts a new one and exits: the console would see
+# tunnelman end at once), so the child is spawned and waited for there, as in the full CLI.
+_EXEC = os.name == "posix"
+
+
+def _exec(profile: Profile, port: int, argv: list[str], login: Login) -> None:
+    """exec `argv` with the child's environment; returns when that is not possible here.
+
+    Without a password (`password = "none"`: libpq reads the user's own .pgpass) there is nothing
+    to clean up. With one, it goes in an anonymous memory file (Linux memfd, 0600, sealed
+    read-only) that the child inherits and libpq opens as /proc/PID/fd/N: the file exists only
+    while a process holds it open, so it goes when the child ends, however it ends (a SIGKILL
+    too), and nothing touches a disk. Where there is no memfd (macOS), the caller runs the child
+    under `core.oneshot` with its temporary PGPASSFILE, removed when the child ends.
+    """
+    from tunnelman.core import oneshot
+
+    passfile = None
+    fd = -1
+    if login.password is not None:
+        fd = _memfd_passfile(profile, port, login)
+        if fd < 0:
+            return
+        passfile = f"/proc/{os.getpid()}/fd/{fd}"
+    env = oneshot.child_env(profile, port, user=login.user, base=None)
+    if passfile is not None:
+        env["PGPASSFILE"] = passfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError:
+        # Not executable after all (permissions, format): the spawning path reports it.
+        if fd >= 0:
+            os.close(fd)
+
+
+def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+    """An inheritable, sealed memfd holding the pgpass line; -1 where there is none."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        return -1
+    import fcntl
+
+    from tunnelman.core import clients
+
+    assert login.password is not None
+    s = clients.conn_settings(profile, port, user=login.user)
+    line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
+    try:
+        fd: int = memfd_create("tunnelman-pgpass", os.MFD_ALLOW_SEALING)
+    except OSError:
+        return -1
+    try:
+        os.fchmod(fd, 0o600)  # libpq ignores a passfile that others could read
+        data = line.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data) :]
+        seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        os.set_inheritable(fd, True)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def _print(profile: Profile, port: int, command: str, rest: list[str]) -> int:
