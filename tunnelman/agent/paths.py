@@ -20,8 +20,6 @@ import json
 import os
 import socket
 import stat
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ _MAX_SOCKET_PATH = 100
 
 
 def _platform_runtime_dir() -> Path:
+    import warnings
+
     import platformdirs
 
     with warnings.catch_warnings():
@@ -86,6 +86,8 @@ class AgentPaths:
 
     def write_state(self, data: dict[str, Any]) -> None:
         """Atomically, 0600 (it may hold the TCP token)."""
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=".agent.", suffix=".json", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -105,6 +107,8 @@ def agent_dir() -> Path:
         return Path(env).expanduser().absolute()
     base = _platform_runtime_dir()
     if len(str(base / "agent.sock")) > _MAX_SOCKET_PATH and not use_tcp():
+        import tempfile
+
         base = Path(tempfile.gettempdir()) / f"tunnelman-{_uid()}"
     return base
 
