@@ -159,7 +159,7 @@ def _exec(profile: Profile, port: int, argv: list[str], login: Login) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(argv[0], argv, env)
+        os.execve(argv[0], argv, env)  # noqa: S606 - replaces this process, no shell
     except OSError:
         # Not executable after all (permissions, format): the spawning path reports it.
         if fd >= 0:

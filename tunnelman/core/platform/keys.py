@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = [
     "ADMINISTRATORS",
     "POSIX_MODES",
