@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from tunnelman.core.errors import AgentError
-from tunnelman.core.platform import keys
 
 ENV_DIR = "TUNNELMAN_AGENT_DIR"
 ENV_TRANSPORT = "TUNNELMAN_AGENT_TRANSPORT"  # "unix" | "tcp": force one (tests use tcp)
@@ -140,6 +139,8 @@ def ensure_private_dir(directory: Path) -> None:
             f"the agent's directory {directory} is not a directory (a symlink?)",
             hint=f"remove it, or set {ENV_DIR} to a private directory you own",
         )
+    from tunnelman.core.platform import keys  # not on the warm path, which creates nothing
+
     if not keys.POSIX_MODES:
         return  # a directory under the user's profile: its ACL keeps others out
     if info.st_uid != _uid():
