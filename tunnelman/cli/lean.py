@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
-    from tunnelman.core.profiles import Profile
+    from tunnelman.core.profiles import Profile, ProfileSet
 
 ENV_NO_LEAN = "TUNNELMAN_NO_LEAN"
 """Set (to anything but "" or "0") to always take the full CLI: for tests and for debugging."""
@@ -37,6 +37,34 @@ _GLYPHS = "→✓✗…"
 
 class _Fallback(Exception):
     """The lean path does not take this command line: the full CLI runs it."""
+
+
+# The profile file as this command read it, for the full CLI when the command falls back to it
+# (a tunnel the agent does not hold: the cold one-shot), so the file is read and checked once per
+# command, not twice. Set only while that full CLI runs; `loaded_profiles` hands it over once.
+_read: list[ProfileSet] = []
+_handed: list[ProfileSet] = []
+
+
+def loaded_profiles(config: str | None) -> ProfileSet | None:
+    """The profile file this command already read, if it is the one `config` names; once.
+
+    For `cli.common.load_profile`. The same read the full CLI would have made itself a few
+    milliseconds later, in the same process: nothing is kept between commands. The agent's
+    answer is not handed over: the full CLI asks again after the login (a prompt may have taken
+    a while, and a tunnel come up meanwhile), and that costs one local round trip.
+    """
+    if not _handed:
+        return None
+    handed = _handed.pop()
+    from tunnelman.core import profiles
+    from tunnelman.core.errors import TunnelmanError
+
+    try:
+        same = profiles.config_path(config) == handed.path
+    except TunnelmanError:
+        return None  # the full CLI reports it, reading the file itself
+    return handed if same else None
 
 
 def _split(argv: Sequence[str]) -> tuple[str | None, str, str, list[str]]:
@@ -89,9 +117,12 @@ def _load(config: str | None, name: str) -> Profile:
     from tunnelman.core.errors import TunnelmanError
 
     try:
-        return profiles.load(config, missing_ok=False).get(name)
+        loaded = profiles.load(config, missing_ok=False)
+        profile = loaded.get(name)
     except (TunnelmanError, OSError):
         raise _Fallback from None
+    _read.append(loaded)
+    return profile
 
 
 def _program_argv(command: str, rest: list[str]) -> list[str]:
@@ -274,12 +305,18 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     ensure_encodable_streams()
+    _read.clear()
     try:
         code = run(args)
     except _Fallback:
         from tunnelman.cli.main import main as full
 
-        full(argv)
+        _handed[:] = _read[-1:]
+        _read.clear()
+        try:
+            full(argv)
+        finally:
+            _handed.clear()
         return
     except (TunnelmanError, KeyboardInterrupt) as exc:
         code = _error(exc)
