@@ -388,6 +388,10 @@ class Lab:
             "XDG_RUNTIME_DIR": str(self.run_dir),
             "TUNNELMAN_CONFIG": str(self.config),
             "PGPASSFILE": str(self.pgpass),
+            # The psql every path runs: the reference runs the server's own binary (`pg_bin`), so
+            # tunnelman's child, found on PATH, must be that one too, not Debian's /usr/bin/psql
+            # (a Perl wrapper that picks a version: ~40 ms more per run on this machine).
+            "PATH": os.pathsep.join([str(self.pg.bindir), keep.get("PATH", os.defpath)]),
             # Installed packages have compiled bytecode; give ours a cache too (outside the
             # checkout), filled by the warm-up runs, so no measured run compiles Python.
             "PYTHONPYCACHEPREFIX": str(self.root / "pycache"),
