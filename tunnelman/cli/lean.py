@@ -197,34 +197,41 @@ def _exec(profile: Profile, port: int, argv: list[str], login: Login) -> None:
             os.close(fd)
 
 
-def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
-    """An inheritable, sealed memfd holding the pgpass line; -1 where there is none."""
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is None or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
-        return -1
-    import fcntl
+if sys.platform == "linux":
 
-    from tunnelman.core import clients
+    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+        """An inheritable, sealed memfd holding the pgpass line; -1 where there is none."""
+        if not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            return -1
+        import fcntl
 
-    assert login.password is not None
-    s = clients.conn_settings(profile, port, user=login.user)
-    line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
-    try:
-        fd: int = memfd_create("tunnelman-pgpass", os.MFD_ALLOW_SEALING)
-    except OSError:
+        from tunnelman.core import clients
+
+        assert login.password is not None
+        s = clients.conn_settings(profile, port, user=login.user)
+        line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
+        try:
+            fd = os.memfd_create("tunnelman-pgpass", os.MFD_ALLOW_SEALING)
+        except OSError:
+            return -1
+        try:
+            os.fchmod(fd, 0o600)  # libpq ignores a passfile that others could read
+            data = line.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data) :]
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            os.set_inheritable(fd, True)
+        except OSError:
+            os.close(fd)
+            return -1
+        return fd
+
+else:
+
+    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+        """No memfd here (macOS, Windows): the caller takes the spawning path."""
         return -1
-    try:
-        os.fchmod(fd, 0o600)  # libpq ignores a passfile that others could read
-        data = line.encode("utf-8")
-        while data:
-            data = data[os.write(fd, data) :]
-        seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-        os.set_inheritable(fd, True)
-    except OSError:
-        os.close(fd)
-        return -1
-    return fd
 
 
 def _print(profile: Profile, port: int, command: str, rest: list[str]) -> int:
