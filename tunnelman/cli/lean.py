@@ -5,15 +5,19 @@ understands — `[--config PATH] psql NAME [PSQL ARGS…]`, `exec NAME [--] CMD 
 `env NAME`, `conn NAME [-f|--format F]` — and the background agent already holds NAME's tunnel
 up, it does the command's work itself: load the profile, ask the agent for the port, read the
 password where that needs no prompt and no AWS (`password = "none"`, or the keyring holding it),
-then run the child through `core.oneshot` (the same temporary 0600 PGPASSFILE, the same
-environment, the same signal handling) or print what `env`/`conn` print. Click, paramiko, boto3
-and Textual are never imported on that path.
+then start the child with `core.oneshot`'s environment, or print what `env`/`conn` print. On
+POSIX the child replaces this process (exec: nothing is left waiting, psql gets the terminal's
+signals itself); a password goes to it in a sealed memfd on Linux (see `_exec`). On Windows, and
+on macOS when there is a password, the child runs under `core.oneshot` as in the full CLI (its
+temporary 0600 PGPASSFILE, its signal handling). Click, paramiko, boto3 and Textual are never
+imported on that path, and it imports as little else as it can: each module costs every one-shot.
 
 Anything else goes to the full CLI (`tunnelman.cli.main`) untouched: any option of ours
 (`--start-cluster`, `--port`, `--linger`, `-h/--help`, …), a profile that does not load, a tunnel
 the agent does not hold, a password that needs a prompt or AWS, a program that is not installed.
 The full CLI then does the whole command from the start, so help, errors, prompts and exit codes
-are exactly its own; nothing is printed or written here before that decision.
+are exactly its own; nothing is printed or written here before that decision. It does take the
+profile file as this module read it (`loaded_profiles`), not parsing it a second time.
 """
 
 from __future__ import annotations
