@@ -58,6 +58,22 @@ from tests.lab.sshd import Sshd, sshd_missing  # noqa: E402
 
 PY = sys.executable
 TUNNELMAN = [PY, "-m", "tunnelman"]
+
+
+def console_script() -> list[str]:
+    """`tunnelman` as a person types it: the console script installed next to this Python (pip's
+    shim imports sys and the entry point, no runpy), else `python -m tunnelman`. Only a script
+    whose shebang is this Python counts, so another install's `tunnelman` is never timed."""
+    script = Path(PY).with_name("tunnelman")
+    try:
+        with script.open("rb") as fh:
+            first = fh.readline().strip()
+    except OSError:
+        return TUNNELMAN
+    return [str(script)] if first == b"#!" + os.fsencode(PY) else TUNNELMAN
+
+
+TIMED = console_script()  # the one-shot timings; setup and teardown use TUNNELMAN
 ROW_BYTES = 1001  # repeat('x', 1000) + newline, per COPY text row
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -92,7 +108,7 @@ TARGETS: dict[tuple[str, str], tuple[str, Callable[[float], bool]]] = {
     ("s1", "tmo"): ("≥ 0.95", lambda r: r >= 0.95),
     ("s16", "tmo"): ("≥ 0.95", lambda r: r >= 0.95),
     ("sC", "tmo"): ("≥ 0.95", lambda r: r >= 0.95),
-    ("cold", "tm"): ("≤ 1.3×", lambda r: r <= 1.3),
+    ("cold", "tm"): ("≤ 1.0×", lambda r: r <= 1.0),  # issue 16 (issue 7 asked ≤ 1.3×)
     ("warm", "tm"): ("≤ 0.5×", lambda r: r <= 0.5),
     ("linger", "tm"): ("≤ 0.5×", lambda r: r <= 0.5),
     ("tui", "tm"): ("≤ 1 s", lambda v: v <= 1.0),
@@ -372,6 +388,10 @@ class Lab:
             "XDG_RUNTIME_DIR": str(self.run_dir),
             "TUNNELMAN_CONFIG": str(self.config),
             "PGPASSFILE": str(self.pgpass),
+            # The psql every path runs: the reference runs the server's own binary (`pg_bin`), so
+            # tunnelman's child, found on PATH, must be that one too, not Debian's /usr/bin/psql
+            # (a Perl wrapper that picks a version: ~40 ms more per run on this machine).
+            "PATH": os.pathsep.join([str(self.pg.bindir), keep.get("PATH", os.defpath)]),
             # Installed packages have compiled bytecode; give ours a cache too (outside the
             # checkout), filled by the warm-up runs, so no measured run compiles Python.
             "PYTHONPYCACHEPREFIX": str(self.root / "pycache"),
@@ -381,8 +401,8 @@ class Lab:
         """Fill the bytecode cache: every command measured later has run once before."""
         say("warm-up runs (bytecode cache)")
         for argv in (
-            [*TUNNELMAN, "psql", "bench-cold", "-X", "-q", "-c", "select 1"],
-            [*TUNNELMAN, "psql", "bench-openssh", "-X", "-q", "-c", "select 1"],
+            [*TIMED, "psql", "bench-cold", "-X", "-q", "-c", "select 1"],
+            [*TIMED, "psql", "bench-openssh", "-X", "-q", "-c", "select 1"],
             [*TUNNELMAN, "--help"],
             [PY, "-c", "import tunnelman.tui.app, tunnelman.agent.server, sshtunnel, psycopg"],
         ):
@@ -576,7 +596,7 @@ def tm_psql(lab: Lab, profile: str, *, lean: bool = True) -> float:
     env = lab.env if lean else {**lab.env, "TUNNELMAN_NO_LEAN": "1"}
     start = time.perf_counter()
     res = subprocess.run(
-        [*TUNNELMAN, "psql", profile, "-X", "-q", "-c", "select 1"],
+        [*TIMED, "psql", profile, "-X", "-q", "-c", "select 1"],
         check=False,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -967,6 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.rounds} round(s) of throughput tests (pgbench "
         + ("fixed transaction counts" if settings.quick else f"{settings.pgbench_seconds:g} s each")
         + f"), {settings.oneshot_reps} one-shot repetition(s), {settings.tui_reps} TUI start(s)"
+        + (" (one-shots run as the `tunnelman` console script)" if TIMED != TUNNELMAN else "")
     )
     block = "\n".join(
         [

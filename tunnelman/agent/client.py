@@ -20,7 +20,6 @@ import contextlib
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tunnelman.core.platform import net
 
 if TYPE_CHECKING:
     import subprocess
+    import threading
 
     from tunnelman.core.ssh.known_hosts import HostKeyPolicy
     from tunnelman.core.tunnel import TunnelStatus
@@ -535,6 +535,8 @@ class AgentClient:
             **kwargs,
         )
         # Reap it whenever it exits, so a long-lived caller (the TUI) keeps no zombie.
+        import threading  # not on the warm path, which only asks for a port
+
         threading.Thread(target=proc.wait, name="tunnelman-agent-reaper", daemon=True).start()
         return proc
 

@@ -20,14 +20,11 @@ import json
 import os
 import socket
 import stat
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunnelman.core.errors import AgentError
-from tunnelman.core.platform import keys
 
 ENV_DIR = "TUNNELMAN_AGENT_DIR"
 ENV_TRANSPORT = "TUNNELMAN_AGENT_TRANSPORT"  # "unix" | "tcp": force one (tests use tcp)
@@ -37,6 +34,8 @@ _MAX_SOCKET_PATH = 100
 
 
 def _platform_runtime_dir() -> Path:
+    import warnings
+
     import platformdirs
 
     with warnings.catch_warnings():
@@ -86,6 +85,8 @@ class AgentPaths:
 
     def write_state(self, data: dict[str, Any]) -> None:
         """Atomically, 0600 (it may hold the TCP token)."""
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=".agent.", suffix=".json", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -105,6 +106,8 @@ def agent_dir() -> Path:
         return Path(env).expanduser().absolute()
     base = _platform_runtime_dir()
     if len(str(base / "agent.sock")) > _MAX_SOCKET_PATH and not use_tcp():
+        import tempfile
+
         base = Path(tempfile.gettempdir()) / f"tunnelman-{_uid()}"
     return base
 
@@ -136,6 +139,8 @@ def ensure_private_dir(directory: Path) -> None:
             f"the agent's directory {directory} is not a directory (a symlink?)",
             hint=f"remove it, or set {ENV_DIR} to a private directory you own",
         )
+    from tunnelman.core.platform import keys  # not on the warm path, which creates nothing
+
     if not keys.POSIX_MODES:
         return  # a directory under the user's profile: its ACL keeps others out
     if info.st_uid != _uid():

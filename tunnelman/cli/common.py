@@ -21,8 +21,16 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def load_profile(ctx: click.Context, name: str) -> Profile:
-    """Profile NAME from the file `--config` (or its defaults) names; a missing file is an error."""
-    return prof.load(get_ctx(ctx).config, missing_ok=False).get(name)
+    """Profile NAME from the file `--config` (or its defaults) names; a missing file is an error.
+
+    A command the warm path (`cli.lean`) handed over has read the file already: that reading is
+    used, once, instead of parsing the file a second time.
+    """
+    from tunnelman.cli.lean import loaded_profiles
+
+    config = get_ctx(ctx).config
+    loaded = loaded_profiles(config)
+    return (loaded if loaded is not None else prof.load(config, missing_ok=False)).get(name)
 
 
 def accept_new_host_key_option(fn: F) -> F:

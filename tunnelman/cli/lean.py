@@ -5,15 +5,19 @@ understands — `[--config PATH] psql NAME [PSQL ARGS…]`, `exec NAME [--] CMD 
 `env NAME`, `conn NAME [-f|--format F]` — and the background agent already holds NAME's tunnel
 up, it does the command's work itself: load the profile, ask the agent for the port, read the
 password where that needs no prompt and no AWS (`password = "none"`, or the keyring holding it),
-then run the child through `core.oneshot` (the same temporary 0600 PGPASSFILE, the same
-environment, the same signal handling) or print what `env`/`conn` print. Click, paramiko, boto3
-and Textual are never imported on that path.
+then start the child with `core.oneshot`'s environment, or print what `env`/`conn` print. On
+POSIX the child replaces this process (exec: nothing is left waiting, psql gets the terminal's
+signals itself); a password goes to it in a sealed memfd on Linux (see `_exec`). On Windows, and
+on macOS when there is a password, the child runs under `core.oneshot` as in the full CLI (its
+temporary 0600 PGPASSFILE, its signal handling). Click, paramiko, boto3 and Textual are never
+imported on that path, and it imports as little else as it can: each module costs every one-shot.
 
 Anything else goes to the full CLI (`tunnelman.cli.main`) untouched: any option of ours
 (`--start-cluster`, `--port`, `--linger`, `-h/--help`, …), a profile that does not load, a tunnel
 the agent does not hold, a password that needs a prompt or AWS, a program that is not installed.
 The full CLI then does the whole command from the start, so help, errors, prompts and exit codes
-are exactly its own; nothing is printed or written here before that decision.
+are exactly its own; nothing is printed or written here before that decision. It does take the
+profile file as this module read it (`loaded_profiles`), not parsing it a second time.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tunnelman.core.profiles import Profile
+    from tunnelman.core.credentials import Login
+    from tunnelman.core.profiles import Profile, ProfileSet
 
 ENV_NO_LEAN = "TUNNELMAN_NO_LEAN"
 """Set (to anything but "" or "0") to always take the full CLI: for tests and for debugging."""
@@ -36,6 +41,34 @@ _GLYPHS = "→✓✗…"
 
 class _Fallback(Exception):
     """The lean path does not take this command line: the full CLI runs it."""
+
+
+# The profile file as this command read it, for the full CLI when the command falls back to it
+# (a tunnel the agent does not hold: the cold one-shot), so the file is read and checked once per
+# command, not twice. Set only while that full CLI runs; `loaded_profiles` hands it over once.
+_read: list[ProfileSet] = []
+_handed: list[ProfileSet] = []
+
+
+def loaded_profiles(config: str | None) -> ProfileSet | None:
+    """The profile file this command already read, if it is the one `config` names; once.
+
+    For `cli.common.load_profile`. The same read the full CLI would have made itself a few
+    milliseconds later, in the same process: nothing is kept between commands. The agent's
+    answer is not handed over: the full CLI asks again after the login (a prompt may have taken
+    a while, and a tunnel come up meanwhile), and that costs one local round trip.
+    """
+    if not _handed:
+        return None
+    handed = _handed.pop()
+    from tunnelman.core import profiles
+    from tunnelman.core.errors import TunnelmanError
+
+    try:
+        same = profiles.config_path(config) == handed.path
+    except TunnelmanError:
+        return None  # the full CLI reports it, reading the file itself
+    return handed if same else None
 
 
 def _split(argv: Sequence[str]) -> tuple[str | None, str, str, list[str]]:
@@ -88,9 +121,12 @@ def _load(config: str | None, name: str) -> Profile:
     from tunnelman.core.errors import TunnelmanError
 
     try:
-        return profiles.load(config, missing_ok=False).get(name)
+        loaded = profiles.load(config, missing_ok=False)
+        profile = loaded.get(name)
     except (TunnelmanError, OSError):
         raise _Fallback from None
+    _read.append(loaded)
+    return profile
 
 
 def _program_argv(command: str, rest: list[str]) -> list[str]:
@@ -110,7 +146,7 @@ def _oneshot(profile: Profile, port: int, argv: list[str]) -> int:
     from tunnelman.core.errors import TunnelmanError
 
     try:
-        oneshot.find_program(argv[0])
+        program = oneshot.find_program(argv[0])
     except TunnelmanError:
         raise _Fallback from None
     if profile.password not in ("none", "keyring"):
@@ -121,7 +157,85 @@ def _oneshot(profile: Profile, port: int, argv: list[str]) -> int:
     except TunnelmanError:
         raise _Fallback from None
     # From here on the command is ours: its errors are reported as the full CLI reports them.
+    if _EXEC:
+        _exec(profile, port, [program, *argv[1:]], login)  # returns only when it cannot exec
     return oneshot.run(profile, argv, login, port=port)
+
+
+# Replace this process with the child where nothing has to happen after it exits: no Python
+# parent waits for psql, and the shell sees psql's own exit status and signals. Windows has no
+# exec that keeps the process (os.execv there starts a new one and exits: the console would see
+# tunnelman end at once), so the child is spawned and waited for there, as in the full CLI.
+_EXEC = os.name == "posix"
+
+
+def _exec(profile: Profile, port: int, argv: list[str], login: Login) -> None:
+    """exec `argv` with the child's environment; returns when that is not possible here.
+
+    Without a password (`password = "none"`: libpq reads the user's own .pgpass) there is nothing
+    to clean up. With one, it goes in an anonymous memory file (Linux memfd, 0600, sealed
+    read-only) that the child inherits and libpq opens as /proc/PID/fd/N: the file exists only
+    while a process holds it open, so it goes when the child ends, however it ends (a SIGKILL
+    too), and nothing touches a disk. Where there is no memfd (macOS), the caller runs the child
+    under `core.oneshot` with its temporary PGPASSFILE, removed when the child ends.
+    """
+    from tunnelman.core import oneshot
+
+    passfile = None
+    fd = -1
+    if login.password is not None:
+        fd = _memfd_passfile(profile, port, login)
+        if fd < 0:
+            return
+        passfile = f"/proc/{os.getpid()}/fd/{fd}"
+    env = oneshot.child_env(profile, port, user=login.user, base=None)
+    if passfile is not None:
+        env["PGPASSFILE"] = passfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(argv[0], argv, env)  # noqa: S606 - replaces this process, no shell
+    except OSError:
+        # Not executable after all (permissions, format): the spawning path reports it.
+        if fd >= 0:
+            os.close(fd)
+
+
+if sys.platform == "linux":
+
+    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+        """An inheritable, sealed memfd holding the pgpass line; -1 where there is none."""
+        if not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            return -1
+        import fcntl
+
+        from tunnelman.core import clients
+
+        assert login.password is not None
+        s = clients.conn_settings(profile, port, user=login.user)
+        line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
+        try:
+            fd = os.memfd_create("tunnelman-pgpass", os.MFD_ALLOW_SEALING)
+        except OSError:
+            return -1
+        try:
+            os.fchmod(fd, 0o600)  # libpq ignores a passfile that others could read
+            data = line.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data) :]
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            os.set_inheritable(fd, True)
+        except OSError:
+            os.close(fd)
+            return -1
+        return fd
+
+else:
+
+    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+        """No memfd here (macOS, Windows): the caller takes the spawning path."""
+        return -1
 
 
 def _print(profile: Profile, port: int, command: str, rest: list[str]) -> int:
@@ -202,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     ensure_encodable_streams()
+    _read.clear()
     try:
         code = run(args)
     except _Fallback:
         from tunnelman.cli.main import main as full
 
-        full(argv)
+        _handed[:] = _read[-1:]
+        _read.clear()
+        try:
+            full(argv)
+        finally:
+            _handed.clear()
         return
     except (TunnelmanError, KeyboardInterrupt) as exc:
         code = _error(exc)

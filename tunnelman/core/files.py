@@ -30,7 +30,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +223,8 @@ def atomic_write(
     tmp: str | None = None
     try:
         _make_parents(real.parent)
+        import tempfile  # only writes need it (reads are on the warm path)
+
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -31,9 +27,13 @@ from typing import TYPE_CHECKING
 
 from tunnelman.core import clients
 from tunnelman.core.errors import ClientError
-from tunnelman.core.platform import process, programs, terminal
+from tunnelman.core.platform import programs
 
+# subprocess, threading, tempfile and the signal plan are imported where they are used: the
+# warm path (`cli.lean`) takes only `find_program` and `child_env` from here, then execs.
 if TYPE_CHECKING:
+    import subprocess
+
     from tunnelman.core.credentials import Login
     from tunnelman.core.profiles import Profile
     from tunnelman.core.ssh import PassphrasePrompt
@@ -155,6 +155,9 @@ def temp_passfile(profile: Profile, port: int, login: Login) -> Iterator[Path | 
         return
     s = clients.conn_settings(profile, port, user=login.user)
     line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
+    import shutil
+    import tempfile
+
     directory = tempfile.mkdtemp(prefix="tunnelman-", dir=_private_base())  # 0700
     path = Path(directory) / "pgpass"
     try:
@@ -196,10 +199,13 @@ class ChildRunner:
     Outside the main thread (no signal handlers possible) the child simply runs.
     """
 
-    _PLAN = terminal.signal_plan()
-    _CAUGHT = terminal.signals_named(_PLAN.stop)
-
     def __init__(self) -> None:
+        import threading
+
+        from tunnelman.core.platform import terminal
+
+        self._plan = terminal.signal_plan()
+        self._caught = terminal.signals_named(self._plan.stop)
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawning = False
         self._pending: list[int] = []
@@ -210,9 +216,11 @@ class ChildRunner:
 
     def __enter__(self) -> ChildRunner:
         if self._active:
-            for sig in self._CAUGHT:
+            for sig in self._caught:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         # Windows: closing the console must still let the password file and tunnel go.
+        from tunnelman.core.platform import terminal
+
         self._grace.enter_context(terminal.console_close_grace())
         return self
 
@@ -233,7 +241,7 @@ class ChildRunner:
             raise Terminated(signum)
         if proc.poll() is not None:
             return
-        action = self._PLAN.while_child(signal.Signals(signum).name, tty_delivers=self._tty_sigint)
+        action = self._plan.while_child(signal.Signals(signum).name, tty_delivers=self._tty_sigint)
         if action == "send":
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
@@ -243,6 +251,10 @@ class ChildRunner:
 
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         """Run `argv` in the foreground; its exit status (128+N when killed by signal N)."""
+        import subprocess
+
+        from tunnelman.core.platform import process, terminal
+
         if self._active:
             self._tty_sigint = terminal.interrupt_reaches_child()
             self._previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._on_signal))

@@ -15,7 +15,6 @@ file in the same directory, fsync, rename), so a crash never leaves half a file.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import stat
@@ -511,6 +510,21 @@ def _choice(options: Iterable[str]) -> _Converter:
     return convert
 
 
+def _idna_check(host: str) -> None:
+    """`host.encode("idna")` (what the socket module does), UnicodeError when that fails.
+
+    An ASCII name gets the codec's own ASCII rule without importing it (encodings.idna and
+    stringprep cost milliseconds on every one-shot): every label but the last 1-63 characters,
+    the last (empty after a trailing dot) under 64.
+    """
+    if not host.isascii():
+        host.encode("idna")
+        return
+    *labels, last = host.split(".")
+    if any(not 0 < len(label) < 64 for label in labels) or len(last) >= 64:
+        raise UnicodeError("label empty or too long")
+
+
 def _host_problem(host: str) -> str | None:
     """Why `host` cannot be resolved, or None. What getaddrinfo would choke on, found now."""
     if not host or any(c.isspace() for c in host) or "/" in host:
@@ -536,7 +550,7 @@ def _host_problem(host: str) -> str | None:
     if len(host) > MAX_HOST:
         return f"has a host name of {len(host)} characters; DNS allows {MAX_HOST}"
     try:
-        host.encode("idna")  # what the socket module does: it fails on empty or long labels
+        _idna_check(host)
     except UnicodeError:
         return (
             f"has a bad host name {_show(host)} (each dot-separated part must be 1-63 characters)"
@@ -696,6 +710,8 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' (did you mean 'x'?)' or ''."""
     if not isinstance(word, str) or len(word) > 200:  # difflib is quadratic: no guess for junk
         return ""
+    import difflib  # only for a typo: loading a good file does not need it
+
     guess = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{guess[0]}'?)" if guess else ""
 

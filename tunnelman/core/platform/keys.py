@@ -21,8 +21,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunnelman.core.logs import get_logger
-
 __all__ = [
     "ADMINISTRATORS",
     "POSIX_MODES",
@@ -37,8 +35,6 @@ __all__ = [
     "key_problem",
     "read_acl",
 ]
-
-_log = get_logger("platform")
 
 POSIX_MODES = sys.platform != "win32"
 """Whether st_mode and st_uid say who may read a file (not on Windows: 0666 for every file)."""
@@ -123,7 +119,10 @@ def key_problem(path: Path, st: os.stat_result) -> KeyProblem | None:
         try:
             acl, user = read_acl(str(path)), current_user_sid()
         except OSError as exc:
-            _log.warning(
+            # logging (with its handlers) is not imported on the way to the agent: only here.
+            from tunnelman.core.logs import get_logger
+
+            get_logger("platform").warning(
                 "cannot read the access list of %s (%s): using the key without that check",
                 path,
                 exc,

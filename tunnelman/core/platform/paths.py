@@ -21,7 +21,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
 
@@ -161,6 +160,8 @@ def socket_safe_tempdir(room: int, base: str | None = None) -> str | None:
     """A temp directory for `tempfile.mkdtemp(dir=…)` where `room` more bytes of path still fit
     a socket path: None (the default temp dir) when it fits, else "/tmp" (macOS's per-user
     $TMPDIR under /var/folders is too long for a PostgreSQL socket in a nested directory)."""
+    import tempfile
+
     default = base or tempfile.gettempdir()
     if len(os.fsencode(default)) + room <= SUN_PATH_MAX:
         return None
