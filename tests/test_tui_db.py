@@ -297,6 +297,7 @@ async def test_a_prompt_password_is_asked_once_for_a_dry_run_and_its_run(
     assert "asked1" in roles(rds)
 
 
+@sync
 async def test_grant_read_dump_restore_through_the_open_tunnel(
     master: LabProfile,  # noqa: F811
     rds: RdsLike,  # noqa: F811
