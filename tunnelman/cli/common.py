@@ -76,6 +76,6 @@ def announce_resume(profile: Profile) -> None:
 
 def connecting_text(profile: Profile) -> str:
     """The first line `up` prints: "Connecting to bastion user@host", or through the AWS way."""
-    if profile.transport == "ssh":
+    if profile.bastion is not None:  # "user@host", or "user@host over an SSM session to i-…"
         return f"Connecting to bastion {profile.route}"
     return f"Connecting through {profile.route}"
