@@ -1,0 +1,277 @@
+"""`transport = "ssm"` held by the real agent, driven through the real CLI (and the TUI).
+
+What is real: the CLI (a subprocess, `run_cli`), the agent it starts (another process), the
+tunnels and their reconnect loop, host key checks, the lab's OpenSSH sshd and PostgreSQL, psql.
+What stands in for AWS, and only for it:
+
+- moto over HTTP for everything it implements;
+- `tests.lab.ssm_front.SsmFront`, a STAND-IN for the SSM calls moto lacks (StartSession,
+  DescribeInstanceInformation, TerminateSession; the real API's JSON shapes), every other call
+  passed to moto. AWS_ENDPOINT_URL_SSM points botocore at it in the CLI and in the agent (which
+  inherits the CLI's environment), since Stubber cannot reach another process;
+- `tests/lab/standin_ssm_plugin.py`, a STAND-IN for AWS's `session-manager-plugin` (first on
+  PATH), which relays to the lab's sshd (AWS-StartSSHSession) or PostgreSQL (port forwarding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli import RunCli
+from tests.conftest import LabProfile
+from tests.lab.moto_server import MotoServer
+from tests.lab.profiles import query
+from tests.lab.ssm_front import ManagedInstance, SsmFront
+from tests.test_agent_support import (
+    agent_home,  # noqa: F401 - fixture
+    agent_log_tail,
+    ok,
+    status_json,
+    up_detached,
+)
+from tunnelman.core import credentials
+
+pytestmark = pytest.mark.usefixtures("agent_home")
+
+INSTANCE = "i-0a1b2c3d4e5f67890"
+STANDIN = Path(__file__).parent / "lab" / "standin_ssm_plugin.py"
+SSH_DOC = "AWS-StartSSHSession"
+FORWARD_DOC = "AWS-StartPortForwardingSessionToRemoteHost"
+MODES = ["ssh-over-ssm", "port-forwarding"]
+
+
+@dataclass
+class SsmLab:
+    front: SsmFront
+    record: Path
+    region: str
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        lines = self.record.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(found := self.records()) < count:
+            assert time.monotonic() < deadline, (
+                f"the stand-in plugin ran {len(found)} times, wanted {count}\n{agent_log_tail()}"
+            )
+            time.sleep(0.05)
+        return found
+
+
+@pytest.fixture
+def ssm_lab(
+    aws_env: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SsmLab]:
+    """The front and the stand-in plugin, both in the environment the CLI (and agent) get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "session-manager-plugin"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    wrapper.chmod(0o755)
+    record = tmp_path / "standin-record.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("STANDIN_SSM_RECORD", str(record))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with SsmFront(aws_env.url, aws_env.region, [ManagedInstance(INSTANCE)]) as front:
+        for key, value in front.env().items():
+            monkeypatch.setenv(key, value)
+        yield SsmLab(front, record, aws_env.region)
+
+
+def _write(lab_profile: LabProfile, ssm_lab: SsmLab, mode: str) -> None:
+    lab_profile.write(
+        transport="ssm",
+        bastion_instance_id=INSTANCE,
+        region=ssm_lab.region,
+        password="keyring",
+        connect_timeout=5,
+    )
+    if mode == "port-forwarding":
+        lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+
+
+@pytest.fixture
+def stored_password(lab_profile: LabProfile, keyring_backend: Any) -> Iterator[None]:
+    credentials.keyring_set(lab_profile.name, lab_profile.password)
+    try:
+        yield
+    finally:
+        credentials.keyring_delete(lab_profile.name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _document(mode: str) -> str:
+    return SSH_DOC if mode == "ssh-over-ssm" else FORWARD_DOC
+
+
+# ----------------------------------------------------------------------------- the agent
+
+
+@pytest.mark.usefixtures("stored_password")
+@pytest.mark.parametrize("mode", MODES)
+def test_the_agent_holds_an_ssm_tunnel(
+    mode: str, run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    """up --detach, status, psql on the warm path, the plugin killed and back, down: no orphan."""
+    _write(lab_profile, ssm_lab, mode)
+    pg = lab_profile.postgres
+    port = up_detached("lab")
+
+    [row] = status_json()
+    assert row["name"] == "lab"
+    assert row["state"] == "up", row
+    assert int(row["local_port"]) == port
+    assert query(port, pg) == 1
+
+    [first] = ssm_lab.wait_records(1)
+    assert first["document"] == _document(mode)
+    assert first["target"] == INSTANCE
+    assert first["endpoint"] == ssm_lab.front.url  # the agent's botocore went to the front
+    [asked] = ssm_lab.front.asked("StartSession")
+    assert asked["Target"] == INSTANCE
+    assert asked["DocumentName"] == _document(mode)
+    if mode == "ssh-over-ssm":
+        assert asked["Parameters"] == {"portNumber": [str(lab_profile.sshd.port)]}
+    else:
+        assert asked["Parameters"]["host"] == [pg.host]
+        assert asked["Parameters"]["portNumber"] == [str(pg.port)]
+        assert first["parameters"]["localPortNumber"] == asked["Parameters"]["localPortNumber"]
+    assert first["response"]["SessionId"].startswith("ana-001")
+    assert "AAEAAStandInSessionToken" not in " ".join(first["argv"])
+
+    # psql through the agent's tunnel: no new session, no new plugin.
+    res = ok(run_cli("psql", "lab", "-X", "-At", "-c", "select 40 + 2"))
+    assert res.stdout.strip() == "42"
+    assert len(ssm_lab.front.asked("StartSession")) == 1
+    assert len(ssm_lab.records()) == 1
+
+    # The stand-in plugin killed mid-session: the agent reconnects with a fresh session.
+    os.kill(first["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 5.0
+    while True:
+        try:
+            assert query(port, pg, "select 7", timeout=2) == 7
+            break
+        except Exception:
+            assert time.monotonic() < deadline, f"not back within 5 s\n{agent_log_tail()}"
+            time.sleep(0.1)
+    took = time.monotonic() - killed
+    print(f"\n[{mode}] agent tunnel back {took:.2f} s after the plugin was killed")
+    assert took < 5.0
+    records = ssm_lab.wait_records(2)
+    second = records[-1]
+    assert second["pid"] != first["pid"]
+    assert second["response"]["SessionId"] != first["response"]["SessionId"]
+    [row] = status_json()
+    assert row["state"] == "up", row
+    assert int(row["reconnects"]) >= 1, row
+
+    ok(run_cli("down", "lab"))
+    deadline = time.monotonic() + 5
+    while any(_alive(r["pid"]) for r in ssm_lab.records()):
+        assert time.monotonic() < deadline, "a session-manager-plugin outlived `tunnelman down`"
+        time.sleep(0.05)
+    assert status_json() == []
+
+
+def test_ssh_over_ssm_in_the_agent_checks_the_host_key(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    """A different host key for the bastion's name is refused by the agent, in one line."""
+    _write(lab_profile, ssm_lab, "ssh-over-ssm")
+    lab_profile.write(password="none")
+    parts = lab_profile.known_hosts.read_text().split()
+    parts[-2:] = [
+        "ssh-ed25519",
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    ]
+    lab_profile.known_hosts.write_text(" ".join(parts) + "\n")
+    res = run_cli("up", "lab", "--detach")
+    assert res.returncode != 0, res.stdout
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, res.stderr
+    assert "host key" in errors[0].lower()
+    assert "Traceback" not in res.stderr
+    assert len(ssm_lab.front.asked("StartSession")) == 1
+    assert status_json() == []
+
+
+def test_an_offline_instance_is_one_line_from_the_agent(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    _write(lab_profile, ssm_lab, "port-forwarding")
+    lab_profile.write(password="none")
+    ssm_lab.front.instances[0].ping_status = "ConnectionLost"
+    res = run_cli("up", "lab", "--detach")
+    assert res.returncode != 0, res.stdout
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, res.stderr
+    assert f"instance {INSTANCE} is not connected to Systems Manager" in errors[0]
+    assert "Traceback" not in res.stderr
+    assert ssm_lab.records() == []
+
+
+# ----------------------------------------------------------------------------- check
+
+
+@pytest.mark.usefixtures("stored_password")
+@pytest.mark.parametrize("mode", MODES)
+def test_check_runs_its_ssm_steps_through_the_front(
+    mode: str, run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    _write(lab_profile, ssm_lab, mode)
+    res = run_cli("check", "lab")
+    lines = (res.stdout + res.stderr).splitlines()
+    assert res.returncode == 0, "\n".join(lines)
+    marks = [line[:22].rstrip() for line in lines if line[:1] in "✓✗-"]
+    assert marks[:4] == ["✓ config", "✓ AWS credentials", "✓ SSM instance", "✓ SSM plugin"]
+    assert "✓ open forward" in marks
+    text = "\n".join(lines)
+    assert f"{INSTANCE} is SSM-managed and online (agent 3.3.1142.0, Amazon Linux 2023)" in text
+    assert "(version 1.2.0.0-standin)" in text
+    assert "All checks passed." in text
+    [described] = ssm_lab.front.asked("DescribeInstanceInformation")
+    assert {"Key": "InstanceIds", "Values": [INSTANCE]} in described["Filters"]
+    [started] = ssm_lab.front.asked("StartSession")
+    assert started["DocumentName"] == _document(mode)
+    [entry] = ssm_lab.records()
+    assert not _alive(entry["pid"]), "check left its session-manager-plugin running"
+
+
+def test_check_names_the_action_when_start_session_is_denied(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    _write(lab_profile, ssm_lab, "ssh-over-ssm")
+    lab_profile.write(password="none")
+    ssm_lab.front.deny = {"StartSession"}
+    res = run_cli("check", "lab")
+    assert res.returncode != 0
+    text = res.stdout + res.stderr
+    assert "ssm:StartSession" in text, text
+    assert "Traceback" not in text
+    assert ssm_lab.records() == []
