@@ -15,6 +15,7 @@ What stands in for AWS, and only for it:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -39,6 +40,8 @@ from tests.test_agent_support import (
     status_json,
     up_detached,
 )
+from tests.test_warm_path import HEAVY, importtime
+from tests.tui_support import main_text, sync, wait_for
 from tunnelman.core import credentials
 
 pytestmark = pytest.mark.usefixtures("agent_home")
@@ -163,9 +166,11 @@ def test_the_agent_holds_an_ssm_tunnel(
     assert first["response"]["SessionId"].startswith("ana-001")
     assert "AAEAAStandInSessionToken" not in " ".join(first["argv"])
 
-    # psql through the agent's tunnel: no new session, no new plugin.
-    res = ok(run_cli("psql", "lab", "-X", "-At", "-c", "select 40 + 2"))
+    # psql through the agent's tunnel (the warm path: no boto3 loaded, no new session or plugin).
+    res, imported = importtime("psql", "lab", "-X", "-At", "-c", "select 40 + 2")
+    assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "42"
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert len(ssm_lab.front.asked("StartSession")) == 1
     assert len(ssm_lab.records()) == 1
 
@@ -275,3 +280,50 @@ def test_check_names_the_action_when_start_session_is_denied(
     assert "ssm:StartSession" in text, text
     assert "Traceback" not in text
     assert ssm_lab.records() == []
+
+
+# ----------------------------------------------------------------------------- the TUI
+
+
+@sync
+async def _tui_shows_the_transport(lab_profile: LabProfile, mode: str, held_before: bool) -> None:
+    from tunnelman.agent.client import AgentClient
+    from tunnelman.tui.app import make_app
+    from tunnelman.tui.hosts import AgentHost
+
+    host = AgentHost(AgentClient())
+    if held_before:
+        await asyncio.to_thread(up_detached, "lab")
+    app = make_app(lab_profile.config, initial_profile="lab", host=host)
+    async with app.run_test(size=(160, 45)) as pilot:
+        if not held_before:
+            await pilot.press("enter")  # the TUI asks the agent to open it
+        await wait_for(pilot, lambda: app.state_of("lab")[0] == "up", 30, "the agent's tunnel")
+        port = app.state_of("lab")[1]
+        assert port is not None
+        assert await asyncio.to_thread(query, port, lab_profile.postgres) == 1
+        line = next(
+            row
+            for row in main_text(app, "#profile-info").splitlines()
+            if row.startswith("transport")
+        )
+        if mode == "ssh-over-ssm":
+            want = f"ssm: SSH to {lab_profile.keys['bastion']} over Session Manager ({INSTANCE})"
+        else:
+            want = f"ssm: port forwarding through {INSTANCE}'s SSM agent"
+        assert line.split(None, 1)[1] == want, line
+    # The tunnel is the agent's: it outlives the TUI.
+    assert [row["state"] for row in status_json()] == ["up"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "held_before"), [("ssh-over-ssm", False), ("port-forwarding", True)]
+)
+def test_the_tui_on_the_agent_shows_the_transport(
+    mode: str, held_before: bool, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    _write(lab_profile, ssm_lab, mode)
+    lab_profile.write(password="none")
+    _tui_shows_the_transport(lab_profile, mode, held_before)
+    [entry] = ssm_lab.records()
+    assert entry["document"] == _document(mode)
