@@ -327,3 +327,58 @@ def test_the_tui_on_the_agent_shows_the_transport(
     _tui_shows_the_transport(lab_profile, mode, held_before)
     [entry] = ssm_lab.records()
     assert entry["document"] == _document(mode)
+
+
+# ----------------------------------------------------------------------------- discover
+
+
+def test_discover_lists_the_ssm_online_instance(run_cli: RunCli, ssm_lab: SsmLab) -> None:
+    """EC2 from moto, the SSM agent's ping status from the front: only the online one is listed."""
+    import boto3
+
+    region = ssm_lab.region
+    url = ssm_lab.front.moto_url
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=url)
+    rds = boto3.client("rds", region_name=region, endpoint_url=url)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{n}.0/24", AvailabilityZone=f"{region}{z}")[
+            "Subnet"
+        ]["SubnetId"]
+        for n, z in ((1, "a"), (2, "b"))
+    ]
+    rds.create_db_subnet_group(
+        DBSubnetGroupName="geo-subnets", DBSubnetGroupDescription="geo", SubnetIds=subnets
+    )
+    rds.create_db_cluster(
+        DBClusterIdentifier="geo",
+        Engine="aurora-postgresql",
+        MasterUsername="postgres",
+        MasterUserPassword="geo-password-1",
+        DBSubnetGroupName="geo-subnets",
+    )
+    made = ec2.run_instances(
+        ImageId="ami-0a1b2c3d4e5f67890",
+        MinCount=2,
+        MaxCount=2,
+        InstanceType="t3.micro",
+        SubnetId=subnets[0],
+    )["Instances"]
+    online, lost = (i["InstanceId"] for i in made)
+    ssm_lab.front.instances = [
+        ManagedInstance(online),
+        ManagedInstance(lost, ping_status="ConnectionLost"),
+    ]
+    result = run_cli("discover", "--json")
+    assert result.returncode == 0, result.stderr
+    found = [o for o in json.loads(result.stdout) if o["kind"] == "bastion"]
+    assert [(o["id"], o["ssm_online"], o["reason"]) for o in found] == [
+        (online, True, "SSM agent online")
+    ], found
+    [described] = ssm_lab.front.asked("DescribeInstanceInformation")
+    assert {"Key": "PingStatus", "Values": ["Online"]} in described["Filters"]
+    text = run_cli("discover")
+    assert text.returncode == 0, text.stderr
+    assert online in text.stdout
+    assert lost not in text.stdout
+    assert f"--transport ssm --bastion-instance {online}" in text.stdout

@@ -11,8 +11,8 @@ three itself, with the real API's response shapes:
 - DescribeInstanceInformation: `InstanceInformationList` with `InstanceId`, `PingStatus`,
   `LastPingDateTime` (epoch seconds, as the JSON protocol sends timestamps), `AgentVersion`,
   `IsLatestVersion`, `PlatformType`, `PlatformName`, `PlatformVersion`, `ResourceType`,
-  `IPAddress`, `ComputerName`, honouring the `InstanceIds` filter (Filters or
-  InstanceInformationFilterList);
+  `IPAddress`, `ComputerName`, honouring the `InstanceIds` and `PingStatus` filters
+  (Filters or InstanceInformationFilterList);
 - TerminateSession: `SessionId`.
 
 Every other request is passed to moto unchanged (moto checks nothing of the signature; the front
@@ -177,13 +177,11 @@ class SsmFront:
         ).encode()
 
     def _describe(self, body: dict[str, Any]) -> tuple[int, bytes]:
-        wanted: list[str] | None = None
+        wanted: dict[str, list[str]] = {}
         for item in body.get("Filters") or []:
-            if item.get("Key") == "InstanceIds":
-                wanted = list(item.get("Values") or [])
+            wanted[str(item.get("Key"))] = list(item.get("Values") or [])
         for item in body.get("InstanceInformationFilterList") or []:
-            if item.get("key") == "InstanceIds":
-                wanted = list(item.get("valueSet") or [])
+            wanted[str(item.get("key"))] = list(item.get("valueSet") or [])
         now = time.time()
         infos = [
             {
@@ -203,6 +201,7 @@ class SsmFront:
                 "SourceType": "AWS::EC2::Instance",
             }
             for i in self.instances
-            if wanted is None or i.instance_id in wanted
+            if i.instance_id in wanted.get("InstanceIds", [i.instance_id])
+            and i.ping_status in wanted.get("PingStatus", [i.ping_status])
         ]
         return 200, json.dumps({"InstanceInformationList": infos}).encode()
