@@ -36,6 +36,7 @@ from tests.lab.ssm_front import ManagedInstance, SsmFront
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
     agent_log_tail,
+    agent_pid,
     ok,
     status_json,
     up_detached,
@@ -241,6 +242,58 @@ def test_an_offline_instance_is_one_line_from_the_agent(
     assert ssm_lab.records() == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_agent_leaves_no_plugin_behind(
+    mode: str, run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    _write(lab_profile, ssm_lab, mode)
+    lab_profile.write(password="none")
+    up_detached("lab")
+    [entry] = ssm_lab.wait_records(1)
+    assert _alive(entry["pid"])
+    pid = agent_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(entry["pid"]):
+        assert time.monotonic() < deadline, "the plugin outlived the agent (SIGKILL) by 5 s"
+        time.sleep(0.05)
+
+
+def test_start_session_refused_while_reconnecting_then_allowed(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    """The agent keeps trying; status says why (the IAM action); it is back once allowed."""
+    _write(lab_profile, ssm_lab, "port-forwarding")
+    lab_profile.write(password="none")
+    pg = lab_profile.postgres
+    port = up_detached("lab")
+    [first] = ssm_lab.wait_records(1)
+    ssm_lab.front.deny = {"StartSession"}
+    os.kill(first["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        [row] = status_json()
+        if row["state"] != "up" and "ssm:StartSession" in (row.get("error") or ""):
+            break
+        assert time.monotonic() < deadline, f"no StartSession error in status: {row}"
+        time.sleep(0.1)
+    assert len(ssm_lab.front.asked("StartSession")) >= 2
+    ssm_lab.front.deny = set()
+    allowed = time.monotonic()
+    query_deadline = allowed + 15
+    while True:
+        try:
+            assert query(port, pg, "select 7", timeout=2) == 7
+            break
+        except Exception:
+            assert time.monotonic() < query_deadline, f"not back\n{agent_log_tail()}"
+            time.sleep(0.1)
+    print(f"\nback {time.monotonic() - allowed:.2f} s after StartSession was allowed again")
+    [row] = status_json()
+    assert row["state"] == "up", row
+
+
 # ----------------------------------------------------------------------------- check
 
 
@@ -266,6 +319,24 @@ def test_check_runs_its_ssm_steps_through_the_front(
     assert started["DocumentName"] == _document(mode)
     [entry] = ssm_lab.records()
     assert not _alive(entry["pid"]), "check left its session-manager-plugin running"
+
+
+@pytest.mark.usefixtures("stored_password")
+def test_check_while_the_agent_holds_the_tunnel(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    """check makes its own session beside the agent's; the agent's tunnel is untouched."""
+    _write(lab_profile, ssm_lab, "ssh-over-ssm")
+    port = up_detached("lab")
+    res = run_cli("check", "lab")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "All checks passed." in res.stdout + res.stderr
+    records = ssm_lab.records()
+    assert len(records) == 2
+    assert _alive(records[0]["pid"])
+    assert not _alive(records[1]["pid"])
+    assert query(port, lab_profile.postgres) == 1
+    assert [row["state"] for row in status_json()] == ["up"]
 
 
 def test_check_names_the_action_when_start_session_is_denied(
