@@ -40,6 +40,7 @@ from tests.test_agent_support import (
     ok,
     status_json,
     up_detached,
+    write_bastion_profile,
 )
 from tests.test_warm_path import HEAVY, importtime
 from tests.tui_support import main_text, sync, wait_for
@@ -292,6 +293,36 @@ def test_start_session_refused_while_reconnecting_then_allowed(
     print(f"\nback {time.monotonic() - allowed:.2f} s after StartSession was allowed again")
     [row] = status_json()
     assert row["state"] == "up", row
+
+
+def test_an_agent_started_without_aws_settings_says_so(
+    run_cli: RunCli, lab_profile: LabProfile, ssm_lab: SsmLab
+) -> None:
+    """The agent outlives the shell that started it: an AWS failure names what differs."""
+    write_bastion_profile("plain", lab_profile.sshd, lab_profile.postgres)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    ok(run_cli("up", "plain", "--detach", env=bare))  # the agent starts with no AWS settings
+    _write(lab_profile, ssm_lab, "port-forwarding")
+    lab_profile.write(password="none")
+    res = run_cli("up", "lab", "--detach")
+    assert res.returncode != 0, res.stdout
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, res.stderr
+    assert errors[0].startswith("tunnelman: error: no AWS credentials found"), errors[0]
+    assert "makes its AWS calls with the environment it was started with" in errors[0]
+    differ = errors[0].split("differs from this shell's (", 1)[1].split(")", 1)[0].split(", ")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_SSM"} <= set(differ)
+    print("\n" + errors[0])
+    assert "testing" not in errors[0]  # moto's keys: never sent, never shown
+    assert ssm_lab.records() == []
+    # The same agent, the same shell: no note when nothing differs.
+    ok(run_cli("down", "plain"))
+    ok(run_cli("agent", "stop"))
+    ok(run_cli("up", "plain", "--detach", env=bare))
+    res = run_cli("up", "lab", "--detach", env=bare)
+    assert res.returncode != 0
+    assert "no AWS credentials found" in res.stderr
+    assert "started with" not in res.stderr
 
 
 # ----------------------------------------------------------------------------- check
