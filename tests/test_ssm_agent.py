@@ -484,3 +484,44 @@ def test_discover_lists_the_ssm_online_instance(run_cli: RunCli, ssm_lab: SsmLab
     assert online in text.stdout
     assert lost not in text.stdout
     assert f"--transport ssm --bastion-instance {online}" in text.stdout
+
+
+# ----------------------------------------------------------------------------- the agent's AWS note
+
+
+def test_aws_settings_send_no_secret_and_the_note_names_only_aws_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tunnelman.agent import protocol
+    from tunnelman.agent.server import _with_aws_env_note
+    from tunnelman.core.errors import AWSError
+
+    env = {
+        "AWS_PROFILE": "prod",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0001",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLETOKEN",
+        "AWS_ENDPOINT_URL_SSM": "http://127.0.0.1:1",
+        "HOME": "/home/ana",
+    }
+    sent = protocol.aws_settings(env)
+    text = json.dumps(sent)
+    for secret in ("AKIAEXAMPLEKEYID0001", "wJalrXUtnFEMI", "IQoJb3JpZ2luX2Vj"):
+        assert secret not in text
+    assert sent["AWS_SECRET_ACCESS_KEY"] == sent["AWS_SESSION_TOKEN"] == "set"
+    assert sent["AWS_ACCESS_KEY_ID"].startswith("sha256:")
+    assert "HOME" not in sent
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_PROFILE", "prod")
+    same = AWSError("denied", hint="fix it")
+    assert _with_aws_env_note(same, {"AWS_PROFILE": "prod"}) is same
+    assert _with_aws_env_note(same, "not a dict") is same
+    noted = _with_aws_env_note(same, {"AWS_PROFILE": "dev", "AWS_\x1b[2J": "x", "PATH": "/x"})
+    assert type(noted) is AWSError
+    assert noted.message == "denied"
+    assert noted.hint is not None
+    assert noted.hint.startswith("fix it; the background agent")
+    assert "(AWS_PROFILE)" in noted.hint
+    assert "\x1b" not in noted.hint
+    assert "dev" not in noted.hint

@@ -35,6 +35,7 @@ import hmac
 import logging
 import os
 import queue
+import re
 import secrets
 import select
 import selectors
@@ -176,6 +177,9 @@ class _Conn:
     closed: bool = False
 
 
+_AWS_NAME = re.compile(r"AWS_[A-Z0-9_]{1,60}")
+
+
 def _with_aws_env_note(exc: AWSError, theirs: object) -> AWSError:
     """`exc` again, its hint saying so when the caller's AWS environment is not the agent's.
 
@@ -185,7 +189,9 @@ def _with_aws_env_note(exc: AWSError, theirs: object) -> AWSError:
     if not isinstance(theirs, dict):
         return exc  # an older client: nothing to compare
     ours = protocol.aws_settings()
-    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    # Only names of the shape aws_settings() sends reach the message (no control characters).
+    named = {k for k in theirs if isinstance(k, str) and _AWS_NAME.fullmatch(k)}
+    differ = sorted(k for k in set(ours) | named if ours.get(k) != theirs.get(k))
     if not differ:
         return exc
     note = (
