@@ -67,6 +67,13 @@ class SsmLab:
         lines = self.record.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def ended(self) -> list[dict[str, Any]]:
+        """How the stand-in plugins ended their sessions (`STANDIN_SSM_TERMINATE`)."""
+        path = self.record.with_name("standin-ended.jsonl")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
     def wait_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(found := self.records()) < count:
@@ -90,6 +97,8 @@ def ssm_lab(
     record = tmp_path / "standin-record.jsonl"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("STANDIN_SSM_RECORD", str(record))
+    # The stand-in ends its session on AWS's side as AWS's plugin would (see its docstring).
+    monkeypatch.setenv("STANDIN_SSM_TERMINATE", str(tmp_path / "standin-ended.jsonl"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with SsmFront(aws_env.url, aws_env.region, [ManagedInstance(INSTANCE)]) as front:
         for key, value in front.env().items():
@@ -204,6 +213,14 @@ def test_the_agent_holds_an_ssm_tunnel(
         assert time.monotonic() < deadline, "a session-manager-plugin outlived `tunnelman down`"
         time.sleep(0.05)
     assert status_json() == []
+    # Ended, not SIGKILLed: the session was ended on AWS's side (TerminateSession at the front).
+    ended = [body["SessionId"] for body in ssm_lab.front.asked("TerminateSession")]
+    assert second["response"]["SessionId"] in ended, ended
+    how = {e["session"]: e["ended"] for e in ssm_lab.ended()}
+    assert first["response"]["SessionId"] not in how  # the SIGKILLed one ended nothing
+    # Port forwarding: the plugin told to stop; SSH over SSM: that, or sshd closing first.
+    wanted = {"sigterm"} if mode == "port-forwarding" else {"sigterm", "remote closed"}
+    assert how[second["response"]["SessionId"]] in wanted, how
 
 
 def test_ssh_over_ssm_in_the_agent_checks_the_host_key(
@@ -350,6 +367,8 @@ def test_check_runs_its_ssm_steps_through_the_front(
     assert started["DocumentName"] == _document(mode)
     [entry] = ssm_lab.records()
     assert not _alive(entry["pid"]), "check left its session-manager-plugin running"
+    ended = [body["SessionId"] for body in ssm_lab.front.asked("TerminateSession")]
+    assert ended == [entry["response"]["SessionId"]]
 
 
 @pytest.mark.usefixtures("stored_password")
