@@ -16,6 +16,12 @@ the instance's SSM agent would do, with real sockets to the lab's real servers:
 - `AWS-StartPortForwardingSessionToRemoteHost`: listens on 127.0.0.1:localPortNumber and relays
   each connection to host:portNumber (the lab's PostgreSQL).
 
+`$STANDIN_SSM_TERMINATE=PATH`: the session is ended on "AWS's side" when the plugin is told to
+stop (SIGTERM), as the real plugin does, and, for AWS-StartSSHSession, when the instance's sshd
+closes the stream, as the instance's agent does: TerminateSession is called at the endpoint in its
+argv (boto3, the environment's credentials; the tests' SSM front records it) and `{"pid",
+"session", "ended": "sigterm" | "remote closed"}` appended to PATH. A SIGKILLed plugin ends
+nothing: its session stays open on AWS until the idle timeout.
 `$STANDIN_SSM_FAIL`: print it on stderr and exit 1 (a session the real plugin cannot open).
 `--version` prints a version line. Exit status 2 for input the real plugin would refuse.
 Used by tests/test_transport_ssm.py through a `session-manager-plugin` wrapper on PATH.
@@ -57,6 +63,43 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
+_ENDING = threading.Lock()
+_SESSION: dict[str, str] = {}
+
+
+def _end_session(reason: str) -> None:
+    """End the session on AWS's side (see the module docstring), then exit."""
+    record = os.environ.get("STANDIN_SSM_TERMINATE")
+    if record and not _ENDING.acquire(blocking=False):
+        _ENDING.acquire()  # another thread is ending it: let it finish (it exits)
+    if record:
+        try:
+            import boto3
+
+            client = boto3.client(
+                "ssm", region_name=_SESSION["region"], endpoint_url=_SESSION["endpoint"]
+            )
+            client.terminate_session(SessionId=_SESSION["id"])
+            with open(record, "a", encoding="utf-8") as f:
+                entry = {"pid": os.getpid(), "session": _SESSION["id"], "ended": reason}
+                f.write(json.dumps(entry) + "\n")
+        except Exception as exc:  # the real plugin exits even when the call fails
+            print(f"TerminateSession failed: {exc}", file=sys.stderr)
+    os._exit(0)
+
+
+def _terminate_on_sigterm(region: str, endpoint: str, session_id: str) -> None:
+    import signal
+
+    _SESSION.update(region=region, endpoint=endpoint, id=session_id)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not re-enter
+        _end_session("sigterm")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _ssh_session(port: int, session_id: str) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     stdout = sys.stdout.buffer
@@ -72,7 +115,7 @@ def _ssh_session(port: int, session_id: str) -> None:
                 stdout.flush()
         except OSError:
             pass
-        os._exit(0)  # the instance's sshd closed: the session ends
+        _end_session("remote closed")  # the instance's sshd closed: the session ends
 
     threading.Thread(target=down, daemon=True).start()
     fd = sys.stdin.fileno()
@@ -150,6 +193,8 @@ def main(argv: list[str]) -> None:
     if failure:  # what the real plugin says when the websocket cannot be opened, then exit 1
         print(failure, file=sys.stderr)
         sys.exit(1)
+    if os.environ.get("STANDIN_SSM_TERMINATE"):
+        _terminate_on_sigterm(region, endpoint, response["SessionId"])
     if document == "AWS-StartSSHSession":
         _ssh_session(int(params["portNumber"][0]), response["SessionId"])
     elif document == "AWS-StartPortForwardingSessionToRemoteHost":

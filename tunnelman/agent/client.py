@@ -343,6 +343,7 @@ class AgentClient:
             "port": port,
             "accept_new": accept_new,
             "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK"),
+            "aws_env": protocol.aws_settings(),
         }
         if linger is not None:
             info = self.ensure_running()

@@ -10,7 +10,8 @@ may carry several requests in turn::
                                                       "history": [bytes/s both ways, one a second,
                                                       oldest first, up to five minutes])
     {"v": 1, "op": "up", "name": "prod", "config": "/abs/profiles.toml", "port": 5433 | null,
-     "accept_new": false, "accept_fingerprint": "SHA256:..." | null, "linger": seconds?}
+     "accept_new": false, "accept_fingerprint": "SHA256:..." | null, "linger": seconds?,
+     "aws_env": {NAME: VALUE}?}                    (`aws_settings()`: no secret, see there)
                                                    -> {"ok": true, "tunnel": TUNNEL}   (once the port is ready)
     {"v": 1, "op": "down", "name": "prod"}         -> {"ok": true, "tunnel": TUNNEL}
     {"v": 1, "op": "down_all"}                     -> {"ok": true, "tunnels": [TUNNEL, ...]}
@@ -71,9 +72,12 @@ imported when a reply needs them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import os
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tunnelman.core import errors
@@ -303,6 +307,40 @@ def reply_str(data: dict[str, Any], key: str, *, what: str, default: str | None 
     if not isinstance(value, str):
         raise malformed(what, value, "text")
     return value
+
+
+# ----------------------------------------------------------------------------- AWS settings
+
+_AWS_NAMES = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
+def aws_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that chooses AWS credentials, region and endpoints, without a secret.
+
+    The agent's AWS calls (StartSession, …) use the environment it was started with; the client
+    sends this on `up` so an AWS failure can say when that differs from the caller's. Secrets are
+    not sent: the access key id as a short digest (enough to tell two apart), the secret key and
+    session token only as present or not.
+    """
+    env = os.environ if environ is None else environ
+    found = {k: env[k] for k in _AWS_NAMES if env.get(k)}
+    found.update({k: v for k, v in env.items() if k.startswith("AWS_ENDPOINT_URL") and v})
+    key_id = env.get("AWS_ACCESS_KEY_ID")
+    if key_id:
+        found["AWS_ACCESS_KEY_ID"] = "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()[:12]
+    for secret in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if env.get(secret):
+            found[secret] = "set"
+    return found
 
 
 # ----------------------------------------------------------------------------- errors

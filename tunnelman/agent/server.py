@@ -35,6 +35,7 @@ import hmac
 import logging
 import os
 import queue
+import re
 import secrets
 import select
 import selectors
@@ -53,7 +54,13 @@ from tunnelman import __version__
 from tunnelman.agent import protocol
 from tunnelman.agent.locks import FileLock, read_pid
 from tunnelman.agent.paths import AgentPaths, ensure_private_dir, log_path, paths, use_tcp
-from tunnelman.core.errors import AgentError, PassphraseRequired, TunnelError, TunnelmanError
+from tunnelman.core.errors import (
+    AgentError,
+    AWSError,
+    PassphraseRequired,
+    TunnelError,
+    TunnelmanError,
+)
 from tunnelman.core.logs import get_logger, setup_file_logging
 from tunnelman.core.platform import net
 from tunnelman.core.tunnel import TunnelState
@@ -168,6 +175,32 @@ class _Conn:
     authed: bool = False
     closing: bool = False  # close once `out` is sent
     closed: bool = False
+
+
+_AWS_NAME = re.compile(r"AWS_[A-Z0-9_]{1,60}")
+
+
+def _with_aws_env_note(exc: AWSError, theirs: object) -> AWSError:
+    """`exc` again, its hint saying so when the caller's AWS environment is not the agent's.
+
+    The agent outlives the shell that started it; its AWS calls use that shell's environment
+    (AWS_PROFILE, keys, region), not the caller's. Nothing differing: `exc` unchanged.
+    """
+    if not isinstance(theirs, dict):
+        return exc  # an older client: nothing to compare
+    ours = protocol.aws_settings()
+    # Only names of the shape aws_settings() sends reach the message (no control characters).
+    named = {k for k in theirs if isinstance(k, str) and _AWS_NAME.fullmatch(k)}
+    differ = sorted(k for k in set(ours) | named if ours.get(k) != theirs.get(k))
+    if not differ:
+        return exc
+    note = (
+        f"the background agent (pid {os.getpid()}) makes its AWS calls with the environment it "
+        f"was started with, which differs from this shell's ({', '.join(differ)}): set aws_profile "
+        "and region in the profile, or `tunnelman agent stop` (its tunnels close) and run this again"
+    )
+    hint = f"{exc.hint}; {note}" if exc.hint else note
+    return type(exc).from_wire(exc.message, hint=hint, fields=exc.wire_fields())
 
 
 def _passphrase_refused(profile_name: str) -> Callable[[Path], str | None]:
@@ -974,6 +1007,8 @@ class Agent:
                 self._publish({"event": "removed", "name": name})
             if isinstance(exc, TunnelError) and held.cancel.is_set():
                 raise TunnelError(f"tunnel '{name}' was closed before it came up") from None
+            if isinstance(exc, AWSError):
+                raise _with_aws_env_note(exc, message.get("aws_env")) from None
             raise
         self._write_state()
         return {"tunnel": protocol.status_to_wire(held.status())}

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -334,7 +334,9 @@ def open_socket(
     proc = PluginProcess(plugin, session, stdio=True)
     if canceller is not None:
         canceller.register(proc.stop)
-    ours, theirs = socket.socketpair()
+    pair, theirs = socket.socketpair()
+    ours = _SessionSocket(pair.family, pair.type, pair.proto, pair.detach())
+    ours.on_close = proc.stop
     first = threading.Event()
     try:
         _start_pumps(proc, theirs, first)
@@ -357,6 +359,24 @@ def open_socket(
         theirs.close()
         raise
     return ours
+
+
+class _SessionSocket(socket.socket):
+    """Our end of the pair: closing it also ends the plugin, there and then.
+
+    The pumps would end it too once they see the close, but a process that exits right after
+    closing its tunnel (`check`, a one-shot `psql`) kills those daemon threads first: the plugin
+    then only sees its stdin close and gets no SIGTERM, on which AWS's plugin ends the session
+    on AWS's side (TerminateSession) instead of leaving it to the idle timeout.
+    """
+
+    on_close: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        super().close()
+        stop, self.on_close = self.on_close, None
+        if stop is not None:
+            stop()
 
 
 def _start_pumps(proc: PluginProcess, theirs: socket.socket, first: threading.Event) -> None:
