@@ -120,8 +120,14 @@ def test_real_binary_in_tmux(lab_profile: LabProfile, tmux: Tmux, tmp_home: Path
         assert match is not None
         port = int(match.group(1))
         assert "● up" in screen
-        lab_row = next(line for line in screen.splitlines() if line.startswith("│ lab "))
-        assert f"● up      {port}" in lab_row, lab_row  # the list shows the whole port too
+
+        def lab_row(text: str) -> str:
+            return next((line for line in text.splitlines() if line.startswith("│ lab ")), "")
+
+        # The list shows the whole port too: its column widens in the frame after the detail
+        # pane's (the pane can be drawn first), so wait for that frame, briefly.
+        screen = tmux.wait(lambda s: f"● up      {port}" in lab_row(s), 5, "the whole port")
+        assert f"● up      {port}" in lab_row(screen), lab_row(screen)
         with psycopg.connect(lab_profile.postgres.dsn(host="127.0.0.1", port=port)) as conn:
             row = conn.execute("select postgis_version()").fetchone()
         assert row is not None
