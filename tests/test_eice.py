@@ -249,6 +249,7 @@ def test_the_tunnel_renews_before_the_endpoint_s_cap(
 
     monkeypatch.setattr(transports, "lifetime", lambda profile: 6.0)
     monkeypatch.setattr(transports, "RENEW_MARGIN", 3.0)
+    monkeypatch.setattr(transports, "RENEW_FRACTION", 0.5)
     recorder = Recorder()
     profile = eice_lab.profile(sshd, postgres, tmp_path, keepalive=2)
     tunnel = open_tunnel(profile, local_port=0, supervise=True, on_status=recorder)

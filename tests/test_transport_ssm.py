@@ -653,3 +653,32 @@ def test_a_session_the_plugin_cannot_open_is_one_error_with_its_words(
     assert f"the Session Manager session to {INSTANCE} ended before" in message
     assert f"(session-manager-plugin exit 1: {said})" in message
     assert "\n" not in message
+
+
+def test_the_account_s_maximum_session_length_is_the_ssm_cap(stubs: Stubs) -> None:
+    """SSH over SSM renews before the account's maxSessionDuration (its Session Manager
+    preferences document); none set, or no ssm:GetDocument, is no known cap."""
+    from tunnelman.core import transport as transports
+    from tunnelman.core.profiles import Profile
+
+    profile = Profile(name="p", transport="ssm", bastion_instance_id=INSTANCE, region=REGION)
+    wanted = {"Name": "SSM-SessionManagerRunShell", "DocumentFormat": "JSON"}
+    content = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
+    for minutes in ("60", "", None):
+        inputs = (
+            {} if minutes is None else {"maxSessionDuration": minutes, "idleSessionTimeout": "20"}
+        )
+        stubs("ssm").add_response(
+            "get_document",
+            {"Name": wanted["Name"], "DocumentFormat": "JSON",
+             "Content": json.dumps({**content, "inputs": inputs})},
+            wanted,
+        )  # fmt: skip
+    stubs("ssm").add_client_error("get_document", "AccessDeniedException", "not allowed", 400)
+    assert transports.lifetime(profile) == 3600.0
+    assert transports.lifetime(profile) is None  # set to nothing
+    assert transports.lifetime(profile) is None  # not in the document
+    assert transports.lifetime(profile) is None  # not allowed to read it
+    stubs.verify()
+    assert transports.renew_after(3600.0) == 3300.0  # five minutes before the hour
+    assert transports.renew_after(600.0) == 540.0  # a tenth of a shorter cap

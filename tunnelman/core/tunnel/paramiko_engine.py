@@ -332,10 +332,10 @@ class ParamikoTunnel(Tunnel):
         """The transport's cap (EICE: an hour) is near: time to open the next connection."""
         if self._lifetime is None:
             return False
-        from tunnelman.core.transport import RENEW_MARGIN
+        from tunnelman.core.transport import renew_after
 
         now = time.monotonic()
-        due = self._connected_at + max(0.0, self._lifetime - RENEW_MARGIN)
+        due = self._connected_at + renew_after(self._lifetime)
         return now >= due and now >= self._renew_not_before
 
     def _renew(self) -> None:
