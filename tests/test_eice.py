@@ -234,6 +234,49 @@ def test_dropped_tunnel_reconnects_within_5_s(
         tunnel.stop()
 
 
+def test_the_tunnel_renews_before_the_endpoint_s_cap(
+    eice_lab: EiceLab,
+    sshd: Sshd,
+    postgres: Postgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The endpoint ends each websocket after maxTunnelDuration (an hour): the tunnel opens the
+    next one 5 minutes before, make-before-break. Here the "hour" is 6 s and the margin 3 s."""
+    import psycopg
+
+    from tunnelman.core import transport as transports
+
+    monkeypatch.setattr(transports, "lifetime", lambda profile: 6.0)
+    monkeypatch.setattr(transports, "RENEW_MARGIN", 3.0)
+    monkeypatch.setattr(transports, "RENEW_FRACTION", 0.5)
+    recorder = Recorder()
+    profile = eice_lab.profile(sshd, postgres, tmp_path, keepalive=2)
+    tunnel = open_tunnel(profile, local_port=0, supervise=True, on_status=recorder)
+    try:
+        port = tunnel.start()
+        with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as held:
+            assert held.execute("select 1").fetchone() == (1,)
+            started = time.monotonic()
+            while len(eice_lab.standin.seen) < 2 and time.monotonic() - started < 10:
+                time.sleep(0.05)
+            renewed_after = time.monotonic() - started
+            assert len(eice_lab.standin.seen) == 2, "no second websocket before the cap"
+            assert 2.0 <= renewed_after <= 5.0, renewed_after
+            assert held.execute("select 2").fetchone() == (2,)  # kept its old websocket
+            assert query(port, postgres) == 1  # a new client goes over the new one
+            assert eice_lab.standin.live == 2
+        deadline = time.monotonic() + 2.5
+        while eice_lab.standin.live != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eice_lab.standin.live == 1  # the old one closed with its last client
+        assert tunnel.status.reconnects == 0  # a renewal is no reconnect: nobody saw a gap
+        assert all(s.state is not TunnelState.RECONNECTING for s in recorder.statuses)
+        assert all(not s.problems for s in eice_lab.standin.seen)
+    finally:
+        tunnel.stop()
+
+
 def test_stand_in_killed_and_back_reconnects(
     eice_lab: EiceLab, sshd: Sshd, postgres: Postgres, tmp_path: Path
 ) -> None:

@@ -653,3 +653,92 @@ def test_a_session_the_plugin_cannot_open_is_one_error_with_its_words(
     assert f"the Session Manager session to {INSTANCE} ended before" in message
     assert f"(session-manager-plugin exit 1: {said})" in message
     assert "\n" not in message
+
+
+def test_the_account_s_maximum_session_length_is_the_ssm_cap(stubs: Stubs) -> None:
+    """SSH over SSM renews before the account's maxSessionDuration (its Session Manager
+    preferences document); none set, or no ssm:GetDocument, is no known cap."""
+    from tunnelman.core import transport as transports
+    from tunnelman.core.profiles import Profile
+
+    profile = Profile(name="p", transport="ssm", bastion_instance_id=INSTANCE, region=REGION)
+    wanted = {"Name": "SSM-SessionManagerRunShell", "DocumentFormat": "JSON"}
+    content = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
+    for minutes in ("60", "", None):
+        inputs = (
+            {} if minutes is None else {"maxSessionDuration": minutes, "idleSessionTimeout": "20"}
+        )
+        stubs("ssm").add_response(
+            "get_document",
+            {"Name": wanted["Name"], "DocumentFormat": "JSON",
+             "Content": json.dumps({**content, "inputs": inputs})},
+            wanted,
+        )  # fmt: skip
+    stubs("ssm").add_client_error("get_document", "AccessDeniedException", "not allowed", 400)
+    assert transports.lifetime(profile) == 3600.0
+    assert transports.lifetime(profile) is None  # set to nothing
+    assert transports.lifetime(profile) is None  # not in the document
+    assert transports.lifetime(profile) is None  # not allowed to read it
+    stubs.verify()
+    assert transports.renew_after(3600.0) == 3300.0  # five minutes before the hour
+    assert transports.renew_after(600.0) == 540.0  # a tenth of a shorter cap
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_port_forwarding_renews_before_the_maximum_session_length(
+    tmp_path: Path,
+    sshd: Sshd,
+    postgres: Postgres,
+    stubs: Stubs,
+    standin: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Make-before-break: the next session opens before the limit; an open connection keeps the
+    old one, which ends with it. Here the "maximum session length" is 6 s, renewed at 3 s."""
+    import psycopg
+
+    from tunnelman.core import transport as transports
+
+    monkeypatch.setattr(transports, "lifetime", lambda profile: 6.0)
+    monkeypatch.setattr(transports, "RENEW_MARGIN", 3.0)
+    monkeypatch.setattr(transports, "RENEW_FRACTION", 0.5)
+    profile = make_profile(
+        sshd, postgres, tmp_path,
+        transport="ssm", bastion_instance_id=INSTANCE, region=REGION, password="none",
+    )  # fmt: skip
+    profile = with_overrides(profile, bastion=None)
+    _expect_sessions(
+        stubs, "AWS-StartPortForwardingSessionToRemoteHost", _forward_params(postgres), 4
+    )
+    states: list[TunnelState] = []
+    tunnel = open_tunnel(
+        profile, local_port=0, supervise=True, on_status=lambda s: states.append(s.state)
+    )
+    port = tunnel.start()
+    try:
+        with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as held:
+            assert held.execute("select 1").fetchone() == (1,)
+            [first] = _wait_records(standin, 1)
+            started = time.monotonic()
+            _wait_records(standin, 2, timeout=8)
+            assert 2.0 <= time.monotonic() - started <= 5.0
+            assert held.execute("select 2").fetchone() == (2,)  # still on the old session
+            assert query(port, postgres) == 1  # a new client: the new session
+            assert _running(first["pid"])
+        deadline = time.monotonic() + 2.5
+        while _running(first["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(first["pid"])  # the replaced session ended with its last client
+        assert query(port, postgres, "select 3") == 3
+        assert tunnel.status.reconnects == 0
+        assert TunnelState.RECONNECTING not in states
+    finally:
+        tunnel.stop()

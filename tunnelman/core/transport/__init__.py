@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
     from tunnelman.core.ssh.connection import _Canceller
 
-__all__ = ["describe", "open_first_hop"]
+__all__ = [
+    "RENEW_FRACTION",
+    "RENEW_MARGIN",
+    "describe",
+    "lifetime",
+    "open_first_hop",
+    "renew_after",
+]
 
 
 def open_first_hop(
@@ -63,3 +70,35 @@ def describe(profile: Profile) -> str:
     if profile.transport == "eice":
         return f"eice: SSH over EC2 Instance Connect Endpoint to {profile.bastion_instance_id}"
     return "ssh: TCP to the bastion"
+
+
+RENEW_MARGIN = 300.0
+"""Seconds before a transport's cap at which the tunnel opens its next connection (5 minutes)."""
+RENEW_FRACTION = 0.1
+"""...or this share of a shorter cap (a 10-minute session renews after 9)."""
+
+
+def renew_after(cap: float) -> float:
+    """Seconds into a connection with `cap` at which to open the next one."""
+    return cap - min(RENEW_MARGIN, cap * RENEW_FRACTION)
+
+
+def lifetime(profile: Profile) -> float | None:
+    """Seconds a first-hop connection over the profile's transport may last (None: no known cap).
+
+    An EC2 Instance Connect Endpoint ends each websocket after `maxTunnelDuration` (one hour, the
+    most it allows): the tunnel renews before that, make-before-break, so new client connections
+    never meet the cap; one that is still open on the old connection ends with it. A Session
+    Manager session lasts at most the account's `maxSessionDuration` (its preferences document,
+    read with ssm:GetDocument; often not set): SSH over SSM renews before that in the same way.
+    When AWS ends a session otherwise, the reconnect loop opens the next.
+    """
+    if profile.transport == "eice":
+        from tunnelman.core.aws.eice import MAX_TUNNEL_DURATION
+
+        return float(MAX_TUNNEL_DURATION)
+    if profile.transport == "ssm":
+        from tunnelman.core.transport import ssm
+
+        return ssm.max_session_seconds(profile)
+    return None

@@ -482,6 +482,30 @@ def _accepts(port: int) -> bool:
 # ----------------------------------------------------------------------------- the doctor's steps
 
 
+SESSION_PREFERENCES = "SSM-SessionManagerRunShell"
+"""The document holding the account's Session Manager preferences (maxSessionDuration, …)."""
+
+
+def max_session_seconds(profile: Profile) -> float | None:
+    """The account's maximum Session Manager session length in this region, in seconds (its
+    preferences document's `maxSessionDuration`, in minutes); None when none is set or it cannot
+    be read (no ssm:GetDocument: the session is then simply reconnected when AWS ends it)."""
+    from tunnelman.core.aws.session import resolve_region, session_for, ssm_client
+
+    try:
+        session = session_for(profile)
+        region = resolve_region(session, profile)
+        answer = ssm_client(session, region).get_document(
+            Name=SESSION_PREFERENCES, DocumentFormat="JSON"
+        )
+        inputs = json.loads(str(answer.get("Content") or "{}")).get("inputs") or {}
+        minutes = str(inputs.get("maxSessionDuration") or "").strip()
+        return float(int(minutes)) * 60 if minutes.isdigit() and int(minutes) > 0 else None
+    except Exception as exc:  # not allowed, not set up, not reachable: no known cap
+        _log.info("no Session Manager maximum session length known: %s", exc)
+        return None
+
+
 def check_credentials(profile: Profile) -> str:
     """Credentials found on the standard chain (no network call), and the region to use."""
     from tunnelman.core.aws.session import calling, resolve_region, session_for

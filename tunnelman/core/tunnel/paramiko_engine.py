@@ -179,6 +179,11 @@ class ParamikoTunnel(Tunnel):
         self._server: Any = None  # the Forwarder
         self._probe: _Probe | None = None
         self._handlers: set[threading.Thread] = set()
+        # A transport with a cap (EICE's hour): when the current connection began, and when a
+        # failed renewal may be tried again.
+        self._lifetime: float | None = None
+        self._connected_at = 0.0
+        self._renew_not_before = 0.0
 
     def adopt(self, transport: paramiko.Transport, identity: ssh.Identity) -> int:
         """Serve an already connected, host-key-checked and authenticated transport.
@@ -209,10 +214,15 @@ class ParamikoTunnel(Tunnel):
     def _serve(self, transport: paramiko.Transport, identity: ssh.Identity, port: int) -> int:
         profile = self.profile
         assert profile.endpoint is not None
+        if profile.transport != "ssh":
+            from tunnelman.core import transport as transports
+
+            self._lifetime = transports.lifetime(profile)
         with self._lock:
             self._identity = identity
             self._pinned = transport.get_remote_server_key().asbytes()
             self._transport = transport
+            self._connected_at = time.monotonic()
         self._check_cancel()
         ssh.test_forward(transport, profile.endpoint, float(profile.connect_timeout))
         self._check_cancel()
@@ -288,6 +298,8 @@ class ParamikoTunnel(Tunnel):
             if alive and not jumped:
                 assert transport is not None
                 if not self._unanswered(transport):
+                    if self._renewal_due():
+                        self._renew()
                     continue
                 transport.close()  # silent link: treat it as lost, reconnect below
                 alive = False
@@ -316,6 +328,40 @@ class ParamikoTunnel(Tunnel):
             self._probe = _Probe(transport)
         return False
 
+    def _renewal_due(self) -> bool:
+        """The transport's cap (EICE: an hour) is near: time to open the next connection."""
+        if self._lifetime is None:
+            return False
+        from tunnelman.core.transport import renew_after
+
+        now = time.monotonic()
+        due = self._connected_at + renew_after(self._lifetime)
+        return now >= due and now >= self._renew_not_before
+
+    def _renew(self) -> None:
+        """Make-before-break before the cap: new client connections go over a new connection
+        at once; the ones open on the old one keep it until they end (or the cap ends it)."""
+        self._log.info(
+            "renewing the connection to the bastion before its %s's %.0f-minute cap",
+            self.profile.transport,
+            (self._lifetime or 0) / 60,
+        )
+        try:
+            transport = self._connect_again()
+        except FINAL_ERRORS as exc:
+            self._fail(str(exc))  # a changed host key is never served, renewal or not
+            return
+        except TunnelmanError as exc:
+            self._log.info("renewal failed (the current connection keeps serving): %s", exc)
+            self._renew_not_before = time.monotonic() + 30.0
+            return
+        if self._stopping.is_set():
+            transport.close()
+            return
+        self._swap(transport)
+        self._close_idle_retired()
+        self._log.info("renewed: new client connections go over the new connection")
+
     def _connect_again(self) -> paramiko.Transport:
         assert self._identity is not None
         # Nobody is asked on a reconnect: the key must be the one this tunnel started with.
@@ -333,6 +379,7 @@ class ParamikoTunnel(Tunnel):
         with self._lock:
             old = self._transport
             self._transport = transport
+            self._connected_at = time.monotonic()
             if self._server is not None:
                 self._server._transport = transport
             if old is not None and old is not transport:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from tunnelman.core.errors import ForwardingFailed, TunnelError
 from tunnelman.core.platform import net
 from tunnelman.core.tunnel import ports, relay
-from tunnelman.core.tunnel.base import Capabilities, Tunnel
+from tunnelman.core.tunnel.base import Capabilities, Tunnel, TunnelState
 
 if TYPE_CHECKING:
     import paramiko
@@ -65,6 +65,13 @@ class SsmTunnel(Tunnel):
         self._inner: int | None = None  # the plugin's loopback port
         self._handlers: set[threading.Thread] = set()
         self._clients: set[socket.socket] = set()
+        # Renewal before the account's maximum session length (make-before-break): the open
+        # client connections of each session, and sessions replaced but still carrying some.
+        self._uses: dict[int, int] = {}
+        self._retired: list[PluginProcess] = []
+        self._lifetime: float | None = None
+        self._connected_at = 0.0
+        self._renewer: threading.Thread | None = None
 
     def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
         raise TunnelError("internal error: SSM port forwarding has no SSH transport to adopt")
@@ -83,8 +90,64 @@ class SsmTunnel(Tunnel):
         self._check_cancel()
         self._test_forward()
         self._start_accepting()
+        self._start_renewing()
         self._came_up(bound, " over SSM port forwarding")
         return bound
+
+    def _start_renewing(self) -> None:
+        """With a known maximum session length: a thread opening the next session before it."""
+        from tunnelman.core import transport as transports
+
+        self._lifetime = transports.lifetime(self.profile)
+        if self._lifetime is None or not self._supervise:
+            return
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name="tunnelman-ssm-renew", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        from tunnelman.core.transport import renew_after
+
+        assert self._lifetime is not None
+        not_before = 0.0
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            if now < self._connected_at + renew_after(self._lifetime) or now < not_before:
+                continue
+            if self._state != TunnelState.UP:
+                continue  # reconnecting: the reconnect opens the next session anyway
+            try:
+                self._renew()
+            except Exception as exc:  # AWS said no, the plugin failed: keep the current one
+                self._log.info("renewal failed (the current session keeps serving): %s", exc)
+                not_before = time.monotonic() + 30.0
+
+    def _renew(self) -> None:
+        """The next session on a new plugin port; new clients go there, the old session ends
+        once its last client connection has (or when AWS ends it)."""
+        from tunnelman.core.transport import ssm
+
+        self._log.info(
+            "renewing the Session Manager session before its %.0f-minute limit",
+            (self._lifetime or 0) / 60,
+        )
+        inner = ports.free_local_port()
+        plugin = ssm.open_forward(self.profile, inner, cancel=self._stopping)
+        if self._stopping.is_set():
+            plugin.stop()
+            return
+        with self._lock:
+            old = self._plugin
+            self._plugin, self._inner = plugin, inner
+            self._connected_at = time.monotonic()
+            idle = old is not None and self._uses.get(id(old), 0) <= 0
+            if old is not None and not idle:
+                self._retired.append(old)
+            self._changed.notify_all()
+        if old is not None and idle:
+            old.stop()
+        self._log.info("renewed: new client connections go over the new session")
 
     def _launch(self) -> None:
         from tunnelman.core.transport import ssm
@@ -98,6 +161,7 @@ class SsmTunnel(Tunnel):
         with self._lock:
             self._plugin = plugin
             self._inner = inner
+            self._connected_at = time.monotonic()
             self._changed.notify_all()
 
     def _test_forward(self) -> None:
@@ -195,12 +259,32 @@ class SsmTunnel(Tunnel):
         plugin = self._plugin
         return plugin is not None and plugin.exited() is None and self._inner is not None
 
+    def _release(self, plugin: PluginProcess | None) -> None:
+        """A client of `plugin`'s session left: a replaced session ends with its last one."""
+        if plugin is None:
+            return
+        with self._lock:
+            left = self._uses.get(id(plugin), 1) - 1
+            if left > 0:
+                self._uses[id(plugin)] = left
+                return
+            self._uses.pop(id(plugin), None)
+            retired = plugin in self._retired
+            if retired:
+                self._retired.remove(plugin)
+        if retired:
+            plugin.stop()
+
     def _serve_client(self, client: socket.socket) -> None:
         counted = False
+        plugin: PluginProcess | None = None
         upstream: socket.socket | None = None
         try:
             counted = self._await_up(self._plugin_running)
-            inner = self._inner
+            with self._lock:
+                plugin, inner = self._plugin, self._inner
+                if counted and plugin is not None:
+                    self._uses[id(plugin)] = self._uses.get(id(plugin), 0) + 1
             if not counted or inner is None:
                 return
             try:
@@ -217,6 +301,7 @@ class SsmTunnel(Tunnel):
         finally:
             if counted:
                 self._client_left()
+                self._release(plugin)
             with self._lock:
                 self._clients.discard(client)
                 if upstream is not None:
@@ -238,6 +323,10 @@ class SsmTunnel(Tunnel):
             code = plugin.wait()  # returns when the session ends (stop() ends it too)
             if self._stopping.is_set():
                 return
+            with self._lock:
+                replaced = plugin is not self._plugin and self._plugin is not None
+            if replaced:
+                continue  # a renewal replaced it: follow the new session
             said = plugin.last_words()
             with self._lock:
                 self._inner = None
@@ -259,8 +348,10 @@ class SsmTunnel(Tunnel):
         with self._lock:
             plugin, self._plugin = self._plugin, None
             self._inner = None
-        if plugin is not None:
-            plugin.stop()
+            retired, self._retired = self._retired, []
+        for each in (plugin, *retired):
+            if each is not None:
+                each.stop()
 
     # ------------------------------------------------------------------------- teardown
 
@@ -288,7 +379,7 @@ class SsmTunnel(Tunnel):
         self._stop_plugin()
         deadline = time.monotonic() + 3.0
         with self._lock:
-            threads = [self._watcher, self._acceptor, *self._handlers]
+            threads = [self._watcher, self._acceptor, self._renewer, *self._handlers]
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))
