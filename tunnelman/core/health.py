@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
-import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunnelman.core.errors import TunnelmanError
+from tunnelman.core.tunnel.probe import SSL_REQUEST, finish_tls
 
 if TYPE_CHECKING:
     from tunnelman.core.credentials import Login
@@ -37,8 +36,6 @@ __all__ = ["Health", "check", "probe", "usable_login"]
 
 TIMEOUT = 5.0
 """Seconds for each step: the check must stay cheap even when the database does not answer."""
-
-_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 Outcome = Literal["ok", "no-login", "login-failed", "unreachable", "error"]
 """ok: logged in and answered; no-login: reachable, no password usable without asking;
@@ -123,7 +120,7 @@ def reach(port: int, timeout: float = TIMEOUT) -> float:
         raise TunnelmanError(f"nothing listens on 127.0.0.1:{port} ({exc})") from None
     with sock:
         try:
-            sock.sendall(_SSL_REQUEST)
+            sock.sendall(SSL_REQUEST)
             answer = sock.recv(1)
         except TimeoutError:
             raise TunnelmanError(f"no answer within {timeout:.0f} s") from None
@@ -135,13 +132,7 @@ def reach(port: int, timeout: float = TIMEOUT) -> float:
         if not answer:
             raise TunnelmanError("the tunnel closed the connection unanswered")
         if answer == b"S":
-            # Finish the handshake so the server sees a client that merely went away (no log
-            # line), not a broken TLS negotiation. Nothing is verified: nothing is sent either.
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            with contextlib.suppress(OSError, ssl.SSLError):
-                context.wrap_socket(sock).close()
+            finish_tls(sock, None, timeout)  # after the round trip was timed
         return elapsed
 
 

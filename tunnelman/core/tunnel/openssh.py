@@ -54,7 +54,6 @@ import os
 import selectors
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -79,7 +78,7 @@ from tunnelman.core.errors import (
 from tunnelman.core.platform import net, process
 from tunnelman.core.ssh import known_hosts
 from tunnelman.core.ssh.known_hosts import HostKeyPolicy
-from tunnelman.core.tunnel import ports, relay
+from tunnelman.core.tunnel import ports, probe, relay
 from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState, TunnelStatus
 from tunnelman.core.tunnel.traffic import KernelCounts, Traffic
 
@@ -94,7 +93,6 @@ __all__ = ["OpenSSHMissing", "OpenSSHTunnel", "find_ssh", "ssh_argv"]
 POLL = 0.05  # readiness poll of the port, in case the LocalCommand signal never comes
 READY = "tunnelman-ready"
 STDERR_LINES = 40
-SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's, before login
 
 # Runs ssh ("$@"), ends it when our pipe on stdin closes (tunnelman exited or stop()), exits
 # with ssh's status; ssh itself gets /dev/null as stdin (see `process.PIPE_WATCHDOG`).
@@ -609,10 +607,7 @@ class OpenSSHTunnel(Tunnel):
             raise TunnelError(f"ssh's forward did not accept a connection: {exc}") from None
         answer = b""
         try:
-            sock.sendall(SSL_REQUEST)
-            answer = sock.recv(1)
-            if answer == b"S":
-                _close_tls(sock, profile.endpoint.host, timeout)
+            answer = probe.ssl_answer(sock, profile.endpoint.host, timeout)
         except TimeoutError:
             sock.close()
             raise ForwardingFailed(
@@ -932,18 +927,6 @@ class OpenSSHTunnel(Tunnel):
         if found is None:
             return snapshot
         return replace(snapshot, connections=max(0, found - self._bridged))
-
-
-def _close_tls(sock: socket.socket, server_name: str, timeout: float) -> None:
-    """The server said yes to TLS: finish the handshake and close it cleanly (no server log)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # only proving the path; nothing is sent over it
-    with contextlib.suppress(OSError, ssl.SSLError):
-        sock.settimeout(timeout)
-        tls = context.wrap_socket(sock, server_hostname=server_name or None)
-        with contextlib.suppress(OSError, ssl.SSLError):
-            tls.unwrap()
 
 
 class _SSHExited(Exception):

@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from tunnelman.core.errors import ForwardingFailed, TunnelError
 from tunnelman.core.platform import net
-from tunnelman.core.tunnel import ports, relay
+from tunnelman.core.tunnel import ports, probe, relay
 from tunnelman.core.tunnel.base import Capabilities, Tunnel, TunnelState
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["SsmTunnel"]
 
 ACCEPT_POLL = 0.2
-SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")  # PostgreSQL's, before login
 
 
 class SsmTunnel(Tunnel):
@@ -187,10 +185,7 @@ class SsmTunnel(Tunnel):
             ) from None
         answer = b""
         try:
-            sock.sendall(SSL_REQUEST)
-            answer = sock.recv(1)
-            if answer == b"S":
-                _close_tls(sock, profile.endpoint.host, timeout)
+            answer = probe.ssl_answer(sock, profile.endpoint.host, timeout)
         except TimeoutError:
             raise ForwardingFailed(
                 f"{where} did not reach the database endpoint {profile.endpoint} within "
@@ -383,15 +378,3 @@ class SsmTunnel(Tunnel):
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))
-
-
-def _close_tls(sock: socket.socket, server_name: str, timeout: float) -> None:
-    """The server said yes to TLS: finish the handshake and close it cleanly (no server log)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # only proving the path; nothing is sent over it
-    with contextlib.suppress(OSError, ssl.SSLError):
-        sock.settimeout(timeout)
-        tls = context.wrap_socket(sock, server_hostname=server_name or None)
-        with contextlib.suppress(OSError, ssl.SSLError):
-            tls.unwrap()
