@@ -114,6 +114,10 @@ class FakeHost:
     since: float = FIXED_NOW - 754
     fail: dict[str, str] = field(default_factory=dict)
     tunnels: dict[str, TunnelStatus] = field(default_factory=dict)
+    # Seconds an attempt takes before it fails: the first screen is drawn and settled before the
+    # failure arrives, however busy the machine (a failure racing the first fill left the State
+    # column as wide as "◌ connecting…" in one CI run).
+    fail_after: float = 0.5
 
     def open(
         self,
@@ -128,6 +132,7 @@ class FakeHost:
         from tunnelman.core.errors import BastionUnreachable
 
         if profile.name in self.fail:
+            cancel.wait(self.fail_after)
             raise BastionUnreachable(self.fail[profile.name])
         status = TunnelStatus(
             name=profile.name,
