@@ -95,9 +95,9 @@ MAX_WORKERS = 64
 EVICT_GRACE = 0.25
 # Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
 _MAX_EPOCH = 253402300799.0
-FEATURES = ("linger", "history")
+FEATURES = ("linger", "history", "oneshot")
 MAX_LINGER = 86400  # as profiles.LINGER_MAX: a day
-OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown"})
+OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown", "oneshot"})
 
 
 class ProtocolError(errors.AgentError):
