@@ -454,3 +454,47 @@ def test_another_home_takes_the_path_of_before(lab_profile: LabProfile, stand_in
     assert done.returncode == 0, done.stderr[-2000:]
     assert_before(done)
     assert child_record(stand_in)["env"]["PGHOST"] == "127.0.0.1"
+
+
+def test_no_password_leaves_an_agent_over_tcp(
+    lab_profile: LabProfile, keyring_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP (Windows; here forced) the agent answers `oneshot` without a password: "not
+    held", and the client reads the keyring itself as before."""
+    from tunnelman.agent.client import AgentClient
+    from tunnelman.agent.warm import CONTEXT
+
+    monkeypatch.setenv("TUNNELMAN_AGENT_TRANSPORT", "tcp")
+    lab_profile.write(password="keyring")
+    credentials.keyring_set("lab", "s3cret-tcp")
+    try:
+        port = up_detached("lab")
+        request = {
+            "name": "lab",
+            "config": os.environ["TUNNELMAN_CONFIG"],
+            "cwd": os.getcwd(),
+            "environ": {k: os.environ[k] for k in CONTEXT if k in os.environ},
+            "command": "psql",
+            "secrets": True,
+        }
+        client = AgentClient()
+        refused = client._request("oneshot", **request)
+        assert refused == {
+            "v": 1,
+            "ok": True,
+            "held": False,
+            "reason": "no password over this connection",
+        }
+        answered = client._request("oneshot", **{**request, "command": "env"})
+        lab_profile.write(password="none")
+        changed = client._request("oneshot", **request)
+    finally:
+        credentials.keyring_delete("lab")
+    assert "s3cret-tcp" not in json.dumps(refused)
+    assert answered["held"] is True
+    assert answered["port"] == port
+    assert f"PGPORT={port}" in answered["text"] or f"PGPORT='{port}'" in answered["text"]
+    assert "s3cret-tcp" not in answered["text"]
+    # Edited after `up`: the agent does not answer for the file as it is now.
+    assert changed["held"] is False
+    assert "changed" in changed["reason"]
