@@ -12,6 +12,22 @@ on macOS when there is a password, the child runs under `core.oneshot` as in the
 temporary 0600 PGPASSFILE, its signal handling). Click, paramiko, boto3 and Textual are never
 imported on that path, and it imports as little else as it can: each module costs every one-shot.
 
+On Linux it first tries one round trip (`_quick`): the `oneshot` request, where the agent, which
+has the profile loader imported anyway, reads the profile file in this command's terms (the
+`--config` text or $TUNNELMAN_CONFIG, the cwd, HOME and the XDG/keyring variables it compares
+with its own) and answers with the port and the child's PG* settings, or the `env`/`conn` text.
+This process then imports only `json` and `socket` (no dataclasses, tomllib, typing,
+platformdirs, shutil: ~90 ms of CPU on every warm one-shot), finds the program on PATH as
+`shutil.which` does, and execs. A `password = "keyring"` profile: the agent reads the keyring and
+sends the pgpass line over its socket (reading it here would import keyring and its Secret
+Service backend, more than the rest of this path): the Unix socket is 0600 in a 0700 directory,
+the agent accepts only its own uid and this side checks the agent's uid (SO_PEERCRED) before it
+trusts a reply; the agent never sends a password over TCP, nor logs it; the child gets it only in
+the sealed memfd (`_memfd`), never in PGPASSWORD or argv. Whenever the agent does not answer that
+way ("not held": a tunnel it does not hold up, a profile edited since `up`, another HOME, a
+password needing a prompt, an agent older than the request, …) the path above runs as before,
+and that falls back to the full CLI: nothing is printed before the decision either way.
+
 Anything else goes to the full CLI (`tunnelman.cli.main`) untouched: any option of ours
 (`--start-cluster`, `--port`, `--linger`, `-h/--help`, …), a profile that does not load, a tunnel
 the agent does not hold, a password that needs a prompt or AWS, a program that is not installed.
