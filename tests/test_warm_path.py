@@ -469,7 +469,7 @@ def test_no_password_leaves_an_agent_over_tcp(
     credentials.keyring_set("lab", "s3cret-tcp")
     try:
         port = up_detached("lab")
-        request = {
+        request: dict[str, Any] = {
             "name": "lab",
             "config": os.environ["TUNNELMAN_CONFIG"],
             "cwd": os.getcwd(),
