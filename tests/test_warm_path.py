@@ -282,3 +282,219 @@ def test_config_option_is_understood(lab_profile: LabProfile, stand_in: Path) ->
     assert done.returncode == 0
     assert "export PGPORT=" in done.stdout.replace("$env:", "export ")
     assert "click" not in imported
+
+
+# ----------------------------------------------------------------------------- one round trip
+# On Linux the agent reads the profile and answers with the child's settings (`agent.warm`):
+# the client imports only what a Python start, one socket request and an exec need.
+
+QUICK_ONLY = ("tunnelman", "tunnelman.cli", "tunnelman.cli.lean")
+# What the path of before imported and the quick path must not: the profile loader and what it
+# pulls in, the agent's client, the keyring.
+NOT_ON_THE_QUICK_PATH = ("dataclasses", "tomllib", "typing", "platformdirs", "keyring", "shutil")
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the one-round-trip path: Linux")
+
+
+def modules_of(done: subprocess.CompletedProcess[str]) -> set[str]:
+    """Every module (full dotted name) a `-X importtime` run imported."""
+    return {
+        line.split("|")[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def assert_quick(done: subprocess.CompletedProcess[str]) -> None:
+    modules = modules_of(done)
+    ours = sorted(m for m in modules if m.split(".")[0] == "tunnelman")
+    assert ours == sorted(QUICK_ONLY), ours
+    assert not modules & set(NOT_ON_THE_QUICK_PATH), sorted(modules & set(NOT_ON_THE_QUICK_PATH))
+
+
+def assert_before(done: subprocess.CompletedProcess[str]) -> None:
+    """The path of before: the profile read by the client, no click."""
+    modules = modules_of(done)
+    assert "tunnelman.core.profiles" in modules
+    assert "click" not in modules
+
+
+@linux_only
+def test_the_quick_path_imports_only_the_floor_and_gives_the_full_clis_child(
+    lab_profile: LabProfile, stand_in: Path
+) -> None:
+    lab_profile.write(password="none")
+    port = up_detached("lab")
+    args = ("exec", "lab", "--", "showenv", "-c", "select 1")
+    done, _ = importtime(*args, env={**os.environ, "PGSERVICE": "other", "PGOPTIONS": "-c x=1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_quick(done)
+    lean = child_record(stand_in)
+    full_env = {**os.environ, "PGSERVICE": "other", "PGOPTIONS": "-c x=1", "TUNNELMAN_NO_LEAN": "1"}
+    done, _ = importtime(*args, env=full_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    full = child_record(stand_in)
+    full["env"].pop("TUNNELMAN_NO_LEAN")
+    assert lean["argv"] == full["argv"] == ["-c", "select 1"]
+    assert lean["env"] == full["env"]
+    assert lean["env"]["PGPORT"] == str(port)
+    assert lean["env"]["PGOPTIONS"] == "-c x=1", "the caller's own PG* settings are kept"
+    assert "PGSERVICE" not in lean["env"], "and the ones child_env clears are cleared"
+
+
+@linux_only
+def test_the_quick_path_prints_env_and_conn_as_the_full_cli(lab_profile: LabProfile) -> None:
+    lab_profile.write(password="none")
+    up_detached("lab")
+    for args in (["env", "lab"], ["conn", "lab", "-f", "uri"], ["conn", "lab", "--format=qgis"]):
+        lean, _ = importtime(*args)
+        assert_quick(lean)
+        full, _ = importtime(*args, env={**os.environ, "TUNNELMAN_NO_LEAN": "1"})
+        assert (lean.returncode, lean.stdout, strip_importtime(lean.stderr)) == (
+            full.returncode,
+            full.stdout,
+            strip_importtime(full.stderr),
+        ), args
+        assert lean.returncode == 0
+        assert lean.stdout
+
+
+@linux_only
+def test_the_agent_reads_the_keyring_and_the_client_imports_none(
+    lab_profile: LabProfile, stand_in: Path, keyring_backend: Any
+) -> None:
+    lab_profile.write(password="keyring")
+    credentials.keyring_set("lab", "s3cret-quick")
+    try:
+        port = up_detached("lab")
+        (stand_in.parent / "bin" / "psql").symlink_to(stand_in.parent / "bin" / "showenv")
+        done, _ = importtime("psql", "lab", "-Atc", "select 1")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_quick(done)
+        lean = child_record(stand_in)
+    finally:
+        credentials.keyring_delete("lab")
+    assert lean["passfile"] == f"127.0.0.1:{port}:*:{lab_profile.keys['user']}:s3cret-quick\n"
+    assert lean["mode"] == "0o600"
+    assert lean["env"]["PGPASSFILE"].startswith("/proc/")
+    assert "s3cret-quick" not in json.dumps(lean["env"]) + json.dumps(lean["argv"])
+    log = (Path(os.environ["XDG_STATE_HOME"]) / "tunnelman").rglob("*.log")
+    for path in log:
+        assert "s3cret-quick" not in path.read_text(errors="replace"), path
+
+
+@linux_only
+def test_a_profile_edited_after_up_takes_the_path_of_before(
+    lab_profile: LabProfile, stand_in: Path
+) -> None:
+    lab_profile.write(password="none")
+    up_detached("lab")
+    lab_profile.write(endpoint="db.elsewhere.example:6543", sslmode="verify-full")
+    for args in (["env", "lab"], ["exec", "lab", "showenv"]):
+        lean, _ = importtime(*args)
+        assert_before(lean)
+        lean_child = child_record(stand_in) if args[0] == "exec" else None
+        full, _ = importtime(*args, env={**os.environ, "TUNNELMAN_NO_LEAN": "1"})
+        assert (lean.returncode, lean.stdout, strip_importtime(lean.stderr)) == (
+            full.returncode,
+            full.stdout,
+            strip_importtime(full.stderr),
+        ), args
+        if lean_child is not None:
+            full_child = child_record(stand_in)
+            full_child["env"].pop("TUNNELMAN_NO_LEAN")
+            assert lean_child["env"] == full_child["env"]
+            assert lean_child["env"]["PGHOST"] == "db.elsewhere.example"
+
+
+OLD_AGENT = """
+import sys
+if any(a.startswith("tunnelman.agent") for a in sys.orig_argv):
+    from tunnelman.agent import protocol, server
+
+    protocol.FEATURES = ("linger", "history")
+    handle = server.Agent._handle
+
+    def _handle(self, message, lines):
+        if message.get("op") == "oneshot":  # as an agent from before the request answers it
+            message = {**message, "op": "oneshot?"}
+        return handle(self, message, lines)
+
+    server.Agent._handle = _handle
+"""
+
+
+@linux_only
+def test_an_agent_without_the_request_still_serves_the_warm_path(
+    lab_profile: LabProfile, stand_in: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "old-agent"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(OLD_AGENT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    lab_profile.write(password="none")
+    port = up_detached("lab")
+    done, _ = importtime("exec", "lab", "showenv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_before(done)
+    assert child_record(stand_in)["env"]["PGPORT"] == str(port)
+    lean, _ = importtime("env", "lab")
+    assert_before(lean)
+    assert f"PGPORT={port}" in lean.stdout or f"PGPORT='{port}'" in lean.stdout
+
+
+@linux_only
+def test_another_home_takes_the_path_of_before(lab_profile: LabProfile, stand_in: Path) -> None:
+    """`~` would mean another directory than the agent's: it does not read the profile for us."""
+    lab_profile.write(password="none")
+    up_detached("lab")
+    other = Path(os.environ["HOME"]).parent / "other-home"
+    other.mkdir()
+    done, _ = importtime("exec", "lab", "showenv", env={**os.environ, "HOME": str(other)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_before(done)
+    assert child_record(stand_in)["env"]["PGHOST"] == "127.0.0.1"
+
+
+def test_no_password_leaves_an_agent_over_tcp(
+    lab_profile: LabProfile, keyring_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP (Windows; here forced) the agent answers `oneshot` without a password: "not
+    held", and the client reads the keyring itself as before."""
+    from tunnelman.agent.client import AgentClient
+    from tunnelman.agent.warm import CONTEXT
+
+    monkeypatch.setenv("TUNNELMAN_AGENT_TRANSPORT", "tcp")
+    lab_profile.write(password="keyring")
+    credentials.keyring_set("lab", "s3cret-tcp")
+    try:
+        port = up_detached("lab")
+        request: dict[str, Any] = {
+            "name": "lab",
+            "config": os.environ["TUNNELMAN_CONFIG"],
+            "cwd": os.getcwd(),
+            "environ": {k: os.environ[k] for k in CONTEXT if k in os.environ},
+            "command": "psql",
+            "secrets": True,
+        }
+        client = AgentClient()
+        refused = client._request("oneshot", **request)
+        assert refused == {
+            "v": 1,
+            "ok": True,
+            "held": False,
+            "reason": "no password over this connection",
+        }
+        answered = client._request("oneshot", **{**request, "command": "env"})
+        lab_profile.write(password="none")
+        changed = client._request("oneshot", **request)
+    finally:
+        credentials.keyring_delete("lab")
+    assert "s3cret-tcp" not in json.dumps(refused)
+    assert answered["held"] is True
+    assert answered["port"] == port
+    assert f"PGPORT={port}" in answered["text"] or f"PGPORT='{port}'" in answered["text"]
+    assert "s3cret-tcp" not in answered["text"]
+    # Edited after `up`: the agent does not answer for the file as it is now.
+    assert changed["held"] is False
+    assert "changed" in changed["reason"]

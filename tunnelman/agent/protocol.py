@@ -20,6 +20,15 @@ may carry several requests in turn::
                                                       {"event": "removed", "name": "prod"}
                                                       {"event": "shutdown"}
     {"v": 1, "op": "shutdown"}                     -> {"ok": true}; the agent closes its tunnels and exits
+    {"v": 1, "op": "oneshot", "name": "prod", "command": "psql"|"exec"|"env"|"conn", "format": F?,
+     "config": PATH-as-typed | null, "cwd": "/abs", "environ": {NAME: VALUE}, "pg_env": {PG*: …}?,
+     "secrets": true?}                             -> {"ok": true, "held": true, "port": n, "config": "/abs",
+                                                      "env": {PG*: …}, "passfile": LINE | null}   (psql/exec)
+                                                      {"ok": true, "held": true, "port": n, "text", "notes"} (env/conn)
+                                                      {"ok": true, "held": false, "reason": "…"}
+                                                   (the warm one-shot in one round trip: `warm`;
+                                                   "passfile" holds the password and is sent only
+                                                   over the Unix socket, never over TCP)
 
     TUNNEL = {"name", "state", "local_port", "since" (epoch s | null), "reconnects", "error", "connections",
               "bytes_sent", "bytes_received" (n | null), "rate_sent", "rate_received" (bytes/s | null),
@@ -39,8 +48,10 @@ may carry several requests in turn::
 Additions stay within version 1 and are optional both ways: an older client sends no "linger"
 and ignores "linger_until"; a newer client reads their absence as "none". An older agent ignores
 `"history"` on `status` and sends no history: the TUI's sparkline then starts empty, as before. `ping` lists what the
-agent understands in `"features"` (["linger"]): a client sends `"linger"` only to an agent that
-names it, since an older one would ignore it and hold the tunnel until `down`.
+agent understands in `"features"` (["linger", "history", "oneshot"]): a client sends `"linger"`
+only to an agent that names it, since an older one would ignore it and hold the tunnel until
+`down`. `oneshot` is sent without asking first (a `ping` would cost the round trip it saves): an
+older agent answers "unknown request" and the client does what it did before the request.
 `"linger": seconds` (1 to a day) on `up` makes the tunnel a one-shot's: the agent closes it once
 no client connection has been open through it for that long (each connection restarts the
 count); `up` without it on a lingering tunnel makes it held until `down`, as `up --detach` says.
@@ -95,9 +106,9 @@ MAX_WORKERS = 64
 EVICT_GRACE = 0.25
 # Epoch seconds a datetime can hold (up to the year 9999): `since` and `started` are shown as dates.
 _MAX_EPOCH = 253402300799.0
-FEATURES = ("linger", "history")
+FEATURES = ("linger", "history", "oneshot")
 MAX_LINGER = 86400  # as profiles.LINGER_MAX: a day
-OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown"})
+OPS = frozenset({"ping", "status", "up", "down", "down_all", "subscribe", "shutdown", "oneshot"})
 
 
 class ProtocolError(errors.AgentError):

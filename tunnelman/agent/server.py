@@ -839,6 +839,7 @@ class Agent:
                 "down": self._op_down,
                 "down_all": self._op_down_all,
                 "shutdown": self._op_shutdown,
+                "oneshot": self._op_oneshot,
             }.get(str(op))
             if handler is None:
                 raise AgentError(f"unknown request {op!r}")
@@ -884,6 +885,28 @@ class Agent:
             for wire, h in zip(tunnels, held, strict=True):
                 wire["history"] = h.rate_history()
         return {"tunnels": tunnels}
+
+    def _op_oneshot(self, message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
+        """The warm one-shot's settings for NAME's tunnel (`warm`); "not held" when it is not
+        up or not what the client's profile file now says. Secrets only over the Unix socket."""
+        from tunnelman.agent import warm
+
+        name = _text(message, "name")
+        with self._lock:
+            held = self._held.get(name)
+        if held is None or not held.ready.is_set():
+            return warm.not_held("no such tunnel")
+        status = held.status()
+        port = status.local_port
+        if status.state != TunnelState.UP or not port:
+            return warm.not_held(f"the tunnel is {status.state}")
+        return warm.answer(
+            message,
+            held.profile,
+            port,
+            same=lambda a, b: _settings(a) == _settings(b),
+            secrets=not self.tcp,
+        )
 
     def _op_shutdown(self, _message: dict[str, Any], _lines: protocol.LineSocket) -> dict[str, Any]:
         with self._lock:

@@ -12,6 +12,22 @@ on macOS when there is a password, the child runs under `core.oneshot` as in the
 temporary 0600 PGPASSFILE, its signal handling). Click, paramiko, boto3 and Textual are never
 imported on that path, and it imports as little else as it can: each module costs every one-shot.
 
+On Linux it first tries one round trip (`_quick`): the `oneshot` request, where the agent, which
+has the profile loader imported anyway, reads the profile file in this command's terms (the
+`--config` text or $TUNNELMAN_CONFIG, the cwd, HOME and the XDG/keyring variables it compares
+with its own) and answers with the port and the child's PG* settings, or the `env`/`conn` text.
+This process then imports only `json` and `socket` (no dataclasses, tomllib, typing,
+platformdirs, shutil: ~90 ms of CPU on every warm one-shot), finds the program on PATH as
+`shutil.which` does, and execs. A `password = "keyring"` profile: the agent reads the keyring and
+sends the pgpass line over its socket (reading it here would import keyring and its Secret
+Service backend, more than the rest of this path): the Unix socket is 0600 in a 0700 directory,
+the agent accepts only its own uid and this side checks the agent's uid (SO_PEERCRED) before it
+trusts a reply; the agent never sends a password over TCP, nor logs it; the child gets it only in
+the sealed memfd (`_memfd`), never in PGPASSWORD or argv. Whenever the agent does not answer that
+way ("not held": a tunnel it does not hold up, a profile edited since `up`, another HOME, a
+password needing a prompt, an agent older than the request, …) the path above runs as before,
+and that falls back to the full CLI: nothing is printed before the decision either way.
+
 Anything else goes to the full CLI (`tunnelman.cli.main`) untouched: any option of ours
 (`--start-cluster`, `--port`, `--linger`, `-h/--help`, …), a profile that does not load, a tunnel
 the agent does not hold, a password that needs a prompt or AWS, a program that is not installed.
@@ -24,10 +40,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+# Not `typing.TYPE_CHECKING`: importing typing costs the warm path ~5 ms (mypy reads this name).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from tunnelman.core.credentials import Login
     from tunnelman.core.profiles import Profile, ProfileSet
 
@@ -89,18 +108,22 @@ def _split(argv: Sequence[str]) -> tuple[str | None, str, str, list[str]]:
     return config, args[0], args[1], args[2:]
 
 
-def _conn_format(rest: list[str]) -> str:
-    """The format of `conn NAME [-f F | --format F | --format=F]`; _Fallback for anything else."""
-    from tunnelman.core import clients
-
+def _conn_shape(rest: list[str]) -> str:
+    """The format `conn NAME [-f F | --format F | --format=F]` names; _Fallback for another shape."""
     if not rest:
         return "psql"
     if len(rest) == 2 and rest[0] in ("-f", "--format"):
-        fmt = rest[1]
-    elif len(rest) == 1 and rest[0].startswith("--format="):
-        fmt = rest[0].split("=", 1)[1]
-    else:
-        raise _Fallback
+        return rest[1]
+    if len(rest) == 1 and rest[0].startswith("--format="):
+        return rest[0].split("=", 1)[1]
+    raise _Fallback
+
+
+def _conn_format(rest: list[str]) -> str:
+    """The format of `conn NAME …`; _Fallback for another shape or a format we do not have."""
+    from tunnelman.core import clients
+
+    fmt = _conn_shape(rest)
     if fmt not in clients.FORMATS:
         raise _Fallback
     return fmt
@@ -201,19 +224,23 @@ def _exec(profile: Profile, port: int, argv: list[str], login: Login) -> None:
             os.close(fd)
 
 
+def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+    """An inheritable, sealed memfd holding the login's pgpass line; -1 where there is none."""
+    from tunnelman.core import clients
+
+    assert login.password is not None
+    s = clients.conn_settings(profile, port, user=login.user)
+    return _memfd(clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n")
+
+
 if sys.platform == "linux":
 
-    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
-        """An inheritable, sealed memfd holding the pgpass line; -1 where there is none."""
+    def _memfd(line: str) -> int:
+        """An inheritable memfd holding `line`, 0600 and sealed; -1 where there is none."""
         if not os.path.isdir(f"/proc/{os.getpid()}/fd"):
             return -1
         import fcntl
 
-        from tunnelman.core import clients
-
-        assert login.password is not None
-        s = clients.conn_settings(profile, port, user=login.user)
-        line = clients.pgpass_line(s.host, s.port, "*", s.user, login.password) + "\n"
         try:
             fd = os.memfd_create("tunnelman-pgpass", os.MFD_ALLOW_SEALING)
         except OSError:
@@ -226,14 +253,14 @@ if sys.platform == "linux":
             seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             os.set_inheritable(fd, True)
-        except OSError:
+        except (OSError, UnicodeEncodeError):
             os.close(fd)
             return -1
         return fd
 
 else:
 
-    def _memfd_passfile(profile: Profile, port: int, login: Login) -> int:
+    def _memfd(line: str) -> int:
         """No memfd here (macOS, Windows): the caller takes the spawning path."""
         return -1
 
@@ -285,15 +312,243 @@ def run(argv: Sequence[str]) -> int:
     if os.environ.get(ENV_NO_LEAN, "") not in ("", "0"):
         raise _Fallback
     config, command, name, rest = _split(argv)
+    # Before any file or socket: `conn NAME --write`, `exec NAME` without a program are not ours.
     if command == "conn":
-        _conn_format(rest)  # before any file or socket: `conn NAME --write` is not ours
-    elif command == "env" and rest:
-        raise _Fallback
+        detail = [_conn_shape(rest)]
+    elif command == "env":
+        if rest:
+            raise _Fallback
+        detail = []
+    else:
+        detail = _program_argv(command, rest)
+    if _QUICK:
+        code = _quick(config, command, name, detail)
+        if code is not None:
+            return code
     profile = _load(config, name)
     if command in ("psql", "exec"):
-        program = _program_argv(command, rest)
-        return _oneshot(profile, _held_port(name), program)
+        return _oneshot(profile, _held_port(name), detail)
     return _print(profile, _held_port(name), command, rest)
+
+
+# ----------------------------------------------------------------------------- the quick path
+
+# What the agent compares with its own environment (`agent.warm.CONTEXT`, not imported: this
+# path imports nothing of the agent's package).
+_CONTEXT = (
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "PYTHON_KEYRING_BACKEND",
+)
+_MAX_REPLY = 1 << 20  # as agent.protocol.MAX_LINE
+_MAX_SOCKET_PATH = 100  # as agent.paths: a longer runtime path moves the agent to the temp dir
+_CONNECT_TIMEOUT = 2.0  # as agent.client
+_ANSWER_TIMEOUT = 15.0  # a keyring read on the agent's side may take a moment
+
+# Linux: the agent's socket can be named without platformdirs, and a password has a memfd to
+# go in. Elsewhere the path of before (profile read here, `status` asked, `core.oneshot`).
+_QUICK = sys.platform == "linux"
+
+
+def _quick(config: str | None, command: str, name: str, detail: list[str]) -> int | None:
+    """The command done with one `oneshot` request (`agent.warm`): the agent reads the profile
+    and answers with the port and the child's settings, or the text to print. None when it does
+    not answer that (no agent, an older one, a tunnel it does not hold up, a profile changed
+    since `up`, …): then the path of before, which reads the profile here."""
+    path = _agent_socket()
+    if path is None:
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    environ = os.environ
+    request: dict[str, Any] = {
+        "v": 1,
+        "op": "oneshot",
+        "name": name,
+        # As `profiles.config_path`: --config, else $TUNNELMAN_CONFIG, else the default file;
+        # the agent resolves it in our terms (cwd, and HOME/XDG_CONFIG_HOME compared).
+        "config": config or environ.get("TUNNELMAN_CONFIG") or None,
+        "cwd": cwd,
+        "environ": {k: environ[k] for k in _CONTEXT if k in environ},
+        "command": command,
+    }
+    program = None
+    if command == "conn":
+        request["format"] = detail[0]
+    elif command in ("psql", "exec"):
+        program = _which(detail[0])
+        if program is None:
+            return None
+        # Our PG* settings, for `child_env` to keep or clear; never a PGPASSWORD (always cleared).
+        request["pg_env"] = {
+            k: v for k, v in environ.items() if k.startswith("PG") and k != "PGPASSWORD"
+        }
+        request["secrets"] = True
+    reply = _ask_agent(path, request)
+    if reply is None or reply.get("ok") is not True or reply.get("held") is not True:
+        return None
+    port = reply.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+        return None
+    if program is None:
+        return _print_reply(reply)
+    return _exec_reply(reply, [program, *detail[1:]])
+
+
+def _print_reply(reply: dict[str, Any]) -> int | None:
+    text, notes = reply.get("text"), reply.get("notes", [])
+    if not isinstance(text, str) or not isinstance(notes, list):
+        return None
+    if not all(isinstance(note, str) for note in notes):
+        return None
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    for note in notes:
+        sys.stderr.write(f"tunnelman: note: {note}\n")
+    return 0
+
+
+def _exec_reply(reply: dict[str, Any], argv: list[str]) -> int | None:
+    """exec `argv` with the agent's PG* settings over ours; None when that cannot be done."""
+    settings, line = reply.get("env"), reply.get("passfile")
+    if not isinstance(settings, dict) or not (line is None or isinstance(line, str)):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in settings.items()):
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(settings)
+    fd = -1
+    if line is not None:
+        fd = _memfd(line)
+        if fd < 0:
+            return None
+        env["PGPASSFILE"] = f"/proc/{os.getpid()}/fd/{fd}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(argv[0], argv, env)  # noqa: S606 - replaces this process, no shell
+    except (OSError, ValueError):
+        # Not executable after all, or a NUL in a value: the path of before reports it.
+        if fd >= 0:
+            os.close(fd)
+    return None
+
+
+if sys.platform == "linux":
+
+    def _which(name: str) -> str | None:
+        """`shutil.which(name)` as it is on POSIX, without importing shutil (and bz2, lzma, …).
+
+        Not found on PATH: None, and the path of before looks where `platform.programs` looks too,
+        or reports it.
+        """
+
+        def runnable(path: str) -> bool:
+            return (
+                os.path.exists(path)
+                and os.access(path, os.F_OK | os.X_OK)
+                and not os.path.isdir(path)
+            )
+
+        if os.path.dirname(name):
+            return name if runnable(name) else None
+        search = os.environ.get("PATH")
+        if search is None:
+            try:
+                search = os.confstr("CS_PATH")
+            except (AttributeError, ValueError):
+                search = os.defpath
+        if not search:
+            return None
+        seen: set[str] = set()
+        for directory in search.split(os.pathsep):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            candidate = os.path.join(directory, name)
+            if runnable(candidate):
+                return candidate
+        return None
+
+    def _agent_socket() -> str | None:
+        """The agent's Unix socket, named as `agent.paths` names it where that needs no
+        platformdirs: $TUNNELMAN_AGENT_DIR, or a private $XDG_RUNTIME_DIR; None otherwise."""
+        import stat
+
+        environ = os.environ
+        if environ.get("TUNNELMAN_AGENT_TRANSPORT", "").strip().lower() == "tcp":
+            return None  # no password over TCP: the path of before
+        directory = environ.get("TUNNELMAN_AGENT_DIR")
+        if directory:
+            try:
+                directory = os.path.join(os.getcwd(), os.path.expanduser(directory))
+            except OSError:
+                return None
+            return os.path.join(directory, "agent.sock")
+        runtime = environ.get("XDG_RUNTIME_DIR", "")
+        if not os.path.isabs(runtime):
+            return None
+        try:
+            info = os.lstat(runtime)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None  # platformdirs would not take it either: the path of before
+        path = os.path.join(runtime, "tunnelman", "agent.sock")
+        return path if len(path) <= _MAX_SOCKET_PATH else None
+
+    def _ask_agent(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """One request on the agent's socket, its reply; None on any failure.
+
+        The agent must be our own user (SO_PEERCRED), as it checks us: the reply may hold a
+        password.
+        """
+        import json
+        import socket
+
+        try:
+            data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        except (UnicodeEncodeError, ValueError):
+            return None  # bytes that are not UTF-8 in argv or the environment
+        buf = b""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(_CONNECT_TIMEOUT)
+                sock.connect(path)
+                peer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
+                    return None
+                sock.settimeout(_ANSWER_TIMEOUT)
+                sock.sendall(data + b"\n")
+                while b"\n" not in buf:
+                    if len(buf) > _MAX_REPLY:
+                        return None
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return None
+                    buf += chunk
+        except OSError:
+            return None
+        try:
+            reply = json.loads(buf.partition(b"\n")[0].decode("utf-8"))
+        except (ValueError, RecursionError):
+            return None
+        return reply if isinstance(reply, dict) else None
+
+else:
+
+    def _which(name: str) -> str | None:
+        return None
+
+    def _agent_socket() -> str | None:
+        return None
+
+    def _ask_agent(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        return None
 
 
 def _error(exc: BaseException) -> int:
@@ -312,8 +567,6 @@ def _error(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`tunnelman`: the warm path when it applies, else the full CLI (`cli.main.main`)."""
-    from tunnelman.core.errors import TunnelmanError
-
     args = sys.argv[1:] if argv is None else argv
     ensure_encodable_streams()
     _read.clear()
@@ -329,9 +582,15 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _handed.clear()
         return
-    except (TunnelmanError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt as exc:
         code = _error(exc)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
+    except Exception as exc:
+        from tunnelman.core.errors import TunnelmanError  # not imported on the quick path
+
+        if not isinstance(exc, TunnelmanError):
+            raise
+        code = _error(exc)
     sys.exit(code)
