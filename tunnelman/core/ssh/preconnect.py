@@ -135,12 +135,9 @@ def for_oneshot(profile: Profile, argv: Sequence[str]) -> bool:
     """
     if profile.password == "prompt" or not argv:
         return False
-    from tunnelman.core import oneshot
-    from tunnelman.core.errors import TunnelmanError
+    from tunnelman.core.platform import programs
 
-    try:
-        oneshot.find_program(argv[0])
-    except TunnelmanError:
+    if not programs.search(argv[0]):  # as `oneshot.find_program` looks for it
         return False
     return start(profile)
 
