@@ -327,7 +327,16 @@ def run(argv: Sequence[str]) -> int:
             return code
     profile = _load(config, name)
     if command in ("psql", "exec"):
-        return _oneshot(profile, _held_port(name), detail)
+        try:
+            port = _held_port(name)
+        except _Fallback:
+            # Cold: the full CLI will connect; start the bastion's TCP connection now, while
+            # it loads (`core.ssh.preconnect`: only where nothing can differ from its own).
+            from tunnelman.core.ssh import preconnect
+
+            preconnect.for_oneshot(profile, detail)
+            raise
+        return _oneshot(profile, port, detail)
     return _print(profile, _held_port(name), command, rest)
 
 

@@ -4,18 +4,23 @@ Shared by the CLI commands (`up`, `check`, the one-shot client commands). Each f
 callback only when standard input is a terminal; otherwise None, which tells the core that nobody
 can answer, so it fails with a message naming the non-interactive way out (`--accept-new-host-key`,
 ssh-agent, the keyring) instead of hanging on a read. Prompts go to stderr; stdout stays clean.
+
+The SSH modules are named for their types only: `host_key_policy` imports `known_hosts` when it
+is called, so loading this module (every one-shot command does, warm or cold) costs no SSH code.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tunnelman.core.credentials import Prompt
-from tunnelman.core.ssh import PassphrasePrompt
-from tunnelman.core.ssh.known_hosts import HostKeyInfo, HostKeyPolicy
+if TYPE_CHECKING:
+    from tunnelman.core.credentials import Prompt
+    from tunnelman.core.ssh import PassphrasePrompt
+    from tunnelman.core.ssh.known_hosts import HostKeyInfo, HostKeyPolicy
 
 
 def interactive() -> bool:
@@ -51,6 +56,8 @@ def ask_host_key(info: HostKeyInfo) -> bool:
 
 def host_key_policy(accept_new: bool) -> HostKeyPolicy:
     """`--accept-new-host-key` accepts without asking; else ask on a terminal; else refuse."""
+    from tunnelman.core.ssh.known_hosts import HostKeyPolicy
+
     if accept_new:
         return HostKeyPolicy(accept_new=True)
     return HostKeyPolicy(ask=ask_host_key if interactive() else None)

@@ -1,8 +1,10 @@
-"""SSH to the bastion, in four parts.
+"""SSH to the bastion, in six parts.
 
 - `keys`         which private key is offered, read by OpenSSH's rules (permissions, ssh-agent,
                  passphrases): `Identity`, `load_identity`, `load_private_key`
-- `connection`   each step of a connection with its own error: resolve, TCP, handshake, host key,
+- `tcp`          the TCP connection to the bastion (resolve, connect), each failure in its words
+- `preconnect`   that connection started early, before the SSH code loads (the cold one-shot)
+- `connection`   each step of a connection with its own error: TCP (`tcp`), handshake, host key,
                  authentication, jump hosts, the test forward: `connect`, `open_route`
 - `known_hosts`  OpenSSH's known_hosts, read and written as ssh does: `HostKeyPolicy`, `verify`
 - `config`       what ~/.ssh/config (through `ssh -G`) says about a bastion
@@ -25,8 +27,6 @@ if TYPE_CHECKING:
         forward_error,
         name_hop,
         open_route,
-        open_socket,
-        resolve,
         start_transport,
         test_forward,
     )
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         HostKeyPolicy,
         HostKeyUnknown,
     )
+    from tunnelman.core.ssh.tcp import open_socket, resolve
 
 __all__ = [
     "HostKeyChanged",
@@ -86,8 +87,6 @@ _HOME = {
             "forward_error",
             "name_hop",
             "open_route",
-            "open_socket",
-            "resolve",
             "start_transport",
             "test_forward",
         ),
@@ -107,6 +106,7 @@ _HOME = {
         ),
         "keys",
     ),
+    **dict.fromkeys(("open_socket", "resolve"), "tcp"),
     **dict.fromkeys(
         ("HostKeyChanged", "HostKeyInfo", "HostKeyPolicy", "HostKeyUnknown"), "known_hosts"
     ),
