@@ -116,6 +116,17 @@ def _ssh_over_ssm(lab_profile: LabProfile) -> None:
     credentials.keyring_set(lab_profile.name, lab_profile.password)
 
 
+def _psql_40_plus_2(
+    lab_profile: LabProfile, capfd: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """psql in-process through the profile (its password stored by `_ssh_over_ssm`), which is
+    taken out of the keyring afterwards."""
+    try:
+        return run_main(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
+    finally:
+        credentials.keyring_delete(lab_profile.name)
+
+
 def test_psql_over_ssh_over_ssm(
     lab_profile: LabProfile,
     keyring_backend: Any,
@@ -126,10 +137,7 @@ def test_psql_over_ssh_over_ssm(
     _ssh_over_ssm(lab_profile)
     port = str(lab_profile.sshd.port)
     _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [port]}, 1)
-    try:
-        code, out, err = run_main(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
-    finally:
-        credentials.keyring_delete(lab_profile.name)
+    code, out, err = _psql_40_plus_2(lab_profile, capfd)
     assert code == 0, err
     assert out.strip() == "42"
     [entry] = _records(standin)
@@ -175,10 +183,7 @@ def test_psql_over_ssm_port_forwarding(
         _forward_params(lab_profile.postgres),
         1,
     )
-    try:
-        code, out, err = run_main(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
-    finally:
-        credentials.keyring_delete(lab_profile.name)
+    code, out, err = _psql_40_plus_2(lab_profile, capfd)
     assert code == 0, err
     assert out.strip() == "42"
     [entry] = _records(standin)

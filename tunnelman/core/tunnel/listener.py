@@ -18,7 +18,8 @@ import contextlib
 import selectors
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,16 +124,15 @@ class LoopbackListener:
             with contextlib.suppress(OSError):
                 each.shutdown(socket.SHUT_RDWR)
 
-    def threads(self) -> list[threading.Thread]:
-        """The accept thread (while listening) and the clients' threads, to join at teardown."""
+    def join(self, others: Iterable[threading.Thread | None], within: float = 3.0) -> None:
+        """At teardown, after `close`: wait (`within` seconds in all) for the engine's `others`
+        threads and ours (the accept thread, the clients'), then release the wake-up pair."""
+        deadline = time.monotonic() + within
         with self._lock:
-            found = [*self._handlers]
-            if self._acceptor is not None:
-                found.insert(0, self._acceptor)
-        return found
-
-    def dispose(self) -> None:
-        """After `close` and the joins: release the wake-up pair."""
+            ours = [self._acceptor, *self._handlers]
+        for thread in [*others, *ours]:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=max(0.1, deadline - time.monotonic()))
         for sock in self._wake or ():
             with contextlib.suppress(OSError):
                 sock.close()

@@ -819,13 +819,9 @@ class OpenSSHTunnel(Tunnel):
         self._backoff.wake()
         self._close_listener()
         self._stop_ssh()
-        deadline = time.monotonic() + 3.0
         with self._lock:
             watcher = self._watcher
-        for thread in [watcher, *self._listener.threads()]:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        self._listener.dispose()
+        self._listener.join([watcher])
         if self._mux_dir is not None:
             import shutil as _shutil
 

@@ -302,10 +302,6 @@ class SsmTunnel(Tunnel):
         self._backoff.wake()
         self._close_listener()
         self._stop_plugin()
-        deadline = time.monotonic() + 3.0
         with self._lock:
             threads = [self._watcher, self._renewer]
-        for thread in [*threads, *self._listener.threads()]:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        self._listener.dispose()
+        self._listener.join(threads)
