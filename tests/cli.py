@@ -6,11 +6,15 @@ test's environment (``tmp_home`` has already pointed HOME, XDG_* and ``TUNNELMAN
 inside the test's own home) or exactly ``env`` when given; stdin is not a terminal (empty, or
 ``input``); it runs in a session of its own (setsid) so it has no controlling terminal, as
 under CI, and nothing it leaves behind shares the test's session.  ``TUNNELMAN`` is the argv
-prefix for tests that need ``Popen`` or a pty instead.
+prefix for tests that need ``Popen`` or a pty instead; ``run_on_pty`` runs it on a pseudo-terminal
+and answers its one [y/N] question.
 """
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import subprocess
 import sys
 import time
@@ -18,10 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["TUNNELMAN", "CliResult", "RunCli", "run_cli"]
+__all__ = ["TUNNELMAN", "CliResult", "RunCli", "run_cli", "run_on_pty"]
 __test__ = False  # helpers only
 
 TUNNELMAN = [sys.executable, "-m", "tunnelman"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CliResult(subprocess.CompletedProcess[str]):
@@ -74,3 +79,37 @@ class RunCli(Protocol):
         cwd: str | Path | None = None,
         new_session: bool = True,
     ) -> CliResult: ...
+
+
+def run_on_pty(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal and answer its [y/N] question."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*TUNNELMAN, *args],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=str(REPO), close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                if not answered and b"[y/N]" in output:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), output.decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)

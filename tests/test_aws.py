@@ -12,17 +12,12 @@ import paramiko
 import pytest
 
 from tests.lab.moto_server import REGION, MotoServer
-from tests.test_aws_lab import OTHER_REGION, Seeded, client, seed
+from tests.test_aws_lab import OTHER_REGION, Seeded, client, seeded_once_fixture
 from tunnelman.core import aws
 from tunnelman.core.errors import AWSError, ConfigError, CredentialError
 from tunnelman.core.profiles import Bastion, Endpoint, Profile
 
-
-@pytest.fixture(scope="module")
-def seeded_once(moto: MotoServer) -> Seeded:
-    # One seed for the module: tests that change state (stop/start) put it back.
-    moto.reset()
-    return seed(moto)
+seeded_once = seeded_once_fixture()
 
 
 @pytest.fixture

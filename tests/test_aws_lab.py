@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.lab.moto_server import REGION, MotoServer
 
@@ -179,6 +182,28 @@ def seed(moto: MotoServer) -> Seeded:
         worker=worker,
         other_region_cluster="eu-geo",
     )
+
+
+def seeded_once_fixture() -> Callable[..., Seeded]:
+    """The `seeded_once` fixture of a module: `seed` once for the module's tests (a test that
+    changes state, stopping or starting something, puts it back)."""
+
+    @pytest.fixture(scope="module", name="seeded_once")
+    def seeded_once(moto: MotoServer) -> Seeded:
+        moto.reset()
+        return seed(moto)
+
+    return seeded_once
+
+
+def cli_env_fixture() -> Callable[..., dict[str, str]]:
+    """The `env` fixture of a module: `cli_env` over the seeded moto server, in the test's home."""
+
+    @pytest.fixture(name="env")
+    def env(moto: MotoServer, seeded_once: Seeded, tmp_home: Path) -> dict[str, str]:
+        return cli_env(moto)
+
+    return env
 
 
 def load_json(name: str) -> Any:

@@ -18,19 +18,14 @@ import pytest
 
 from tests.cli import RunCli
 from tests.lab.moto_server import REGION, MotoServer
-from tests.test_aws_lab import OTHER_REGION, Seeded, cli_env, client, seed
-from tests.test_aws_stubbed import Stubs
+from tests.lab.stubbed import Stubs, stubs_fixture
+from tests.test_aws_lab import OTHER_REGION, Seeded, cli_env, client, seeded_once_fixture
 from tunnelman.core import aws
 from tunnelman.core import profiles as prof
-from tunnelman.core.aws import session as aws_session
 from tunnelman.core.errors import AWSError, ConfigError
 from tunnelman.core.profiles import Profile
 
-
-@pytest.fixture(scope="module")
-def seeded_once(moto: MotoServer) -> Seeded:
-    moto.reset()
-    return seed(moto)
+seeded_once = seeded_once_fixture()
 
 
 @pytest.fixture
@@ -183,15 +178,7 @@ def test_a_parameter_naming_a_missing_cluster_says_did_you_mean(seeded: Seeded, 
 # ----------------------------------------------------------------------------- denials (Stubber)
 
 
-@pytest.fixture
-def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
-    made = Stubs()
-    monkeypatch.setattr(aws_session, "make_client", made.make_client)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws.clear_cache()
-    yield made
-    aws.clear_cache()
+stubs = stubs_fixture()
 
 
 _SSM_DENIED = (

@@ -9,10 +9,8 @@ in for AWS here only because nothing real can produce these answers on this mach
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,11 @@ import botocore.exceptions
 import botocore.session
 import paramiko
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import ANY
 
+from tests.lab.stubbed import Stubs, run_main, stubs_fixture
 from tests.test_aws_lab import load_json
-from tunnelman.cli.main import main
 from tunnelman.core import aws
-from tunnelman.core.aws import session as aws_session
 from tunnelman.core.errors import AWSError
 from tunnelman.core.profiles import Bastion, Profile
 
@@ -37,70 +34,11 @@ DENIED = (
 )
 
 
-@functools.cache
-def _botocore_session() -> Any:
-    """One botocore session for every stubbed client: it loads each service's model once
-    (a new session per client read the JSON again, half a second a test)."""
-    return botocore.session.get_session()
-
-
-class Stubs:
-    """Stubbed botocore clients handed out instead of real ones (`aws_session.make_client`)."""
-
-    def __init__(self) -> None:
-        self.clients: dict[tuple[str, str], tuple[Any, Stubber]] = {}
-
-    def __call__(self, service: str, region: str = REGION) -> Stubber:
-        if (service, region) not in self.clients:
-            made = _botocore_session().create_client(
-                service,
-                region_name=region,
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
-            stubber = Stubber(made)
-            stubber.activate()
-            self.clients[(service, region)] = (made, stubber)
-        return self.clients[(service, region)][1]
-
-    def client(self, service: str, region: str = REGION) -> Any:
-        self(service, region)
-        return self.clients[(service, region)][0]
-
-    def make_client(self, session: Any, service: str, region: str) -> Any:
-        if (service, region) not in self.clients:
-            raise AssertionError(f"no stub for {service} in {region}")
-        return self.clients[(service, region)][0]
-
-    def verify(self) -> None:
-        for _, stubber in self.clients.values():
-            stubber.assert_no_pending_responses()
-
-
-@pytest.fixture
-def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
-    made = Stubs()
-    monkeypatch.setattr(aws_session, "make_client", made.make_client)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws.clear_cache()
-    yield made
-    aws.clear_cache()
+stubs = stubs_fixture()
 
 
 def _profile(**values: Any) -> Profile:
     return Profile(name="geo", **values)
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    else:
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _status_stubs(stubs: Stubs, clusters: str = "describe_db_clusters_v2_custom.json") -> None:
@@ -192,7 +130,7 @@ def test_cluster_status_command_shows_what_moto_cannot(
         load_json("describe_db_cluster_endpoints_geo.json"),
         {"DBClusterIdentifier": "geo-prod"},
     )
-    code, out, err = _run(["cluster", "status", "geo"], capsys)
+    code, out, err = run_main(["cluster", "status", "geo"], capsys)
     assert code == 0, err
     assert "capacity  0–16 ACU, auto-pause after 600 s idle" in out
     assert (
@@ -280,7 +218,7 @@ def test_discover_table_with_stubbed_account(
     stubs: Stubs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _discovery_stubs(stubs)
-    code, out, err = _run(["discover"], capsys)
+    code, out, err = run_main(["discover"], capsys)
     assert code == 0, err
     assert all(len(line) <= 100 for line in out.splitlines())
     assert "paused (0 ACU)" in out
@@ -311,7 +249,7 @@ def test_access_denied_names_the_action(stubs: Stubs, capsys: pytest.CaptureFixt
         http_status_code=403,
     )
     stubs("ec2")
-    code, _out, err = _run(["discover"], capsys)
+    code, _out, err = run_main(["discover"], capsys)
     assert code != 0
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("tunnelman: error:")]
@@ -446,7 +384,7 @@ def test_ctrl_c_stops_waiting_not_the_action(
 
     # the first pause between polls is where a person presses Ctrl-C
     monkeypatch.setattr(time, "sleep", interrupted)
-    code, _out, err = _run(["cluster", "stop", "geo", "--yes"], capsys)
+    code, _out, err = run_main(["cluster", "stop", "geo", "--yes"], capsys)
     assert code == 130
     assert "stopping… (0 s)" in err
     assert (

@@ -5,32 +5,28 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli import RunCli
+from tests.cli import RunCli, run_on_pty
 from tests.lab.moto_server import REGION, MotoServer
-from tests.test_aws_lab import OTHER_REGION, REPO, Seeded, cli_env, client, seed
+from tests.test_aws_lab import (
+    OTHER_REGION,
+    Seeded,
+    cli_env,
+    cli_env_fixture,
+    client,
+    seeded_once_fixture,
+)
+
+seeded_once = seeded_once_fixture()
 
 
-@pytest.fixture(scope="module")
-def seeded_once(moto: MotoServer) -> Seeded:
-    # One seed for the module: tests that stop something start it again.
-    moto.reset()
-    return seed(moto)
-
-
-@pytest.fixture
-def env(moto: MotoServer, seeded_once: Seeded, tmp_home: Path) -> dict[str, str]:
-    return cli_env(moto)
+env = cli_env_fixture()
 
 
 @pytest.fixture
@@ -396,52 +392,13 @@ def test_stop_refuses_without_a_terminal(
     assert "tunnelman cluster stop geo --yes" in line
 
 
-def _run_on_pty(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal and answer its [y/N] question."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunnelman", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        cwd=str(REPO),
-        close_fds=True,
-    )
-    os.close(slave)
-    output = b""
-    answered = False
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                if not answered and b"[y/N]" in output:
-                    os.write(master, answer.encode() + b"\n")
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        return proc.wait(timeout=30), output.decode("utf-8", "replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-
-
 def test_stop_asks_on_a_terminal(run_cli: RunCli, env: dict[str, str], seeded: Seeded) -> None:
     _cluster_profiles(seeded)
-    code, output = _run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "n")
+    code, output = run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "n")
     assert code != 0
     assert "Stop cluster 'geo-prod' in us-east-2?" in output
     assert "aborted" in output
-    code, output = _run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "y")
+    code, output = run_on_pty(["cluster", "stop", "geo", "--poll-interval", "0.2"], env, "y")
     assert code == 0, output
     assert "is stopped" in output
     restart = run_cli("cluster", "start", "geo", "--yes", "--poll-interval", "0.2", env=env)

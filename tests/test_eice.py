@@ -13,6 +13,7 @@ the engine's reconnect loop, the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -30,7 +31,7 @@ import pytest
 from tests.cli import RunCli
 from tests.conftest import LabProfile
 from tests.lab.eice_standin import Ec2Front, EiceStandIn, FrontEndpoint, sigv4_problems
-from tests.lab.moto_server import MotoServer
+from tests.lab.moto_server import MotoServer, geo_cluster
 from tests.lab.postgres import Postgres
 from tests.lab.profiles import make_profile, query
 from tests.lab.sshd import Sshd
@@ -457,15 +458,24 @@ def test_cancel_stops_a_stalled_handshake(
 # ----------------------------------------------------------------------------- the CLI
 
 
-def test_cli_psql_over_eice(
-    run_cli: RunCli, eice_lab: EiceLab, lab_profile: LabProfile, keyring_backend: Any
-) -> None:
+@contextlib.contextmanager
+def _eice_profile(run_cli: RunCli, eice_lab: EiceLab, lab_profile: LabProfile) -> Iterator[None]:
+    """The lab profile over the EICE stand-in, its password in the keyring for the block."""
     lab_profile.write(
         transport="eice", bastion_instance_id=eice_lab.instance_id, region=eice_lab.moto.region
     )
     res = run_cli("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
     assert res.returncode == 0, res.stderr
     try:
+        yield
+    finally:
+        run_cli("password", "delete", "lab")
+
+
+def test_cli_psql_over_eice(
+    run_cli: RunCli, eice_lab: EiceLab, lab_profile: LabProfile, keyring_backend: Any
+) -> None:
+    with _eice_profile(run_cli, eice_lab, lab_profile):
         result = run_cli("psql", "lab", "-At", "-c", "select 'through eice'")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "through eice"
@@ -478,19 +488,12 @@ def test_cli_psql_over_eice(
         assert len(lines) == 1, result.stderr
         assert "ec2-instance-connect:OpenTunnel" in lines[0]
         assert "HTTP 403" in lines[0]
-    finally:
-        run_cli("password", "delete", "lab")
 
 
 def test_check_shows_the_eice_steps(
     run_cli: RunCli, eice_lab: EiceLab, lab_profile: LabProfile, keyring_backend: Any
 ) -> None:
-    lab_profile.write(
-        transport="eice", bastion_instance_id=eice_lab.instance_id, region=eice_lab.moto.region
-    )
-    res = run_cli("password", "set", "lab", "--stdin", input=lab_profile.password + "\n")
-    assert res.returncode == 0, res.stderr
-    try:
+    with _eice_profile(run_cli, eice_lab, lab_profile):
         result = run_cli("check", "lab")
         print(result.stdout)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -509,8 +512,6 @@ def test_check_shows_the_eice_steps(
         assert result.returncode != 0
         assert "no EC2 Instance Connect Endpoint in" in result.stdout
         assert "ec2:CreateInstanceConnectEndpoint" in result.stdout
-    finally:
-        run_cli("password", "delete", "lab")
 
 
 def test_discover_lists_the_endpoints_in_the_database_vpc(
@@ -521,18 +522,7 @@ def test_discover_lists_the_endpoints_in_the_database_vpc(
     second = ec2.create_subnet(
         VpcId=eice_lab.vpc_id, CidrBlock="10.7.2.0/24", AvailabilityZone="us-east-2b"
     )["Subnet"]["SubnetId"]
-    rds.create_db_subnet_group(
-        DBSubnetGroupName="geo-subnets",
-        DBSubnetGroupDescription="geo",
-        SubnetIds=[eice_lab.subnet_id, second],
-    )
-    rds.create_db_cluster(
-        DBClusterIdentifier="geo",
-        Engine="aurora-postgresql",
-        MasterUsername="postgres",
-        MasterUserPassword="geo-password-1",
-        DBSubnetGroupName="geo-subnets",
-    )
+    geo_cluster(rds, [eice_lab.subnet_id, second])
     # One endpoint elsewhere: not listed (another VPC than the database's).
     eice_lab.front.endpoints.append(
         FrontEndpoint("eice-0fedcba9876543210", "x.example", "vpc-elsewhere", "subnet-x")

@@ -27,7 +27,7 @@ from tests.lab.sshd import Sshd
 from tests.test_agent_support import agent_home  # noqa: F401 - fixture
 from tests.test_cli_up import errline, no_traceback
 from tests.test_tunnel import closed_port
-from tests.tui_support import sync, wait_for
+from tests.tui_support import sync, wait_for_screen
 
 ACCEPT = "--accept-new-host-key"
 
@@ -149,11 +149,8 @@ async def test_the_tui_shows_the_refusal_with_the_pinned_key(
         app = make_app(lab_profile.config, initial_profile="lab", host=host)
         async with app.run_test(size=(160, 45)) as pilot:
             await pilot.press("enter")
-            await wait_for(
-                pilot,
-                lambda: isinstance(app.screen, HostKeyChangedScreen) and app.screen.query("#close"),
-                30,
-                "the refusal modal",
+            await wait_for_screen(
+                pilot, app, HostKeyChangedScreen, "#close", 30, "the refusal modal"
             )
             screen = app.screen
             assert isinstance(screen, HostKeyChangedScreen)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,14 @@ import pytest
 
 from tests.cli import RunCli
 from tests.lab.moto_server import REGION, MotoServer
-from tests.test_aws_lab import Seeded, cli_env, client, load_json, seed
-from tests.test_aws_stubbed import Stubs
-from tunnelman.cli.main import main
+from tests.lab.stubbed import Stubs, run_main, stubs_fixture
+from tests.test_aws_lab import (
+    Seeded,
+    cli_env_fixture,
+    client,
+    load_json,
+    seeded_once_fixture,
+)
 from tunnelman.core import aws
 from tunnelman.core.aws import dataapi
 from tunnelman.core.aws import session as aws_session
@@ -41,15 +45,10 @@ _RECORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def seeded_once(moto: MotoServer) -> Seeded:
-    moto.reset()
-    return seed(moto)
+seeded_once = seeded_once_fixture()
 
 
-@pytest.fixture
-def env(moto: MotoServer, seeded_once: Seeded, tmp_home: Path) -> dict[str, str]:
-    return cli_env(moto)
+env = cli_env_fixture()
 
 
 def _queue(moto: MotoServer, *results: dict[str, Any]) -> None:
@@ -247,15 +246,7 @@ def test_query_is_listed_in_help(run_cli: RunCli, env: dict[str, str]) -> None:
 # ----------------------------------------------------------------------------- errors (Stubber)
 
 
-@pytest.fixture
-def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
-    made = Stubs()
-    monkeypatch.setattr(aws_session, "make_client", made.make_client)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws.clear_cache()
-    yield made
-    aws.clear_cache()
+stubs = stubs_fixture()
 
 
 _CLUSTERS = load_json("describe_db_clusters_v2_custom.json")
@@ -281,17 +272,6 @@ def _data_api_refuses(stubs: Stubs, code: str, message: str) -> None:
     )
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    else:
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _stub_config(tmp_home: Path) -> None:
     path = Path(os.environ["TUNNELMAN_CONFIG"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +293,7 @@ def test_http_endpoint_not_enabled(
         "#data-api.troubleshooting",
     )
     _stub_config(tmp_home)
-    code, out, err = _run(["query", "geo", "SELECT * FROM nope"], capsys)
+    code, out, err = run_main(["query", "geo", "SELECT * FROM nope"], capsys)
     assert code == 1
     assert out == ""
     assert err == (
@@ -334,7 +314,7 @@ def test_sql_error_is_the_databases_message(
         'ERROR: relation "nope" does not exist\n  Position: 15; SQLState: 42P01',
     )
     _stub_config(tmp_home)
-    code, out, err = _run(["query", "geo", "SELECT * FROM nope"], capsys)
+    code, out, err = run_main(["query", "geo", "SELECT * FROM nope"], capsys)
     assert code == 1
     assert out == ""
     assert err == (

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +29,17 @@ import pytest
 
 from tests.cli import RunCli
 from tests.conftest import LabProfile
-from tests.lab.moto_server import MotoServer
+from tests.lab.moto_server import MotoServer, geo_cluster
 from tests.lab.profiles import query
+from tests.lab.ssm import (
+    FORWARD_ONLY,
+    INSTANCE,
+    install_standin,
+    records,
+    ssm_settings,
+    swap_host_key,
+    wait_back,
+)
 from tests.lab.ssm_front import ManagedInstance, SsmFront
 from tests.test_agent_support import (
     agent_home,  # noqa: F401 - fixture
@@ -48,8 +56,6 @@ from tunnelman.core import credentials
 
 pytestmark = pytest.mark.usefixtures("agent_home")
 
-INSTANCE = "i-0a1b2c3d4e5f67890"
-STANDIN = Path(__file__).parent / "lab" / "standin_ssm_plugin.py"
 SSH_DOC = "AWS-StartSSHSession"
 FORWARD_DOC = "AWS-StartPortForwardingSessionToRemoteHost"
 MODES = ["ssh-over-ssm", "port-forwarding"]
@@ -62,17 +68,11 @@ class SsmLab:
     region: str
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        lines = self.record.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return records(self.record)
 
     def ended(self) -> list[dict[str, Any]]:
         """How the stand-in plugins ended their sessions (`STANDIN_SSM_TERMINATE`)."""
-        path = self.record.with_name("standin-ended.jsonl")
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return records(self.record.with_name("standin-ended.jsonl"))
 
     def wait_records(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -89,14 +89,7 @@ def ssm_lab(
     aws_env: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[SsmLab]:
     """The front and the stand-in plugin, both in the environment the CLI (and agent) get."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "session-manager-plugin"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
-    wrapper.chmod(0o755)
-    record = tmp_path / "standin-record.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("STANDIN_SSM_RECORD", str(record))
+    record = install_standin(tmp_path, monkeypatch)
     # The stand-in ends its session on AWS's side as AWS's plugin would (see its docstring).
     monkeypatch.setenv("STANDIN_SSM_TERMINATE", str(tmp_path / "standin-ended.jsonl"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
@@ -107,15 +100,9 @@ def ssm_lab(
 
 
 def _write(lab_profile: LabProfile, ssm_lab: SsmLab, mode: str) -> None:
-    lab_profile.write(
-        transport="ssm",
-        bastion_instance_id=INSTANCE,
-        region=ssm_lab.region,
-        password="keyring",
-        connect_timeout=5,
-    )
+    lab_profile.write(**ssm_settings(ssm_lab.region))
     if mode == "port-forwarding":
-        lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+        lab_profile.write(**FORWARD_ONLY)
 
 
 @pytest.fixture
@@ -187,16 +174,7 @@ def test_the_agent_holds_an_ssm_tunnel(
 
     # The stand-in plugin killed mid-session: the agent reconnects with a fresh session.
     os.kill(first["pid"], signal.SIGKILL)
-    killed = time.monotonic()
-    deadline = killed + 5.0
-    while True:
-        try:
-            assert query(port, pg, "select 7", timeout=2) == 7
-            break
-        except Exception:
-            assert time.monotonic() < deadline, f"not back within 5 s\n{agent_log_tail()}"
-            time.sleep(0.1)
-    took = time.monotonic() - killed
+    took = wait_back(port, pg, 5.0, lambda: f"not back within 5 s\n{agent_log_tail()}")
     print(f"\n[{mode}] agent tunnel back {took:.2f} s after the plugin was killed")
     assert took < 5.0
     records = ssm_lab.wait_records(2)
@@ -229,12 +207,7 @@ def test_ssh_over_ssm_in_the_agent_checks_the_host_key(
     """A different host key for the bastion's name is refused by the agent, in one line."""
     _write(lab_profile, ssm_lab, "ssh-over-ssm")
     lab_profile.write(password="none")
-    parts = lab_profile.known_hosts.read_text().split()
-    parts[-2:] = [
-        "ssh-ed25519",
-        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
-    ]
-    lab_profile.known_hosts.write_text(" ".join(parts) + "\n")
+    swap_host_key(lab_profile.known_hosts)
     res = run_cli("up", "lab", "--detach")
     assert res.returncode != 0, res.stdout
     errors = [line for line in res.stderr.splitlines() if "error" in line]
@@ -298,16 +271,8 @@ def test_start_session_refused_while_reconnecting_then_allowed(
         time.sleep(0.1)
     assert len(ssm_lab.front.asked("StartSession")) >= 2
     ssm_lab.front.deny = set()
-    allowed = time.monotonic()
-    query_deadline = allowed + 15
-    while True:
-        try:
-            assert query(port, pg, "select 7", timeout=2) == 7
-            break
-        except Exception:
-            assert time.monotonic() < query_deadline, f"not back\n{agent_log_tail()}"
-            time.sleep(0.1)
-    print(f"\nback {time.monotonic() - allowed:.2f} s after StartSession was allowed again")
+    took = wait_back(port, pg, 15.0, lambda: f"not back\n{agent_log_tail()}")
+    print(f"\nback {took:.2f} s after StartSession was allowed again")
     [row] = status_json()
     assert row["state"] == "up", row
 
@@ -468,16 +433,7 @@ def test_discover_lists_the_ssm_online_instance(run_cli: RunCli, ssm_lab: SsmLab
         ]["SubnetId"]
         for n, z in ((1, "a"), (2, "b"))
     ]
-    rds.create_db_subnet_group(
-        DBSubnetGroupName="geo-subnets", DBSubnetGroupDescription="geo", SubnetIds=subnets
-    )
-    rds.create_db_cluster(
-        DBClusterIdentifier="geo",
-        Engine="aurora-postgresql",
-        MasterUsername="postgres",
-        MasterUserPassword="geo-password-1",
-        DBSubnetGroupName="geo-subnets",
-    )
+    geo_cluster(rds, subnets)
     made = ec2.run_instances(
         ImageId="ami-0a1b2c3d4e5f67890",
         MinCount=2,

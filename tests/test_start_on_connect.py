@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pty
-import select
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +20,15 @@ import psycopg
 import pytest
 from botocore.stub import Stubber
 
-from tests.cli import TUNNELMAN, run_cli
+from tests.cli import run_cli, run_on_pty
 from tests.conftest import LabProfile
 from tests.lab.moto_server import REGION, MotoServer
 from tests.lab.profiles import query
-from tests.test_aws_lab import REPO, cli_env, client, load_json
-from tests.test_aws_stubbed import Stubs
-from tests.tui_support import main_text, sync, wait_for
+from tests.lab.stubbed import Stubs, stubs_fixture
+from tests.test_aws_lab import cli_env, client, load_json
+from tests.tui_support import main_text, sync, wait_for, wait_for_screen
 from tunnelman.cli.main import main
 from tunnelman.core import aws
-from tunnelman.core.aws import session as aws_session
 from tunnelman.core.errors import AWSError
 from tunnelman.core.profiles import Profile
 from tunnelman.tui.app import make_app
@@ -162,49 +157,15 @@ def test_env_with_start_cluster_starts_it(stopped: LabProfile, aws_env: MotoServ
     assert _status(aws_env) == "available"
 
 
-def _on_pty(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal and answer its [y/N] question."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*TUNNELMAN, *args],
-        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=str(REPO), close_fds=True,
-    )  # fmt: skip
-    os.close(slave)
-    output = b""
-    answered = False
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                if not answered and b"[y/N]" in output:
-                    os.write(master, answer.encode() + b"\n")
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        return proc.wait(timeout=30), output.decode("utf-8", "replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-
-
 def test_a_terminal_is_asked(stopped: LabProfile, aws_env: MotoServer) -> None:
     # a pty of 0 rows would make psql start its pager
     args = ["psql", "lab", "-XAt", "-P", "pager=off", "-c", "select 3"]
-    code, output = _on_pty(args, _env(aws_env), "n")
+    code, output = run_on_pty(args, _env(aws_env), "n")
     assert f"Cluster '{CLUSTER}' is stopped. Start it now? [y/N]" in output
     assert code == 1
     assert f"cluster '{CLUSTER}' is stopped; not starting it" in output
     assert _status(aws_env) == "stopped"
-    code, output = _on_pty(args, _env(aws_env), "y")
+    code, output = run_on_pty(args, _env(aws_env), "y")
     assert code == 0, output
     assert output.rstrip().endswith("3")
     assert _status(aws_env) == "available"
@@ -213,15 +174,7 @@ def test_a_terminal_is_asked(stopped: LabProfile, aws_env: MotoServer) -> None:
 # ----------------------------------------------------------------------------- Stubber
 
 
-@pytest.fixture
-def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
-    made = Stubs()
-    monkeypatch.setattr(aws_session, "make_client", made.make_client)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws.clear_cache()
-    yield made
-    aws.clear_cache()
+stubs = stubs_fixture()
 
 
 def _cluster(status: str) -> dict[str, Any]:
@@ -350,12 +303,7 @@ async def test_tui_decline_starts_nothing(stopped: LabProfile, aws_env: MotoServ
     app = make_app(stopped.config, initial_profile="lab", host=InProcessHost())
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
-            20,
-            "the start-cluster question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 20, "the start-cluster question")
         assert "is stopped. Start it now?" in str(app.screen.query_one(".dialog-body").render())
         await pilot.click("#no")
         await wait_for(pilot, lambda: "lab" not in app.connecting, 10, "the attempt to end")
@@ -372,12 +320,7 @@ async def test_tui_accept_starts_the_cluster_and_opens_the_tunnel(
     app = make_app(stopped.config, initial_profile="lab", host=InProcessHost())
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"),
-            20,
-            "the start-cluster question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#yes", 20, "the start-cluster question")
         await pilot.click("#yes")
         await wait_for(pilot, lambda: app.state_of("lab")[0] == "up", 30, "the tunnel")
         port = app.state_of("lab")[1]
@@ -417,12 +360,7 @@ async def test_tui_wait_keeps_the_ui_responsive_and_enter_cancels_it(
     app.CLUSTER_FETCH_DELAY = 3600  # the stubbed answers are for the start, in order
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#yes"),
-            20,
-            "the start-cluster question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#yes", 20, "the start-cluster question")
         await pilot.click("#yes")
         await wait_for(
             pilot,

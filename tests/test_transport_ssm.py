@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +33,26 @@ from tests.conftest import LabProfile
 from tests.lab.postgres import Postgres
 from tests.lab.profiles import make_profile, query
 from tests.lab.sshd import Sshd
-from tests.test_aws_stubbed import Stubs
-from tunnelman.cli.main import main
+from tests.lab.ssm import (
+    FORWARD_ONLY,
+    INSTANCE,
+    install_standin,
+    ssm_settings,
+    swap_host_key,
+    wait_back,
+)
+from tests.lab.ssm import (
+    records as _records,
+)
+from tests.lab.stubbed import Stubs, run_main, stubs_fixture
 from tunnelman.core import aws, credentials
-from tunnelman.core.aws import session as aws_session
 from tunnelman.core.errors import ConfigError, HostKeyError
 from tunnelman.core.profiles import with_overrides
 from tunnelman.core.transport import ssm
 from tunnelman.core.tunnel import TunnelState, open_tunnel
 
 REGION = "us-east-2"
-INSTANCE = "i-0a1b2c3d4e5f67890"
 TOKEN = "AAEAAdQ1ODYyNzk1LXN0YW5kLWluLXNlc3Npb24tdG9rZW4tbm90LXJlYWw="
-STANDIN = Path(__file__).parent / "lab" / "standin_ssm_plugin.py"
 
 
 def _response(n: int) -> dict[str, Any]:
@@ -62,17 +68,7 @@ def _response(n: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def stubs(tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
-    made = Stubs()
-    monkeypatch.setattr(aws_session, "make_client", made.make_client)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws.clear_cache()
-    yield made
-    aws.clear_cache()
+stubs = stubs_fixture(keys=True)
 
 
 def _expect_sessions(stubs: Stubs, document: str, params: dict[str, Any], count: int) -> None:
@@ -87,21 +83,7 @@ def _expect_sessions(stubs: Stubs, document: str, params: dict[str, Any], count:
 @pytest.fixture
 def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The stand-in plugin as `session-manager-plugin` first on PATH; returns its record file."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "session-manager-plugin"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
-    wrapper.chmod(0o755)
-    record = tmp_path / "standin-record.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("STANDIN_SSM_RECORD", str(record))
-    return record
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return install_standin(tmp_path, monkeypatch)
 
 
 def _wait_records(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -110,17 +92,6 @@ def _wait_records(path: Path, count: int, timeout: float = 5.0) -> list[dict[str
         assert time.monotonic() < deadline, f"the stand-in plugin ran {len(found)} times"
         time.sleep(0.05)
     return found
-
-
-def _run(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    else:
-        code = 0
-    captured = capfd.readouterr()
-    return code, captured.out, captured.err
 
 
 def _assert_plugin_input(entry: dict[str, Any], document: str) -> None:
@@ -141,14 +112,19 @@ def _assert_plugin_input(entry: dict[str, Any], document: str) -> None:
 
 
 def _ssh_over_ssm(lab_profile: LabProfile) -> None:
-    lab_profile.write(
-        transport="ssm",
-        bastion_instance_id=INSTANCE,
-        region=REGION,
-        password="keyring",
-        connect_timeout=5,
-    )
+    lab_profile.write(**ssm_settings(REGION))
     credentials.keyring_set(lab_profile.name, lab_profile.password)
+
+
+def _psql_40_plus_2(
+    lab_profile: LabProfile, capfd: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """psql in-process through the profile (its password stored by `_ssh_over_ssm`), which is
+    taken out of the keyring afterwards."""
+    try:
+        return run_main(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
+    finally:
+        credentials.keyring_delete(lab_profile.name)
 
 
 def test_psql_over_ssh_over_ssm(
@@ -161,10 +137,7 @@ def test_psql_over_ssh_over_ssm(
     _ssh_over_ssm(lab_profile)
     port = str(lab_profile.sshd.port)
     _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [port]}, 1)
-    try:
-        code, out, err = _run(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
-    finally:
-        credentials.keyring_delete(lab_profile.name)
+    code, out, err = _psql_40_plus_2(lab_profile, capfd)
     assert code == 0, err
     assert out.strip() == "42"
     [entry] = _records(standin)
@@ -181,12 +154,7 @@ def test_ssh_over_ssm_checks_the_bastions_host_key(
     profile = make_profile(
         sshd, postgres, tmp_path, transport="ssm", bastion_instance_id=INSTANCE, region=REGION
     )
-    known = profile.known_hosts
-    line = known.read_text().split()
-    # The same name with another ed25519 key: what a man in the middle would present.
-    line[-1] = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    line[-2] = "ssh-ed25519"
-    known.write_text(" ".join(line) + "\n")
+    swap_host_key(profile.known_hosts)
     _expect_sessions(stubs, "AWS-StartSSHSession", {"portNumber": [str(sshd.port)]}, 1)
     with pytest.raises(HostKeyError):
         open_tunnel(profile, local_port=0).start()
@@ -208,17 +176,14 @@ def test_psql_over_ssm_port_forwarding(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     _ssh_over_ssm(lab_profile)
-    lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+    lab_profile.write(**FORWARD_ONLY)
     _expect_sessions(
         stubs,
         "AWS-StartPortForwardingSessionToRemoteHost",
         _forward_params(lab_profile.postgres),
         1,
     )
-    try:
-        code, out, err = _run(["psql", "lab", "-X", "-Atc", "select 40 + 2"], capfd)
-    finally:
-        credentials.keyring_delete(lab_profile.name)
+    code, out, err = _psql_40_plus_2(lab_profile, capfd)
     assert code == 0, err
     assert out.strip() == "42"
     [entry] = _records(standin)
@@ -262,16 +227,7 @@ def test_killing_the_plugin_reconnects_within_5_s(
         assert query(port, postgres) == 1
         [first] = _wait_records(standin, 1)
         os.kill(first["pid"], signal.SIGKILL)
-        killed = time.monotonic()
-        deadline = killed + 5.0
-        while True:
-            try:
-                assert query(port, postgres, "select 7", timeout=2) == 7
-                break
-            except Exception:
-                assert time.monotonic() < deadline, f"not back within 5 s: {tunnel.status}"
-                time.sleep(0.1)
-        took = time.monotonic() - killed
+        took = wait_back(port, postgres, 5.0, lambda: f"not back within 5 s: {tunnel.status}")
         records = _wait_records(standin, 2)
         assert records[1]["pid"] != first["pid"]
         assert records[1]["response"]["SessionId"] != first["response"]["SessionId"]
@@ -368,7 +324,7 @@ def _expect_instance(stubs: Stubs, answer: dict[str, Any]) -> None:
 
 
 def _check(capfd: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    code, out, err = _run(["check", "lab"], capfd)
+    code, out, err = run_main(["check", "lab"], capfd)
     return code, out.splitlines() + err.splitlines()
 
 
@@ -384,7 +340,7 @@ def test_check_shows_the_transports_steps(
     _ssh_over_ssm(lab_profile)
     _expect_instance(stubs, _instance_info())
     if mode == "port-forwarding":
-        lab_profile.write(bastion=None, identity_file=None, known_hosts=None)
+        lab_profile.write(**FORWARD_ONLY)
         _expect_sessions(
             stubs,
             "AWS-StartPortForwardingSessionToRemoteHost",
@@ -492,7 +448,7 @@ def test_discover_lists_ssm_managed_instances(
     assert found.warnings == []
     stubs.verify()
     stub()
-    code, out, err = _run(["discover"], capfd)
+    code, out, err = run_main(["discover"], capfd)
     assert code == 0, err
     assert "SSM agent online" in out
     stubs.verify()

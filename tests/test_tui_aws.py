@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.lab.moto_server import REGION, MotoServer
 from tests.lab.toml_profile import write_profile
 from tests.test_aws_lab import client, seed
-from tests.tui_support import main_text, sync, wait_for
+from tests.tui_support import main_text, sync, wait_for, wait_for_screen
 from tunnelman.core import profiles as prof
 from tunnelman.tui.app import make_app
 from tunnelman.tui.screens.discover import DiscoverScreen
@@ -80,28 +80,16 @@ async def test_s_stops_and_starts_the_cluster_after_asking(
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "geo" in app.clusters, 30, "cluster status")
         await pilot.press("s")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
-            2,
-            "the question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2, "the question")
         await pilot.press("escape")  # no
         assert aws_status() == "available"
         await pilot.click("#btn-startstop")  # the mouse way
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
-            2,
-            "the question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2, "the question")
         await pilot.click("#yes")
         await wait_for(pilot, lambda: aws_status() in ("stopping", "stopped"), 30, "the stop")
         await wait_for(pilot, lambda: app.cluster_running("geo") is False, 30, "the new status")
         await pilot.press("s")
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2)
         await pilot.click("#yes")
         await wait_for(pilot, lambda: aws_status() in ("starting", "available"), 30, "the start")
 
@@ -115,11 +103,7 @@ async def test_discover_imports_a_cluster_as_a_profile(aws_env: MotoServer, tmp_
     app = make_app(config)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("d")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, DiscoverScreen) and app.screen.query("#d-import"),
-            2,
-        )
+        await wait_for_screen(pilot, app, DiscoverScreen, "#d-import", 2)
         screen = app.screen
         assert isinstance(screen, DiscoverScreen)
         await pilot.press(*REGION, "enter")

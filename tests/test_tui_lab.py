@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +18,15 @@ from tests.lab.ports import port_open
 from tests.lab.postgres import Postgres
 from tests.lab.sshd import Sshd
 from tests.lab.toml_profile import write_profile
-from tests.tui_support import FakeAws, HangingBastion, main_text, sync, wait_for
+from tests.tui_support import (
+    FakeAws,
+    HangingBastion,
+    host_fixtures,
+    main_text,
+    sync,
+    wait_for,
+    wait_for_screen,
+)
 from tunnelman.agent.client import AgentClient
 from tunnelman.core import clients
 from tunnelman.core import profiles as prof
@@ -79,22 +87,7 @@ def lab(lab_profile: LabProfile, tmp_home: Path, hanging: HangingBastion) -> Lab
     return lab_profile
 
 
-@pytest.fixture
-def agent(tmp_home: Path) -> Iterator[AgentHost]:
-    """The real background agent (private to this test's XDG_RUNTIME_DIR), stopped afterwards."""
-    host = AgentHost(AgentClient())
-    try:
-        yield host
-    finally:
-        host.client.shutdown()
-
-
-@pytest.fixture(params=["agent", "in-process"])
-def host(request: pytest.FixtureRequest) -> TunnelHost:
-    """Both ways the TUI holds tunnels: the agent (the default) and this process."""
-    if request.param == "agent":
-        return cast(TunnelHost, request.getfixturevalue("agent"))
-    return InProcessHost()
+agent, host = host_fixtures()
 
 
 def app_for(lab: LabProfile, name: str = "lab", **kwargs: Any) -> TunnelmanApp:
@@ -146,12 +139,7 @@ async def test_unknown_host_key_accept_connects_and_records_it(
     app = app_for(lab, "lab-new", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, HostKeyScreen) and app.screen.query("#reject"),
-            20,
-            "the host-key modal",
-        )
+        await wait_for_screen(pilot, app, HostKeyScreen, "#reject", 20, "the host-key modal")
         screen = app.screen
         assert isinstance(screen, HostKeyScreen)
         assert screen.question.fingerprint == lab.sshd.host_key_fingerprint()
@@ -168,12 +156,7 @@ async def test_unknown_host_key_reject_refuses(lab: LabProfile, host: TunnelHost
     app = app_for(lab, "lab-new", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, HostKeyScreen) and app.screen.query("#reject"),
-            20,
-            "the host-key modal",
-        )
+        await wait_for_screen(pilot, app, HostKeyScreen, "#reject", 20, "the host-key modal")
         await pilot.pause()
         await pilot.click("#reject")
         await wait_for(pilot, lambda: app.state_of("lab-new")[0] == "failed", 20, "a refusal")
@@ -188,11 +171,8 @@ async def test_changed_host_key_is_refused_with_both_fingerprints(
     app = app_for(lab, "lab-changed", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, HostKeyChangedScreen) and app.screen.query("#close"),
-            20,
-            "the changed-key modal",
+        await wait_for_screen(
+            pilot, app, HostKeyChangedScreen, "#close", 20, "the changed-key modal"
         )
         screen = app.screen
         assert isinstance(screen, HostKeyChangedScreen)
@@ -231,20 +211,10 @@ async def test_passphrase_protected_key_is_asked_for_in_a_modal(
     app = make_app(config, initial_profile="locked", host=host)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
-            30,
-            "the passphrase prompt",
-        )
+        await wait_for_screen(pilot, app, SecretScreen, "#secret", 30, "the passphrase prompt")
         await pilot.pause()
         await pilot.press(*"wrong pass", "enter")  # paramiko refuses it; asked again
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
-            10,
-            "the second prompt",
-        )
+        await wait_for_screen(pilot, app, SecretScreen, "#secret", 10, "the second prompt")
         await pilot.pause()
         await pilot.press(*"correct horse", "enter")
         await wait_for(pilot, lambda: app.state_of("locked")[0] == "up", 30, "the tunnel")
@@ -253,9 +223,11 @@ async def test_passphrase_protected_key_is_asked_for_in_a_modal(
         with psycopg.connect(postgres.dsn(host="127.0.0.1", port=port)) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
         await pilot.press("q")
-        await wait_for(
+        await wait_for_screen(
             pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
+            app,
+            ConfirmScreen,
+            "#no",
             5,
             "quit asks: this tunnel is held here, even with the agent",
         )
@@ -345,11 +317,7 @@ async def test_edit_profile_saves_with_comments_kept(lab: LabProfile) -> None:
     app = app_for(lab)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("e")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ProfileFormScreen) and app.screen.query("#save"),
-            2,
-        )
+        await wait_for_screen(pilot, app, ProfileFormScreen, "#save", 2)
         form = app.screen
         form.query_one("#f-description").value = "new description"  # type: ignore[attr-defined]
         form.query_one("#f-local_port").value = "15433"  # type: ignore[attr-defined]
@@ -372,11 +340,7 @@ async def test_new_profile_validation_names_the_field_then_saves(lab: LabProfile
     app = app_for(lab)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ProfileFormScreen) and app.screen.query("#save"),
-            2,
-        )
+        await wait_for_screen(pilot, app, ProfileFormScreen, "#save", 2)
         await pilot.press(*"fresh")
         form = app.screen
         form.query_one("#f-bastion").value = "user@"  # type: ignore[attr-defined]
@@ -409,15 +373,11 @@ async def test_delete_profile_asks_then_removes_it_keeping_comments(lab: LabProf
     app = app_for(lab, "other")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("x")
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2)
         await pilot.click("#no")
         assert "other" in prof.load(lab.config).profiles
         await pilot.click("#btn-delete")  # the mouse way
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2)
         await pilot.click("#yes")
         await wait_for(pilot, lambda: "other" not in app.profiles, 2)
         text = lab.config.read_text()
@@ -434,11 +394,7 @@ async def test_password_goes_into_the_keyring(lab: LabProfile, keyring_backend: 
     try:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("p")
-            await wait_for(
-                pilot,
-                lambda: isinstance(app.screen, SecretScreen) and app.screen.query("#secret"),
-                2,
-            )
+            await wait_for_screen(pilot, app, SecretScreen, "#secret", 2)
             await pilot.press(*"s3cret-pw", "enter")
             await pilot.press(*"s3cret-pX", "enter")  # a typo: refused
             await pilot.pause()
@@ -523,19 +479,12 @@ async def test_quit_with_an_open_tunnel_asks_and_closes_it(lab: LabProfile) -> N
         port = app.state_of("lab")[1]
         assert port is not None
         await pilot.press("q")
-        await wait_for(
-            pilot,
-            lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"),
-            2,
-            "the quit question",
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2, "the quit question")
         await pilot.press("escape")  # stay
         assert app.is_running
         assert port_open("127.0.0.1", port)
         await pilot.press("q")
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#no"), 2
-        )
+        await wait_for_screen(pilot, app, ConfirmScreen, "#no", 2)
         await pilot.click("#yes")
         await wait_for(pilot, lambda: not app.is_running, 10, "the app to exit")
     assert not port_open("127.0.0.1", port)

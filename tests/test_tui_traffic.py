@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 
 from tests.conftest import LabProfile
 from tests.lab.postgres import Postgres
-from tests.tui_support import main_text, sync, wait_for
-from tunnelman.agent.client import AgentClient
+from tests.tui_support import host_fixtures, main_text, sync, wait_for
 from tunnelman.tui.app import TunnelmanApp, make_app
 from tunnelman.tui.hosts import AgentHost, InProcessHost, TunnelHost
 from tunnelman.tui.screens.modals import SecretScreen
@@ -32,20 +30,7 @@ ROWS = 5000
 ROW_BYTES = 1000  # COPY of 5000 rows of 1000 characters: ~5 MB from the database
 
 
-@pytest.fixture
-def agent(tmp_home: Path) -> Iterator[AgentHost]:
-    host = AgentHost(AgentClient())
-    try:
-        yield host
-    finally:
-        host.client.shutdown()
-
-
-@pytest.fixture(params=["agent", "in-process"])
-def host(request: pytest.FixtureRequest) -> TunnelHost:
-    if request.param == "agent":
-        return cast(TunnelHost, request.getfixturevalue("agent"))
-    return InProcessHost()
+agent, host = host_fixtures()
 
 
 def with_pgpass(lab: LabProfile, pg: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:

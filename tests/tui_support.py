@@ -3,7 +3,8 @@
 `FakeHost`, `FakeAws` and `fixed_health` exist only for the SVG snapshots, which must not depend on random ports,
 real clocks or moto's random endpoint names; every behaviour they stand in for is also tested
 against the real lab (sshd, PostgreSQL, moto) in tests/test_tui_lab.py (the health check and the
-traffic figures in tests/test_tui_traffic.py).
+traffic figures in tests/test_tui_traffic.py). `host_fixtures` makes the `agent` and `host`
+fixtures of those lab tests (the TUI on the real agent and on this process).
 """
 
 from __future__ import annotations
@@ -13,19 +14,28 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Self
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, cast
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
 from tunnelman.core.aws import Action, Database, Discovery, Member, Need
 from tunnelman.core.health import Health
 from tunnelman.core.tunnel import TunnelState, TunnelStatus
-from tunnelman.tui.hosts import AskHostKey, AskPassphrase, OnRemoved, OnStatus
+from tunnelman.tui.hosts import (
+    AgentHost,
+    AskHostKey,
+    AskPassphrase,
+    InProcessHost,
+    OnRemoved,
+    OnStatus,
+    TunnelHost,
+)
 
 if TYPE_CHECKING:
     from tunnelman.core.profiles import Profile
@@ -54,6 +64,47 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
         await pilot.pause(0.05)
+
+
+async def wait_for_screen(
+    pilot: Pilot[Any],
+    app: TunnelmanApp,
+    kind: type[object],
+    selector: str,
+    timeout: float = 20.0,
+    what: str = "",
+) -> None:
+    """Let the app run until a `kind` screen is on top and shows `selector` (a modal drawn)."""
+    await wait_for(
+        pilot,
+        lambda: isinstance(app.screen, kind) and app.screen.query(selector),
+        timeout,
+        what or f"a {kind.__name__} showing {selector}",
+    )
+
+
+def host_fixtures() -> tuple[Callable[..., Iterator[AgentHost]], Callable[..., TunnelHost]]:
+    """The `agent` and `host` fixtures of a module (`agent, host = host_fixtures()`)."""
+
+    @pytest.fixture(name="agent")
+    def agent(tmp_home: Path) -> Iterator[AgentHost]:
+        """The real background agent (private to this test's XDG_RUNTIME_DIR), stopped afterwards."""
+        from tunnelman.agent.client import AgentClient
+
+        host = AgentHost(AgentClient())
+        try:
+            yield host
+        finally:
+            host.client.shutdown()
+
+    @pytest.fixture(name="host", params=["agent", "in-process"])
+    def host(request: pytest.FixtureRequest) -> TunnelHost:
+        """Both ways the TUI holds tunnels: the agent (the default) and this process."""
+        if request.param == "agent":
+            return cast(TunnelHost, request.getfixturevalue("agent"))
+        return InProcessHost()
+
+    return agent, host
 
 
 def text_of(app: TunnelmanApp, selector: str) -> str:

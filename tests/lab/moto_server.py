@@ -3,7 +3,8 @@
 ``MotoServer`` wraps ``moto.server.ThreadedMotoServer`` on ``127.0.0.1:<kernel-chosen
 port>`` inside the test process.  ``env()`` is the environment that points boto3 at it with
 dummy credentials (``AWS_ENDPOINT_URL`` is honoured by boto3 ≥ 1.28); ``reset()`` wipes all
-state between tests (``POST /moto-api/reset``).
+state between tests (``POST /moto-api/reset``).  ``geo_cluster`` seeds the small Aurora
+PostgreSQL cluster the discover tests look for.
 """
 
 from __future__ import annotations
@@ -15,9 +16,23 @@ from typing import Any, Self
 from tests.lab import procs
 from tests.lab.ports import wait_port
 
-__all__ = ["REGION", "MotoServer", "moto_missing"]
+__all__ = ["REGION", "MotoServer", "geo_cluster", "moto_missing"]
 
 REGION = "us-east-2"
+
+
+def geo_cluster(rds: Any, subnet_ids: list[str]) -> None:
+    """Aurora PostgreSQL cluster "geo" in a subnet group "geo-subnets" of `subnet_ids`."""
+    rds.create_db_subnet_group(
+        DBSubnetGroupName="geo-subnets", DBSubnetGroupDescription="geo", SubnetIds=subnet_ids
+    )
+    rds.create_db_cluster(
+        DBClusterIdentifier="geo",
+        Engine="aurora-postgresql",
+        MasterUsername="postgres",
+        MasterUserPassword="geo-password-1",
+        DBSubnetGroupName="geo-subnets",
+    )
 
 
 def moto_missing() -> str | None:

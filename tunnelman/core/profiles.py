@@ -35,6 +35,10 @@ Engine = Literal["sshtunnel", "openssh"]
 # Manager session through the instance's SSM agent (ssm); or an EC2 Instance Connect Endpoint's
 # websocket to the instance's port 22 (eice). The last two need bastion_instance_id.
 Transport = Literal["ssh", "ssm", "eice"]
+# The way a tunnel travels, from `transport` and whether there is a bastion (`Profile.hop`): SSH
+# over TCP to the bastion; SSH to the bastion over an SSM session; SSM port forwarding straight to
+# the endpoint (no SSH, a `transport = "ssm"` profile without a bastion); SSH over EICE.
+Hop = Literal["tcp", "ssm", "ssm-forward", "eice"]
 
 ENV_CONFIG = "TUNNELMAN_CONFIG"
 DEFAULT_DB_PORT = 5432
@@ -309,16 +313,31 @@ class Profile:
         )
 
     @property
+    def hop(self) -> Hop:
+        """The way the tunnel travels: what `route`, `transport.describe` and the engine choice
+        (`tunnel.open_tunnel`: "ssm-forward" is the SSM engine's) all follow."""
+        if self.transport == "ssm":
+            return "ssm" if self.bastion is not None else "ssm-forward"
+        return "eice" if self.transport == "eice" else "tcp"
+
+    @property
+    def instance_text(self) -> str:
+        """The instance an AWS transport reaches, for messages ("?" when the profile has none)."""
+        return self.bastion_instance_id or "?"
+
+    @property
     def route(self) -> str:
         """How the database is reached, for messages ("via …"): the bastion, and the AWS way to
-        it when the transport is not plain TCP."""
-        instance = self.bastion_instance_id or "?"
-        if self.transport == "ssm":
-            if self.bastion is None:
-                return f"an SSM session to {instance}"
-            return f"{self.bastion} over an SSM session to {instance}"
-        if self.transport == "eice":
-            return f"{self.bastion} through an EC2 Instance Connect Endpoint to {instance}"
+        it when the transport is not plain TCP (`transport.describe` says it for the TUI)."""
+        hop = self.hop
+        if hop == "ssm-forward":
+            return f"an SSM session to {self.instance_text}"
+        if hop == "ssm":
+            return f"{self.bastion} over an SSM session to {self.instance_text}"
+        if hop == "eice":
+            return (
+                f"{self.bastion} through an EC2 Instance Connect Endpoint to {self.instance_text}"
+            )
         return str(self.bastion) if self.bastion is not None else "no bastion"
 
     def to_public_dict(self) -> dict[str, Any]:

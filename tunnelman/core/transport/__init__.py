@@ -61,14 +61,15 @@ def open_first_hop(
 
 
 def describe(profile: Profile) -> str:
-    """One line saying how the profile's tunnel travels (the TUI's detail pane, `check`)."""
-    if profile.transport == "ssm":
-        instance = profile.bastion_instance_id or "?"
-        if profile.bastion is None:
-            return f"ssm: port forwarding through {instance}'s SSM agent"
-        return f"ssm: SSH to {profile.bastion} over Session Manager ({instance})"
-    if profile.transport == "eice":
-        return f"eice: SSH over EC2 Instance Connect Endpoint to {profile.bastion_instance_id}"
+    """One line saying how the profile's tunnel travels, led by the transport (the TUI's detail
+    pane); `Profile.route` says the same way for messages ("via …"), from the same `hop`."""
+    hop = profile.hop
+    if hop == "ssm-forward":
+        return f"ssm: port forwarding through {profile.instance_text}'s SSM agent"
+    if hop == "ssm":
+        return f"ssm: SSH to {profile.bastion} over Session Manager ({profile.instance_text})"
+    if hop == "eice":
+        return f"eice: SSH over EC2 Instance Connect Endpoint to {profile.instance_text}"
     return "ssh: TCP to the bastion"
 
 

@@ -73,7 +73,7 @@ def open_tunnel(
     progress; `supervise` (the agent) keeps the port and reconnects after the link is lost.
     """
     cls = engine_class(profile.engine)
-    if profile.transport == "ssm" and profile.bastion is None:
+    if profile.hop == "ssm-forward":
         from tunnelman.core.tunnel.ssm_engine import SsmTunnel
 
         cls = SsmTunnel  # SSM port forwarding: no SSH, whatever the engine

@@ -13,8 +13,8 @@ reconnects waits, and its arrival cuts the backoff short; nothing is refused for
   which a connect is refused) and relays the held clients into it. Connections are counted from
   the kernel's table (Linux).
 - relay (Windows' ssh.exe has no ControlMaster): tunnelman listens on the port all the time and
-  relays each client to ssh's private inner port (`-L 127.0.0.1:INNER:endpoint`) with
-  `relay.bridge`.
+  relays each client to ssh's private inner port (`-L 127.0.0.1:INNER:endpoint`) through
+  `listener.LoopbackListener` (the SSM engine's listener too).
 
 Before "up", one forwarded test connection goes through ssh to the endpoint and sends
 PostgreSQL's SSLRequest (8 bytes: every PostgreSQL answers it with one byte, before any login): an
@@ -51,7 +51,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import selectors
 import shutil
 import socket
 import subprocess
@@ -75,11 +74,12 @@ from tunnelman.core.errors import (
     TunnelError,
     TunnelmanError,
 )
-from tunnelman.core.platform import net, process
+from tunnelman.core.platform import process
 from tunnelman.core.ssh import known_hosts
 from tunnelman.core.ssh.known_hosts import HostKeyPolicy
-from tunnelman.core.tunnel import ports, probe, relay
+from tunnelman.core.tunnel import ports, probe
 from tunnelman.core.tunnel.base import FINAL_ERRORS, Capabilities, Tunnel, TunnelState, TunnelStatus
+from tunnelman.core.tunnel.listener import Lease, LoopbackListener
 from tunnelman.core.tunnel.traffic import KernelCounts, Traffic
 
 if TYPE_CHECKING:
@@ -340,13 +340,6 @@ class OpenSSHTunnel(Tunnel):
         self._ssh_proc: _SSHProcess | None = None
         self._inner: int | None = None  # ssh's own -L port, on 127.0.0.1
         self._bound: int | None = None  # our listener's port
-        self._listener: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)  # drained without waiting (`_hold`)
-        self._wake_w.setblocking(False)  # a full buffer already means "wake up"
-        self._acceptor: threading.Thread | None = None
-        self._clients: set[socket.socket] = set()
-        self._handlers: set[threading.Thread] = set()
         self._open_failed: collections.deque[str] = collections.deque(maxlen=8)
         self._open_failed_seen = threading.Event()
         # Direct: ssh is a ControlMaster and listens on the user's port itself (exactly
@@ -362,7 +355,14 @@ class OpenSSHTunnel(Tunnel):
                 self._traffic = Traffic(self._kernel)
                 self._traffic.on_sample = self._kernel_clients
         self._mux_dir: Path | None = None
-        self._bridged = 0  # direct: our relays into ssh's listener (counted twice by /proc)
+        # Direct: what we relay into ssh's listener is counted there, by the kernel (and its
+        # relays are counted twice by /proc: `relaying` is taken off).
+        self._listener = LoopbackListener(
+            self._admit,
+            traffic=None if self._direct else self._traffic,
+            log=self._log,
+            refused="ssh's port %d refused a client (%s): ssh is ending?",
+        )
 
     def adopt(self, transport: paramiko.Transport, identity: Identity) -> int:
         """`tunnelman check` connected with paramiko: close that, and start ssh as usual."""
@@ -459,98 +459,25 @@ class OpenSSHTunnel(Tunnel):
     # ------------------------------------------------------------------------- our listener
 
     def _listen(self, port: int) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            net.prepare_listener(sock)
-            net.exclusive_listener(sock)
-            sock.bind(("127.0.0.1", port))  # loopback only, never 0.0.0.0
-            sock.listen(128)  # GIS clients open connections in bursts
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ports.bind_error(port, exc) from None
-        self._listener = sock
-        bound = int(sock.getsockname()[1])
+        bound = self._listener.listen(port)
         self._bound = bound  # local_port says it only once up (`_came_up`), as the default engine
         return bound
 
     def _start_accepting(self) -> None:
-        assert self._listener is not None
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name=f"tunnelman-listen-{self._bound}", daemon=True
-        )
-        self._acceptor.start()
+        self._listener.start(f"tunnelman-listen-{self._bound}")
 
     def _hold(self) -> None:
         """Direct: ssh is gone; listen on the port ourselves until it is back."""
-        if self._listener is not None or self._bound is None:
+        if self._listener.listening or self._bound is None:
             return
-        with contextlib.suppress(OSError):
-            while self._wake_r.recv(64):  # drop a wake-up left by the last hand-back
-                pass
         self._listen(self._bound)
         self._start_accepting()
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        with selectors.DefaultSelector() as sel:
-            sel.register(listener, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                events = sel.select()
-                if self._stopping.is_set() or any(k.fileobj is self._wake_r for k, _ in events):
-                    return
-                try:
-                    client, _addr = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    return  # the listener was closed
-                client.setblocking(True)
-                thread = threading.Thread(
-                    target=self._serve_client, args=(client,), name="tunnelman-client", daemon=True
-                )
-                with self._lock:
-                    self._handlers.add(thread)
-                    self._clients.add(client)
-                thread.start()
-
-    def _serve_client(self, client: socket.socket) -> None:
-        counted = False
-        upstream: socket.socket | None = None
-        try:
-            counted = self._await_up(self._ssh_running)
-            inner = self._inner
-            if not counted or inner is None:
-                return
-            try:
-                upstream = socket.create_connection(
-                    ("127.0.0.1", inner), timeout=float(self.profile.connect_timeout)
-                )
-            except OSError as exc:
-                self._log.info("ssh's port %d refused a client (%s): ssh is ending?", inner, exc)
-                return
-            upstream.settimeout(None)
-            with self._lock:
-                self._clients.add(upstream)
-                self._bridged += 1
-            # Direct: what we relay into ssh's listener is counted there, by the kernel.
-            relay.bridge(client, upstream, None if self._direct else self._traffic)
-        finally:
-            if counted:
-                self._client_left()
-            with self._lock:
-                self._clients.discard(client)
-                if upstream is not None:
-                    self._clients.discard(upstream)
-                    self._bridged -= 1
-                self._handlers.discard(threading.current_thread())
-            for sock in (client, upstream):
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
+    def _admit(self) -> Lease | None:
+        """A client of our listener (on its own thread): wait until ssh can take it."""
+        if not self._await_up(self._ssh_running):
+            return None
+        return Lease(self._inner, float(self.profile.connect_timeout), self._client_left)
 
     def _kernel_sockets(self) -> dict[int, tuple[int, int]] | None:
         port = self._bound
@@ -563,7 +490,7 @@ class OpenSSHTunnel(Tunnel):
         if self._kernel is None:
             return
         arrived, left = self._kernel.changes()
-        if self.on_client is None or self._state != TunnelState.UP or self._bridged:
+        if self.on_client is None or self._state != TunnelState.UP or self._listener.relaying:
             return
         snapshot = self._snapshot()
         for _ in range(arrived):
@@ -577,21 +504,9 @@ class OpenSSHTunnel(Tunnel):
 
     def _close_listener(self, *, clients: bool = True) -> None:
         """Stop listening; with `clients`, also cut every connection we relay or hold."""
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._listener.close(clients=clients)
         with self._lock:
-            listener, self._listener = self._listener, None
-            acceptor, self._acceptor = self._acceptor, None
-            held = list(self._clients) if clients else []
             self._changed.notify_all()
-        if acceptor is not None and acceptor is not threading.current_thread():
-            acceptor.join(timeout=2.0)
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.close()
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------------- the test forward
 
@@ -904,15 +819,9 @@ class OpenSSHTunnel(Tunnel):
         self._backoff.wake()
         self._close_listener()
         self._stop_ssh()
-        deadline = time.monotonic() + 3.0
         with self._lock:
-            threads = [self._watcher, self._acceptor, *self._handlers]
-        for thread in threads:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        for sock in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                sock.close()
+            watcher = self._watcher
+        self._listener.join([watcher])
         if self._mux_dir is not None:
             import shutil as _shutil
 
@@ -926,7 +835,7 @@ class OpenSSHTunnel(Tunnel):
         found = ports.established_on_loopback(self._bound)
         if found is None:
             return snapshot
-        return replace(snapshot, connections=max(0, found - self._bridged))
+        return replace(snapshot, connections=max(0, found - self._listener.relaying))
 
 
 class _SSHExited(Exception):

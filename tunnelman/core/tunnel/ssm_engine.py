@@ -4,7 +4,7 @@ Built by `tunnelman.core.tunnel.open_tunnel`; states, reconnects and status are 
 (`base.Tunnel`). AWS's `session-manager-plugin` runs an `AWS-StartPortForwardingSessionToRemoteHost`
 session (`tunnelman.core.transport.ssm.open_forward`) and listens on a private loopback port; the
 tunnel listens on the profile's port itself (127.0.0.1 only) and relays each client to the
-plugin's port with `relay.bridge`, counting connections and bytes as the other engines do.
+plugin's port (`listener.LoopbackListener`), counting connections and bytes as the other engines do.
 
 Before "up", one connection through the session sends PostgreSQL's SSLRequest (as the OpenSSH
 engine does): no answer means the instance cannot reach the endpoint, a `ForwardingFailed` at `up`
@@ -22,16 +22,15 @@ have the bastion's host key checked end to end, through the default engine.
 from __future__ import annotations
 
 import contextlib
-import selectors
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from tunnelman.core.errors import ForwardingFailed, TunnelError
-from tunnelman.core.platform import net
-from tunnelman.core.tunnel import ports, probe, relay
+from tunnelman.core.tunnel import ports, probe
 from tunnelman.core.tunnel.base import Capabilities, Tunnel, TunnelState
+from tunnelman.core.tunnel.listener import Lease, LoopbackListener
 
 if TYPE_CHECKING:
     import paramiko
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from tunnelman.core.transport.ssm import PluginProcess
 
 __all__ = ["SsmTunnel"]
-
-ACCEPT_POLL = 0.2
 
 
 class SsmTunnel(Tunnel):
@@ -57,12 +54,14 @@ class SsmTunnel(Tunnel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
+        self._listener = LoopbackListener(
+            self._admit,
+            traffic=self._traffic,
+            log=self._log,
+            refused="the plugin's port %d refused a client (%s)",
+        )
         self._plugin: PluginProcess | None = None
         self._inner: int | None = None  # the plugin's loopback port
-        self._handlers: set[threading.Thread] = set()
-        self._clients: set[socket.socket] = set()
         # Renewal before the account's maximum session length (make-before-break): the open
         # client connections of each session, and sessions replaced but still carrying some.
         self._uses: dict[int, int] = {}
@@ -83,7 +82,7 @@ class SsmTunnel(Tunnel):
         ssm.find_plugin()  # a missing plugin: one line, before any AWS call or bind
         port = self._local_port_wanted()
         ports.ensure_port_free(port)
-        bound = self._listen(port)  # held from now on: a client that connects early waits
+        bound = self._listener.listen(port)  # held from now on: a client that connects early waits
         self._launch()
         self._check_cancel()
         self._test_forward()
@@ -204,51 +203,10 @@ class SsmTunnel(Tunnel):
                 hint=fix,
             )
 
-    def _listen(self, port: int) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            net.prepare_listener(sock)
-            net.exclusive_listener(sock)
-            sock.bind(("127.0.0.1", port))  # loopback only, never 0.0.0.0
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ports.bind_error(port, exc) from None
-        self._listener = sock
-        return int(sock.getsockname()[1])
-
     def _start_accepting(self) -> None:
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name="tunnelman-ssm-listen", daemon=True
-        )
-        self._acceptor.start()
+        self._listener.start("tunnelman-ssm-listen")
 
     # ------------------------------------------------------------------------- clients
-
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        with selectors.DefaultSelector() as sel:
-            sel.register(listener, selectors.EVENT_READ)
-            while not self._stopping.is_set() and self._listener is listener:
-                if not sel.select(ACCEPT_POLL):
-                    continue
-                try:
-                    client, _addr = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    return  # the listener was closed
-                client.setblocking(True)
-                thread = threading.Thread(
-                    target=self._serve_client, args=(client,), name="tunnelman-client", daemon=True
-                )
-                with self._lock:
-                    self._handlers.add(thread)
-                    self._clients.add(client)
-                thread.start()
 
     def _plugin_running(self) -> bool:
         plugin = self._plugin
@@ -270,42 +228,21 @@ class SsmTunnel(Tunnel):
         if retired:
             plugin.stop()
 
-    def _serve_client(self, client: socket.socket) -> None:
-        counted = False
-        plugin: PluginProcess | None = None
-        upstream: socket.socket | None = None
-        try:
-            counted = self._await_up(self._plugin_running)
-            with self._lock:
-                plugin, inner = self._plugin, self._inner
-                if counted and plugin is not None:
-                    self._uses[id(plugin)] = self._uses.get(id(plugin), 0) + 1
-            if not counted or inner is None:
-                return
-            try:
-                upstream = socket.create_connection(
-                    ("127.0.0.1", inner), timeout=float(self.profile.connect_timeout)
-                )
-            except OSError as exc:
-                self._log.info("the plugin's port %d refused a client (%s)", inner, exc)
-                return
-            upstream.settimeout(None)
-            with self._lock:
-                self._clients.add(upstream)
-            relay.bridge(client, upstream, self._traffic)
-        finally:
-            if counted:
-                self._client_left()
-                self._release(plugin)
-            with self._lock:
-                self._clients.discard(client)
-                if upstream is not None:
-                    self._clients.discard(upstream)
-                self._handlers.discard(threading.current_thread())
-            for sock in (client, upstream):
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
+    def _admit(self) -> Lease | None:
+        """A client arrived (on its own thread): wait until a session can take it, count it
+        against that session (a renewed one ends with its last client)."""
+        if not self._await_up(self._plugin_running):
+            return None
+        with self._lock:
+            plugin, inner = self._plugin, self._inner
+            if plugin is not None:
+                self._uses[id(plugin)] = self._uses.get(id(plugin), 0) + 1
+
+        def done() -> None:
+            self._client_left()
+            self._release(plugin)
+
+        return Lease(inner, float(self.profile.connect_timeout), done)
 
     # ------------------------------------------------------------------------- supervision
 
@@ -351,16 +288,9 @@ class SsmTunnel(Tunnel):
     # ------------------------------------------------------------------------- teardown
 
     def _close_listener(self) -> None:
+        self._listener.close()
         with self._lock:
-            listener, self._listener = self._listener, None
-            held = list(self._clients)
             self._changed.notify_all()
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.close()
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     def _close_for_failure(self) -> None:
         # Port first, then the session: whoever reacts to FAILED finds nothing listening.
@@ -372,9 +302,6 @@ class SsmTunnel(Tunnel):
         self._backoff.wake()
         self._close_listener()
         self._stop_plugin()
-        deadline = time.monotonic() + 3.0
         with self._lock:
-            threads = [self._watcher, self._acceptor, self._renewer, *self._handlers]
-        for thread in threads:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            threads = [self._watcher, self._renewer]
+        self._listener.join(threads)
