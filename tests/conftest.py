@@ -97,6 +97,11 @@ MODULE_GROUPS = frozenset(
     }
 )  # fmt: skip
 
+# Modules running the demo sandbox in the test process: a demo sweeps the temp dir for
+# `tunnelman-demo-PID-*` dirs whose PID is not a tunnelman process, and another worker's pytest
+# is not, so its running sandbox would be deleted. One worker runs them all, one after another.
+DEMO_MODULES = frozenset({"test_demo", "test_demo_tcp", "test_demo_tui"})
+
 # Long runs have markers of their own; none of them belongs in the quick `-m unit` run.
 LAB_MARKERS = ("lab", "slow", "fuzz", "windows")
 
@@ -156,8 +161,11 @@ def _is_lab(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.stem in MODULE_GROUPS and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if item.get_closest_marker("xdist_group") is None:
+            if item.path.stem in MODULE_GROUPS:
+                item.add_marker(pytest.mark.xdist_group(item.path.stem))
+            elif item.path.stem in DEMO_MODULES:
+                item.add_marker(pytest.mark.xdist_group("demo"))
         if item.get_closest_marker("lab") is not None:
             continue
         item.add_marker(_kind(item))
