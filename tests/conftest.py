@@ -13,6 +13,12 @@ the quick in-process ones, and a ``unit`` test that starts a lab program or the 
 Session-scoped servers are shared by all tests: do not stop, restart or re-key them; ask
 ``make_sshd`` / ``make_postgres`` for a private one instead.  A service that cannot be
 started skips the test locally and fails it in CI (``tests.lab.need``).
+
+Under pytest-xdist (``-n 2``) every worker has its own session servers, temp dirs and network
+namespaces (names and subnets are per process), and its own Secret Service (``PrivateKeyring``,
+started in ``pytest_configure``): the tests store fixed keyring names.  A module whose
+module-scoped fixture is expensive (``MODULE_GROUPS``) stays on one worker (``--dist
+loadgroup``) so the fixture runs once.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import pytest
 
 from tests.cli import RunCli, run_cli
 from tests.lab import in_ci, long_run, need
-from tests.lab.keyring_env import keyring_available
+from tests.lab.keyring_env import PrivateKeyring, keyring_available, under_with_keyring
 from tests.lab.moto_server import MotoServer, moto_missing
 from tests.lab.netns import NetnsPair, netns_missing
 from tests.lab.postgres import DEFAULT_ENDPOINT, Postgres, postgres_missing
@@ -82,6 +88,20 @@ LAB_MODULES = frozenset(
     }
 )  # fmt: skip
 
+# Modules with an expensive module-scoped fixture: under `--dist loadgroup` all their tests go
+# to one worker (the Windows prefix takes ~40 s to make; the others start servers).
+MODULE_GROUPS = frozenset(
+    {
+        "test_windows_smoke", "test_db_ops", "test_query", "test_aws", "test_aws_params",
+        "test_cli_aws", "test_known_hosts",
+    }
+)  # fmt: skip
+
+# Modules running the demo sandbox in the test process: a demo sweeps the temp dir for
+# `tunnelman-demo-PID-*` dirs whose PID is not a tunnelman process, and another worker's pytest
+# is not, so its running sandbox would be deleted. One worker runs them all, one after another.
+DEMO_MODULES = frozenset({"test_demo", "test_demo_tcp", "test_demo_tui"})
+
 # Long runs have markers of their own; none of them belongs in the quick `-m unit` run.
 LAB_MARKERS = ("lab", "slow", "fuzz", "windows")
 
@@ -102,6 +122,23 @@ _LAB_ANYWHERE = LAB_PROGRAMS - {"postgres"}
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.addaudithook(_refuse_lab_programs)
+    if os.environ.get("PYTEST_XDIST_WORKER") and under_with_keyring():
+        _private_keyring(config)
+
+
+def _private_keyring(config: pytest.Config) -> None:
+    """This xdist worker's own Secret Service, for it and every process it starts."""
+    keyring = PrivateKeyring()
+    try:
+        keyring.start()
+    except _LAB_ERRORS:
+        keyring.close()
+        # No shared fallback (the workers would overwrite each other's entries): the keyring
+        # tests then skip, or fail under CI (`keyring_backend`).
+        os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        return
+    os.environ.update(keyring.env)
+    config.add_cleanup(keyring.close)
 
 
 def _kind(item: pytest.Item) -> pytest.MarkDecorator:
@@ -124,6 +161,11 @@ def _is_lab(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            if item.path.stem in MODULE_GROUPS:
+                item.add_marker(pytest.mark.xdist_group(item.path.stem))
+            elif item.path.stem in DEMO_MODULES:
+                item.add_marker(pytest.mark.xdist_group("demo"))
         if item.get_closest_marker("lab") is not None:
             continue
         item.add_marker(_kind(item))

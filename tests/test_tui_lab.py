@@ -458,11 +458,15 @@ async def test_write_puts_the_service_entry_in_pg_service_conf(
         # the pgAdmin and QGIS tabs write their own import files next to the profiles
         assert app.main is not None
         await pilot.click("#--content-tab-tab-pgadmin")
+        # The tab becomes active a message later: `w` writes whatever tab is active by then.
+        main = app.main
+        await wait_for(pilot, lambda: main.detail.conn_format == "pgadmin", 5, "the pgAdmin tab")
         await pilot.press("w")
         servers = lab.config.parent / "pgadmin-servers.json"
         await wait_for(pilot, servers.exists, 5, "servers.json")
         assert '"Port": 15998' in servers.read_text()
         await pilot.click("#--content-tab-tab-qgis")
+        await wait_for(pilot, lambda: main.detail.conn_format == "qgis", 5, "the QGIS tab")
         await pilot.click("#btn-write")
         xml = lab.config.parent / "qgis-connections.xml"
         await wait_for(pilot, xml.exists, 5, "the QGIS XML")

@@ -139,6 +139,7 @@ class NetnsPair:
 
     def __init__(self, *, uplink: bool = True, subnet: int | None = None) -> None:
         n = next(_counter)
+        self._picked = subnet is None
         self.subnet = subnet if subnet is not None else _pick_subnet(os.getpid() + n)
         tag = f"{os.getpid() % 100000}{n}"
         self.bastion = Netns(f"tmlab{tag}b")
@@ -189,9 +190,7 @@ class NetnsPair:
         try:
             # Without this, packets to the db's /30 would follow the default route out of the
             # machine (and a sandbox proxy may even "accept" them): make them fail here.
-            blackhole = f"198.18.{self.subnet}.0/24"
-            _ip("route", "add", "unreachable", blackhole)
-            self._blackhole = blackhole
+            self._claim_subnet()
             for ns in (self.bastion, self.db):
                 _ip("netns", "add", ns.name)
                 self._created.append(ns)
@@ -208,6 +207,20 @@ class NetnsPair:
         except BaseException:
             self.close()
             raise
+
+    def _claim_subnet(self) -> None:
+        # `ip route add` fails when the route exists: the claim is atomic, so two test processes
+        # (xdist workers) that picked the same free subnet at once cannot both have it.
+        for attempt in range(20):
+            blackhole = f"198.18.{self.subnet}.0/24"
+            res = _ip("route", "add", "unreachable", blackhole, check=False)
+            if res.returncode == 0:
+                self._blackhole = blackhole
+                return
+            if not self._picked or "exists" not in res.stderr.lower():
+                raise RuntimeError(f"ip route add unreachable {blackhole}: {res.stderr.strip()}")
+            self.subnet = _pick_subnet(self.subnet + attempt + 1)
+        raise RuntimeError("no free 198.18.n.0/24 for a namespace pair")
 
     def _veth(
         self, dev_a: str, ns_a: Netns | None, addr_a: str, dev_b: str, ns_b: Netns, addr_b: str

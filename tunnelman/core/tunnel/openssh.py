@@ -52,6 +52,7 @@ import collections
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -301,9 +302,11 @@ class _SSHProcess:
         proc = self.proc
         if proc.poll() is None:
             with contextlib.suppress(OSError):
-                if self._watchdog:
-                    assert proc.stdin is not None
-                    proc.stdin.close()  # the watchdog ends ssh (SIGTERM)
+                if self._watchdog and sys.platform != "win32":
+                    # The whole group (the watchdog's own session, not reaped yet, so the id is
+                    # still ours): ssh ended while it connects leaves its ProxyJump child `ssh -W`
+                    # running, which holds our stderr pipe open (and the reader below with it).
+                    os.killpg(proc.pid, signal.SIGTERM)
                 else:
                     proc.terminate()
             try:
@@ -317,8 +320,10 @@ class _SSHProcess:
                 proc.stdin.close()
         self._reader.join(timeout=2.0)
         self._ready_reader.join(timeout=2.0)
-        for stream in (proc.stderr, proc.stdout):
-            if stream is not None:
+        for stream, reader in ((proc.stderr, self._reader), (proc.stdout, self._ready_reader)):
+            # Closing a pipe another thread still reads waits for that read: leave it to the
+            # reader, which ends when the last holder of the pipe's other end exits.
+            if stream is not None and not reader.is_alive():
                 with contextlib.suppress(OSError):
                     stream.close()
 
